@@ -1,0 +1,72 @@
+"""trio_session: persistent, authenticated, self-healing WebSocket sessions for Trio.
+
+Layout (as in trio and h11): the implementation lives in private modules
+(``_errors``, ``_config``, ``_identity``, ``_crypto``, ``_wire``, ``_protocol``, ...);
+this module re-exports the public names and lists them in ``__all__``.  Anything
+not listed here is private and may change without notice.
+"""
+
+from __future__ import annotations
+
+from ._config import SessionConfig as SessionConfig
+from ._errors import AuthenticationError as AuthenticationError
+from ._errors import Category as Category
+from ._errors import CloseCode as CloseCode
+from ._errors import ConnectionLost as ConnectionLost
+from ._errors import FrameError as FrameError
+from ._errors import HandshakeTimeout as HandshakeTimeout
+from ._errors import HeartbeatTimeout as HeartbeatTimeout
+from ._errors import IntegrityError as IntegrityError
+from ._errors import LocalProtocolError as LocalProtocolError
+from ._errors import ProtocolError as ProtocolError
+from ._errors import RateLimited as RateLimited
+from ._errors import RekeyTimeout as RekeyTimeout
+from ._errors import RemoteProtocolError as RemoteProtocolError
+from ._errors import ResumeRefused as ResumeRefused
+from ._errors import SequenceError as SequenceError
+from ._errors import SessionClosed as SessionClosed
+from ._errors import SessionError as SessionError
+from ._errors import SessionReset as SessionReset
+from ._identity import Identity as Identity
+from ._identity import KeyRegistry as KeyRegistry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "Category",
+    "CloseCode",
+    "ConnectionLost",
+    "FrameError",
+    "HandshakeTimeout",
+    "HeartbeatTimeout",
+    "Identity",
+    "IntegrityError",
+    "KeyRegistry",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RateLimited",
+    "RekeyTimeout",
+    "RemoteProtocolError",
+    "ResumeRefused",
+    "SequenceError",
+    "SessionClosed",
+    "SessionConfig",
+    "SessionError",
+    "SessionReset",
+]
+
+
+def _fixup_module_metadata() -> None:
+    # So reprs and docs say trio_session.X, not trio_session._errors.X (as trio does).
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith("trio_session._"):
+            try:
+                obj.__module__ = __name__
+            except (AttributeError, TypeError):  # pragma: no cover - builtins
+                pass
+
+
+_fixup_module_metadata()
+del _fixup_module_metadata

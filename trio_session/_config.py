@@ -1,0 +1,115 @@
+"""Session configuration: every timer, limit and channel capacity in one frozen object.
+
+Why one object: the two ends of a session must agree on some values (the venue
+dictates the heartbeat interval in the handshake) and a supervisor restarts
+sessions with the same settings, so configuration is an immutable value that is
+validated once, at construction, with errors that name the field.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+
+__all__ = ["SessionConfig"]
+
+
+def _positive(inst: Any, attr: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"SessionConfig.{attr.name} must be a number, got {type(value).__name__}")
+    if not (value > 0) or math.isnan(value) or math.isinf(value):
+        raise ValueError(f"SessionConfig.{attr.name} must be a finite number > 0, got {value!r}")
+
+
+def _non_negative(inst: Any, attr: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"SessionConfig.{attr.name} must be a number, got {type(value).__name__}")
+    if not (value >= 0) or math.isinf(value):
+        raise ValueError(f"SessionConfig.{attr.name} must be a finite number >= 0, got {value!r}")
+
+
+def _positive_int(inst: Any, attr: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"SessionConfig.{attr.name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"SessionConfig.{attr.name} must be >= 1, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class SessionConfig:
+    """Timers, limits and capacities of a session.  All times are in seconds.
+
+    Defaults follow research/crypto.md §4.10 (WireGuard timers) and FIX practice.
+    Invalid values raise :class:`ValueError`/:class:`TypeError` naming the field.
+    """
+
+    #: Send a heartbeat when nothing was sent for this long.  The venue's value
+    #: is dictated to the participant in the handshake.
+    heartbeat_interval: float = attrs.field(default=5.0, validator=_positive)
+    #: Declare the peer dead when nothing was received for this long (a probe
+    #: is sent first, after ``heartbeat_interval`` of silence).
+    heartbeat_timeout: float = attrs.field(default=15.0, validator=_positive)
+    #: Connect + WebSocket upgrade + authentication handshake deadline.
+    handshake_timeout: float = attrs.field(default=5.0, validator=_positive)
+    #: Deadline for a graceful close before the transport is closed forcefully.
+    close_timeout: float = attrs.field(default=2.0, validator=_positive)
+
+    #: Tier-1 symmetric ratchet: step the sending key after this long ...
+    ratchet_interval: float = attrs.field(default=20.0, validator=_positive)
+    #: ... or after this many frames under one key, whichever comes first.
+    ratchet_messages: int = attrs.field(default=2**20, validator=_positive_int)
+    #: Tier-2 DH rekey (venue-initiated) every this many seconds ...
+    rekey_interval: float = attrs.field(default=120.0, validator=_positive)
+    #: ... or after this many data messages in either direction.
+    rekey_messages: int = attrs.field(default=2**30, validator=_positive_int)
+    #: A rekey not completed this long after the last completed one ends the
+    #: session (resumable).
+    reject_after: float = attrs.field(default=180.0, validator=_positive)
+    #: Random extra delay (0..jitter) added to rekey deadlines so that many
+    #: sessions do not rekey in lockstep.
+    rekey_jitter: float = attrs.field(default=0.3, validator=_non_negative)
+
+    #: How long the venue keeps a detached session for resume.
+    resume_ttl: float = attrs.field(default=60.0, validator=_positive)
+    #: Replay buffer bounds (sent but unacknowledged messages).  When full the
+    #: sender stops sending (backpressure); nothing is dropped silently.
+    replay_max_messages: int = attrs.field(default=65536, validator=_positive_int)
+    replay_max_bytes: int = attrs.field(default=64 * 2**20, validator=_positive_int)
+
+    #: Inbound channel capacity, in messages; also the credit window granted
+    #: to the peer, so the reader never has to block on a full channel.
+    inbound_capacity: int = attrs.field(default=4096, validator=_positive_int)
+    #: Outbound data channel capacity, in messages (``send`` blocks beyond it).
+    outbound_capacity: int = attrs.field(default=4096, validator=_positive_int)
+    #: Largest WebSocket message (one frame) accepted; checked before decoding.
+    max_frame_size: int = attrs.field(default=2**20, validator=_positive_int)
+    #: Largest single application message.
+    max_message_size: int = attrs.field(default=2**18, validator=_positive_int)
+    #: Writer coalescing cap: at most this many payload bytes per data frame.
+    max_batch_bytes: int = attrs.field(default=2**16, validator=_positive_int)
+
+    #: Venue: close a session whose outbound queue stays full this long.
+    slow_consumer_timeout: float = attrs.field(default=30.0, validator=_positive)
+    #: Venue: handshakes allowed per key per second, and per remote address.
+    handshake_rate_per_key: float = attrs.field(default=50.0, validator=_positive)
+    handshake_rate_per_address: float = attrs.field(default=200.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ValueError(
+                "SessionConfig.heartbeat_timeout must be greater than heartbeat_interval "
+                f"({self.heartbeat_timeout!r} <= {self.heartbeat_interval!r})"
+            )
+        if self.reject_after <= self.rekey_interval:
+            raise ValueError(
+                "SessionConfig.reject_after must be greater than rekey_interval "
+                f"({self.reject_after!r} <= {self.rekey_interval!r})"
+            )
+        if self.max_message_size + 64 > self.max_frame_size:
+            raise ValueError(
+                "SessionConfig.max_message_size must leave room for framing within max_frame_size"
+            )
+        if self.max_batch_bytes + 64 > self.max_frame_size:
+            raise ValueError("SessionConfig.max_batch_bytes must be below max_frame_size")

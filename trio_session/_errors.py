@@ -1,0 +1,276 @@
+"""One error hierarchy for everything trio_session raises.
+
+Why a taxonomy and not just messages: a supervisor must decide, from the error
+alone, whether to resume, re-authenticate, wait, or give up.  Every error
+therefore carries a :class:`CloseCode` (what goes on the wire) and through it a
+:class:`Category` (what a supervisor should do).  Blame is explicit, as in h11:
+:class:`LocalProtocolError` means *we* misused the API, :class:`RemoteProtocolError`
+means the peer sent something invalid.
+
+Messages never contain key material: errors are built from codes, lengths and
+sequence numbers only.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "AuthenticationError",
+    "Category",
+    "CloseCode",
+    "ConnectionLost",
+    "FrameError",
+    "HandshakeTimeout",
+    "HeartbeatTimeout",
+    "IntegrityError",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RateLimited",
+    "RekeyTimeout",
+    "RemoteProtocolError",
+    "ResumeRefused",
+    "SequenceError",
+    "SessionClosed",
+    "SessionError",
+    "SessionReset",
+]
+
+
+class Category(enum.Enum):
+    """What a supervisor should do after a session ends with a given close code."""
+
+    #: Ended on purpose (graceful logout); do not restart.
+    CLOSED = "closed"
+    #: The logical session is intact on both sides: reconnect and resume it.
+    RESUMABLE = "resumable"
+    #: The logical session is gone: reconnect with a fresh handshake (new session).
+    REAUTHENTICATE = "reauthenticate"
+    #: The venue asked us to wait (``retry_after``) before trying again.
+    RATE_LIMITED = "rate_limited"
+    #: Retrying cannot help (bad credentials, revoked key, version mismatch).
+    FATAL = "fatal"
+
+
+class CloseCode(enum.IntEnum):
+    """Close reasons carried in CLOSE and REJECT frames (u16 on the wire).
+
+    The numeric ranges are part of the protocol (docs/protocol.md, "Close codes"):
+    0-99 session lifecycle, 100-199 resumable faults, 200-299 reauthenticate,
+    300-399 fatal, 400-499 rate limiting.
+    """
+
+    NORMAL = 0
+    GOING_AWAY = 1
+
+    PROTOCOL_ERROR = 100
+    INTEGRITY_FAILURE = 101
+    SEQUENCE_ERROR = 102
+    HEARTBEAT_TIMEOUT = 103
+    REKEY_TIMEOUT = 104
+    CONNECTION_LOST = 105
+    HANDSHAKE_TIMEOUT = 106
+
+    RESUME_REFUSED = 200
+    REPLAY_OVERFLOW = 201
+    SLOW_CONSUMER = 202
+    HANDLER_ERROR = 203
+    INTERNAL_ERROR = 204
+    SESSION_EXPIRED = 205
+
+    AUTH_FAILED = 300
+    UNKNOWN_KEY = 301
+    KEY_REVOKED = 302
+    VERSION_MISMATCH = 303
+    BINDER_REUSED = 304
+    WRONG_ROLE = 305
+
+    RATE_LIMITED = 400
+
+    @property
+    def category(self) -> Category:
+        """The restart decision this code implies."""
+        v = int(self)
+        if v < 100:
+            return Category.CLOSED if self is CloseCode.NORMAL else Category.REAUTHENTICATE
+        if v < 200:
+            return Category.RESUMABLE
+        if v < 300:
+            return Category.REAUTHENTICATE
+        if v < 400:
+            return Category.FATAL
+        return Category.RATE_LIMITED
+
+    @classmethod
+    def from_wire(cls, value: int) -> CloseCode:
+        """Map a received code to a member; unknown codes degrade by range."""
+        try:
+            return cls(value)
+        except ValueError:
+            if 100 <= value < 200:
+                return cls.PROTOCOL_ERROR
+            if 200 <= value < 300:
+                return cls.INTERNAL_ERROR
+            if 300 <= value < 400:
+                return cls.AUTH_FAILED
+            if 400 <= value < 500:
+                return cls.RATE_LIMITED
+            return cls.INTERNAL_ERROR
+
+
+class SessionError(Exception):
+    """Root of every error trio_session raises to users.
+
+    Attributes:
+        code: the :class:`CloseCode` that describes this failure on the wire.
+        remote: True when the peer reported or caused it.
+    """
+
+    default_code: CloseCode = CloseCode.INTERNAL_ERROR
+
+    def __init__(
+        self, message: str = "", *, code: CloseCode | None = None, remote: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.code: CloseCode = code if code is not None else self.default_code
+        self.remote: bool = remote
+
+    @property
+    def category(self) -> Category:
+        """What a supervisor should do about this error."""
+        return self.code.category
+
+
+class AuthenticationError(SessionError):
+    """A handshake failed to authenticate a peer: bad signature or finish MAC,
+    unknown or revoked key, wrong pinned venue key.  Never retried."""
+
+    default_code = CloseCode.AUTH_FAILED
+
+
+class ProtocolError(SessionError):
+    """The protocol was violated.  Abstract: raise a Local or Remote subclass."""
+
+    default_code = CloseCode.PROTOCOL_ERROR
+
+    def __init__(self, message: str = "", *, code: CloseCode | None = None, remote: bool = False) -> None:
+        if type(self) is ProtocolError:
+            raise TypeError("raise LocalProtocolError or RemoteProtocolError instead")
+        super().__init__(message, code=code, remote=remote)
+
+
+class LocalProtocolError(ProtocolError):
+    """We (the caller of this library) tried to do something the protocol forbids
+    in the current state, e.g. sending data before the handshake."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol forbids.  The session must end; over
+    TCP this is an attack or a bug, so the close is resumable."""
+
+
+class FrameError(RemoteProtocolError):
+    """A frame was malformed: truncated, oversized, unknown type or undecodable body."""
+
+
+class IntegrityError(RemoteProtocolError):
+    """A frame's tag did not verify, or it used a key epoch we do not hold."""
+
+    default_code = CloseCode.INTEGRITY_FAILURE
+
+
+class SequenceError(RemoteProtocolError):
+    """A frame arrived out of sequence: replayed, reordered, or after a gap."""
+
+    default_code = CloseCode.SEQUENCE_ERROR
+
+
+class HeartbeatTimeout(SessionError):
+    """The peer stopped answering within ``heartbeat_timeout`` (after a probe)."""
+
+    default_code = CloseCode.HEARTBEAT_TIMEOUT
+
+
+class RekeyTimeout(SessionError):
+    """A DH rekey did not complete before ``reject_after``."""
+
+    default_code = CloseCode.REKEY_TIMEOUT
+
+
+class HandshakeTimeout(SessionError):
+    """The connection or handshake did not complete within ``handshake_timeout``."""
+
+    default_code = CloseCode.HANDSHAKE_TIMEOUT
+
+
+class ConnectionLost(SessionError):
+    """The transport broke (reset, EOF, TLS failure).  Resumable."""
+
+    default_code = CloseCode.CONNECTION_LOST
+
+
+class ResumeRefused(SessionError):
+    """The venue could not resume the session (expired, unknown, buffer lost)."""
+
+    default_code = CloseCode.RESUME_REFUSED
+
+
+class SessionReset(SessionError):
+    """The logical session was replaced by a new one: continuity is broken.
+
+    Raised to the application when a resume was impossible and a fresh session
+    was established instead.  Messages may have been lost in between: resync
+    snapshots and reconcile orders.
+    """
+
+    default_code = CloseCode.RESUME_REFUSED
+
+
+class RateLimited(SessionError):
+    """The venue refused the handshake for now; retry after ``retry_after`` seconds."""
+
+    default_code = CloseCode.RATE_LIMITED
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        retry_after: float = 1.0,
+        code: CloseCode | None = None,
+        remote: bool = True,
+    ) -> None:
+        super().__init__(message, code=code, remote=remote)
+        self.retry_after = retry_after
+
+
+class SessionClosed(SessionError):
+    """The session is closed: by us (``remote=False``) or by the peer, with a code.
+
+    Also raised when using a session after :meth:`Session.aclose`.
+    """
+
+    default_code = CloseCode.NORMAL
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        code: CloseCode | None = None,
+        remote: bool = False,
+        reason: str = "",
+    ) -> None:
+        super().__init__(message, code=code, remote=remote)
+        self.reason = reason
+
+
+def error_for_code(code: CloseCode, reason: str, *, remote: bool, retry_after: float | None = None) -> SessionError:
+    """Build the typed error that a received CLOSE/REJECT frame stands for."""
+    msg = f"peer closed the session: {code.name}" + (f" ({reason})" if reason else "")
+    if code is CloseCode.RATE_LIMITED:
+        return RateLimited(msg, retry_after=retry_after if retry_after is not None else 1.0, code=code)
+    cat = code.category
+    if cat is Category.FATAL:
+        return AuthenticationError(msg, code=code, remote=remote)
+    if code is CloseCode.RESUME_REFUSED:
+        return ResumeRefused(msg, code=code, remote=remote)
+    return SessionClosed(msg, code=code, remote=remote, reason=reason)
