@@ -115,6 +115,9 @@ MAX_SPENT_SECRETS: Final = 8
 MAX_EPOCH: Final = 2**32 - 2
 TRANSCRIPT_LABEL: Final = b"tsess/v1"
 TRAILER_SIG_FIN: Final = SIG_LEN + FIN_LEN
+#: Delayed acknowledgement: received data is acknowledged within this many
+#: seconds even when no other frame would carry the ack (TCP-style delayed ACK).
+ACK_DELAY: Final = 0.02
 # Fixed msgpack overhead allowance for a DATA body around its payloads.
 DATA_OVERHEAD: Final = 32
 PER_MSG_OVERHEAD: Final = 5
@@ -400,12 +403,14 @@ class Connection:
         self._hb_sent: dict[int, float] = {}
         self._owe_hb_ack: int | None = None
         self._ack_sent = 0
+        self._unacked_since: float | None = None
         self._adv_window = 0
         self._retransmit_pending = False
         self._close_pending: Close | None = None
         self._tx_step_due = False
         self._rekey_id = 0
         self._rekey_jitter = self._jitter()
+        self._ratchet_jitter = self._jitter()
         # venue: REKEY sent and not yet acknowledged / queued to send
         self._rekey_in_flight = False
         self._rekey_queued = False
@@ -596,6 +601,8 @@ class Connection:
         deadline = min(self._last_tx + iv, self._last_rx + self.heartbeat_timeout)
         if not self._probe_outstanding:
             deadline = min(deadline, self._last_rx + iv)
+        if self._unacked_since is not None:
+            deadline = min(deadline, self._unacked_since + ACK_DELAY)
         return deadline
 
     def handle_heartbeat_timer(self) -> None:
@@ -619,7 +626,7 @@ class Connection:
         if self.state is not ConnectionState.OPEN or self._tx is None:
             return float("inf")
         cfg = self.config
-        d = self._tx.epoch_started + cfg.ratchet_interval
+        d = self._tx.epoch_started + cfg.ratchet_interval + self._ratchet_jitter
         if self.role is Role.VENUE:
             if self._rekey_in_flight or self._rekey_queued:
                 d = min(d, self._last_dh + cfg.reject_after)
@@ -639,7 +646,7 @@ class Connection:
             return
         cfg = self.config
         now = self._clock()
-        if now >= self._tx.epoch_started + cfg.ratchet_interval:
+        if now >= self._tx.epoch_started + cfg.ratchet_interval + self._ratchet_jitter:
             self._tx_step_due = True
         if self.role is Role.VENUE:
             if self._rekey_in_flight or self._rekey_queued:
@@ -746,6 +753,7 @@ class Connection:
         window = max(self._adv_window, s.rx_consumed + self.config.inbound_capacity)
         self._adv_window = window
         self._ack_sent = s.next_rx_seq
+        self._unacked_since = None
         return s.next_rx_seq, window
 
     def _data_frame(self, seq: int, msgs: list[bytes]) -> bytes:
@@ -763,6 +771,8 @@ class Connection:
             return False
         cap = self.config.inbound_capacity
         if s.next_rx_seq - self._ack_sent >= max(1, cap // 4):
+            return True
+        if self._unacked_since is not None and self._clock() >= self._unacked_since + ACK_DELAY:
             return True
         return s.rx_consumed + cap - self._adv_window >= max(1, cap // 2)
 
@@ -938,6 +948,8 @@ class Connection:
                 if len(m) > limit:
                     raise FrameError(f"message of {len(m)} bytes exceeds max_message_size", remote=True)
             s.next_rx_seq = seq + n
+            if self._unacked_since is None:
+                self._unacked_since = self._clock()
             self._peer_grant(data.ack, data.window)
             self.stats.messages_received += n
             self._count_messages(n)

@@ -208,7 +208,10 @@ def decode_body(frame_type: FrameType, data: bytes | memoryview, expected: type[
     """Decode a body of a known type; any msgspec error becomes FrameError."""
     try:
         body = _DECODERS[frame_type].decode(data)
-    except msgspec.MsgspecError as exc:
+    # msgspec raises its own errors for schema problems but plain ValueError
+    # (UnicodeDecodeError) for invalid UTF-8 in map keys, and RecursionError for
+    # absurd nesting: all of them are the peer's fault.
+    except (msgspec.MsgspecError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise FrameError(f"malformed {frame_type.name} body: {exc}", remote=True) from exc
     if not isinstance(body, expected):  # pragma: no cover - table and caller agree
         raise FrameError(f"unexpected body for {frame_type.name}", remote=True)

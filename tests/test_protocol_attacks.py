@@ -1,0 +1,438 @@
+"""Malformed input and the attack catalogue of research/crypto.md §4.8, at the protocol layer.
+
+Every test feeds hostile bytes to a real state machine and requires a *typed*
+error (a SessionError subclass) and no delivered data; nothing else may escape.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trio_session import (
+    AuthenticationError,
+    CloseCode,
+    FrameError,
+    IntegrityError,
+    KeyRegistry,
+    RemoteProtocolError,
+    SequenceError,
+    SessionConfig,
+    SessionError,
+)
+from trio_session._protocol import (
+    ClientConnection,
+    CloseReceived,
+    ConnectionState,
+    Event,
+    HandshakeComplete,
+    MessagesReceived,
+    VenueConnection,
+)
+from trio_session._wire import HEADER, FrameType, encode_body, pack_header
+
+from .protocol_helpers import OTHER, PARTICIPANT, VENUE, Link, handshake, pump
+
+
+def _feed_expecting_typed_error(conn: ClientConnection | VenueConnection, frame: bytes) -> SessionError | None:
+    """Feed ``frame``; return the typed error, or None if it was accepted.
+
+    Any exception that is not a SessionError fails the test.
+    """
+    try:
+        events = conn.receive_data(frame)
+    except SessionError as exc:
+        assert conn.state is ConnectionState.ERROR
+        return exc
+    assert not any(isinstance(e, MessagesReceived) for e in events)
+    return None
+
+
+def _open_pair() -> tuple[ClientConnection, VenueConnection]:
+    p, v, _, _ = handshake()
+    return p, v
+
+
+# -- fuzzing ------------------------------------------------------------------------
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=600))
+def test_arbitrary_bytes_to_venue_before_handshake(data: bytes) -> None:
+    v = VenueConnection(VENUE, SessionConfig())
+    try:
+        events = v.receive_data(data)
+    except SessionError:
+        return
+    # Only a syntactically valid ClientHello may be accepted, and it only yields HelloReceived.
+    assert [type(e).__name__ for e in events] == ["HelloReceived"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_arbitrary_bytes_to_participant_before_handshake(data: bytes) -> None:
+    p = ClientConnection(PARTICIPANT, VENUE.public_key, SessionConfig())
+    try:
+        events = p.receive_data(data)
+    except SessionError:
+        return
+    # A well-formed REJECT is the only unauthenticated input that yields an event.
+    assert all(isinstance(e, CloseReceived) for e in events)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=600), st.sampled_from(["p", "v"]))
+def test_arbitrary_bytes_to_open_connection(data: bytes, side: str) -> None:
+    p, v = _open_pair()
+    conn = p if side == "p" else v
+    assert _feed_expecting_typed_error(conn, data) is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 10_000), st.integers(0, 7), st.sampled_from(["data", "hello", "m2", "m3"]))
+def test_flipped_bit_anywhere_is_rejected(pos: int, bit: int, which: str) -> None:
+    if which == "data":
+        p, v = _open_pair()
+        frame = bytearray(p.send_data([b"order-1", b"order-2"]))
+        frame[pos % len(frame)] ^= 1 << bit
+        assert _feed_expecting_typed_error(v, bytes(frame)) is not None
+        return
+    p = ClientConnection(PARTICIPANT, VENUE.public_key, SessionConfig())
+    v = VenueConnection(VENUE, SessionConfig())
+    (m1,) = p.data_to_send()
+    if which == "hello":
+        m1 = _flip(m1, pos, bit)
+    try:
+        v.receive_data(m1)
+        v.accept(PARTICIPANT.public_key)
+        (m2,) = v.data_to_send()
+        if which == "m2":
+            m2 = _flip(m2, pos, bit)
+        p.receive_data(m2)
+        (m3,) = p.data_to_send()
+        if which == "m3":
+            m3 = _flip(m3, pos, bit)
+        v.receive_data(m3)
+    except SessionError:
+        return
+    pytest.fail("a tampered handshake completed on both sides")
+
+
+def _flip(frame: bytes, pos: int, bit: int) -> bytes:
+    b = bytearray(frame)
+    b[pos % len(b)] ^= 1 << bit
+    return bytes(b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2000))
+def test_truncated_frames_are_rejected(cut: int) -> None:
+    p, v = _open_pair()
+    frame = p.send_data([b"x" * 50, b"y" * 50])
+    cut %= len(frame)
+    assert isinstance(_feed_expecting_typed_error(v, frame[:cut]), (FrameError, IntegrityError))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 5), min_size=2, max_size=6, unique=True))
+def test_reordered_frames_are_rejected(order: list[int]) -> None:
+    p, v = _open_pair()
+    frames = [p.send_data([b"m%d" % i]) for i in range(6)]
+    if order == sorted(order) and order[0] == 0 and order == list(range(len(order))):
+        order = [1, 0]
+    for i, idx in enumerate(order):
+        if idx != i:
+            assert isinstance(_feed_expecting_typed_error(v, frames[idx]), SequenceError)
+            return
+        v.receive_data(frames[idx])
+    pytest.fail("expected a reordering")  # pragma: no cover
+
+
+# -- named attacks (research/crypto.md §4.8) --------------------------------------
+
+
+def test_attack_replay_of_data_frame_on_same_connection() -> None:
+    p, v = _open_pair()
+    frame = p.send_data([b"buy 100"])
+    assert v.receive_data(frame) == [MessagesReceived(0, [b"buy 100"])]
+    assert isinstance(_feed_expecting_typed_error(v, frame), SequenceError)
+
+
+def test_attack_replay_of_control_frame() -> None:
+    p, v = _open_pair()
+    p.request_rekey()
+    (req,) = p.data_to_send()
+    v.receive_data(req)
+    assert isinstance(_feed_expecting_typed_error(v, req), SequenceError)
+
+
+def test_attack_replay_into_another_session() -> None:
+    p1, _v1 = _open_pair()
+    _p2, v2 = _open_pair()
+    frame = p1.send_data([b"buy 100"])
+    assert isinstance(_feed_expecting_typed_error(v2, frame), IntegrityError)
+
+
+def test_attack_replay_into_resumed_connection_of_same_session() -> None:
+    link = Link(SessionConfig())
+    link.p.request_rekey()
+    (captured,) = link.p.data_to_send()  # control seq 0 of the old connection
+    link.cut_and_resume()
+    # Same session, and control seq 0 is what the new connection expects, but
+    # the resumed connection has fresh keys.
+    assert isinstance(_feed_expecting_typed_error(link.v, captured), IntegrityError)
+
+
+def test_attack_drop_creates_gap() -> None:
+    p, v = _open_pair()
+    p.send_data([b"a"])
+    frame2 = p.send_data([b"b"])
+    assert isinstance(_feed_expecting_typed_error(v, frame2), SequenceError)
+
+
+def test_attack_injection_with_wrong_tag() -> None:
+    p, v = _open_pair()
+    genuine = p.send_data([b"buy 100"])
+    body_and_header = genuine[:-16]
+    forged = body_and_header.replace(b"buy 100", b"buy 999") + bytes(16)
+    assert isinstance(_feed_expecting_typed_error(v, forged), IntegrityError)
+    p2, v2 = _open_pair()
+    genuine2 = p2.send_data([b"buy 100"])
+    modified = genuine2[:-16].replace(b"buy 100", b"buy 999") + genuine2[-16:]
+    assert isinstance(_feed_expecting_typed_error(v2, modified), IntegrityError)
+
+
+def test_attack_reflection_of_own_frames() -> None:
+    p, _v = _open_pair()
+    frame = p.send_data([b"buy 100"])
+    assert isinstance(_feed_expecting_typed_error(p, frame), IntegrityError)
+    p.request_rekey()
+
+
+def test_attack_reflection_of_venue_frames() -> None:
+    _p, v = _open_pair()
+    frame = v.send_data([b"fill"])
+    assert isinstance(_feed_expecting_typed_error(v, frame), IntegrityError)
+
+
+def test_attack_mitm_substitutes_venue_ephemeral() -> None:
+    mitm = VenueConnection(OTHER, SessionConfig())
+    p = ClientConnection(PARTICIPANT, VENUE.public_key, SessionConfig())
+    pump(p, mitm)
+    mitm.accept(PARTICIPANT.public_key)
+    with pytest.raises(AuthenticationError):
+        pump(mitm, p)
+
+
+def test_attack_identity_misbinding_wrong_participant_key() -> None:
+    # OTHER claims PARTICIPANT's key_id: the venue verifies against the registered key.
+    p = ClientConnection(OTHER, VENUE.public_key, SessionConfig())
+    v = VenueConnection(VENUE, SessionConfig())
+    pump(p, v)
+    v.accept(PARTICIPANT.public_key)  # registry lookup by key_id gives the real key
+    pump(v, p)
+    with pytest.raises(AuthenticationError) as info:
+        pump(p, v)
+    assert info.value.code is CloseCode.AUTH_FAILED
+
+
+def test_attack_version_downgrade_in_hello_is_refused() -> None:
+    p = ClientConnection(PARTICIPANT, VENUE.public_key, SessionConfig())
+    (m1,) = p.data_to_send()
+    downgraded = m1.replace(b"\xa3ver\x91\x01", b"\xa3ver\x91\x00")
+    assert downgraded != m1
+    v = VenueConnection(VENUE, SessionConfig())
+    with pytest.raises(AuthenticationError) as info:
+        v.receive_data(downgraded)
+    assert info.value.code is CloseCode.VERSION_MISMATCH
+
+
+def test_attack_mode_downgrade_in_server_hello_breaks_signature() -> None:
+    p = ClientConnection(PARTICIPANT, VENUE.public_key, SessionConfig())
+    v = VenueConnection(VENUE, SessionConfig())
+    pump(p, v)
+    v.accept(PARTICIPANT.public_key)
+    (m2,) = v.data_to_send()
+    tampered = m2.replace(b"\xa3mac", b"\xa3mad")
+    assert tampered != m2
+    with pytest.raises(AuthenticationError):
+        p.receive_data(tampered)
+
+
+def test_attack_handshake_replay_to_new_venue_connection() -> None:
+    p = ClientConnection(PARTICIPANT, VENUE.public_key, SessionConfig())
+    v = VenueConnection(VENUE, SessionConfig())
+    (m1,) = p.data_to_send()
+    v.receive_data(m1)
+    v.accept(PARTICIPANT.public_key)
+    p.receive_data(v.data_to_send()[0])
+    (m3,) = p.data_to_send()
+    v.receive_data(m3)
+    # The attacker replays the captured M1 and M3 against a new connection.
+    v2 = VenueConnection(VENUE, SessionConfig())
+    v2.receive_data(m1)
+    v2.accept(PARTICIPANT.public_key)
+    v2.data_to_send()
+    with pytest.raises(AuthenticationError):
+        v2.receive_data(m3)
+
+
+def test_attack_resume_with_captured_binder_is_single_use() -> None:
+    link = Link(SessionConfig())
+    link.send("p", [b"x"])
+    link.flush()
+    state = link.p_state
+    # The participant resumes; an attacker captures its resume ClientHello.
+    p2 = ClientConnection(PARTICIPANT, VENUE.public_key, SessionConfig(), resume=state)
+    (captured_m1,) = p2.data_to_send()
+    v2 = VenueConnection(VENUE, SessionConfig())
+    v2.receive_data(captured_m1)
+    v2.accept(PARTICIPANT.public_key, link.v_state)
+    p2.receive_data(v2.data_to_send()[0])
+    for f in p2.data_to_send():
+        v2.receive_data(f)
+    assert v2.state is ConnectionState.OPEN
+    # Replaying the captured binder later is detected as reuse and kills the session.
+    v3 = VenueConnection(VENUE, SessionConfig())
+    (ev,) = v3.receive_data(captured_m1)
+    assert link.v_state is not None
+    with pytest.raises(AuthenticationError) as info:
+        v3.accept(PARTICIPANT.public_key, link.v_state)
+    assert info.value.code is CloseCode.BINDER_REUSED
+    assert link.v_state.compromised
+
+
+def test_attack_resume_from_another_identity() -> None:
+    link = Link(SessionConfig())
+    assert link.p_state is not None and link.v_state is not None
+    # OTHER knows the session id (it travels in clear without TLS) and forges a resume.
+    forged = ClientConnection(OTHER, VENUE.public_key, SessionConfig(), resume=None)
+    (m1,) = forged.data_to_send()
+    v = VenueConnection(VENUE, SessionConfig())
+    (hello,) = v.receive_data(m1)
+    assert hello.resume_session_id is None  # it cannot even form a binder
+    # With a stolen participant state but its own key id, the venue refuses to resume:
+    # the registry lookup for OTHER's key id fails before anything else.
+    registry = KeyRegistry()
+    registry.add(PARTICIPANT.key_id, PARTICIPANT.public_key)
+    with pytest.raises(AuthenticationError) as info:
+        registry.lookup(OTHER.key_id)
+    assert info.value.code is CloseCode.UNKNOWN_KEY
+    # And a session belonging to another key id is never handed over: fresh session.
+    p_other = ClientConnection(OTHER, VENUE.public_key, SessionConfig())
+    v2 = VenueConnection(VENUE, SessionConfig())
+    pump(p_other, v2)
+    v2.accept(OTHER.public_key, link.v_state)
+    (done,) = pump(v2, p_other)
+    assert isinstance(done, HandshakeComplete) and not done.resumed
+    assert done.session_id != link.v_state.session_id
+
+
+def test_attack_frame_under_stale_epoch_after_switch() -> None:
+    p, v = _open_pair()
+    old_epoch_frame = p.send_data([b"a"])
+    v.receive_data(old_epoch_frame)
+    v.messages_consumed(1)
+    p.ratchet()
+    v.receive_data(p.send_data([b"b"]))  # epoch 1 now; epoch 0 key deleted
+    # Re-seal a frame under the old epoch number with a correct seq: the key is gone.
+    stale = bytearray(p.send_data([b"c"]))
+    struct.pack_into("!I", stale, 2, 0)
+    assert isinstance(_feed_expecting_typed_error(v, bytes(stale)), IntegrityError)
+
+
+def test_attack_frame_from_future_epoch() -> None:
+    p, v = _open_pair()
+    frame = bytearray(p.send_data([b"a"]))
+    struct.pack_into("!I", frame, 2, 7)
+    assert isinstance(_feed_expecting_typed_error(v, bytes(frame)), IntegrityError)
+
+
+def test_attack_unknown_and_revoked_key_id_are_rejected_before_crypto() -> None:
+    registry = KeyRegistry()
+    registry.add(PARTICIPANT.key_id, PARTICIPANT.public_key)
+    registry.add(OTHER.key_id, OTHER.public_key)
+    registry.revoke(OTHER.key_id)
+    for ident, code in ((OTHER, CloseCode.KEY_REVOKED), (VENUE, CloseCode.UNKNOWN_KEY)):
+        p = ClientConnection(ident, VENUE.public_key, SessionConfig())
+        v = VenueConnection(VENUE, SessionConfig())
+        (hello,) = pump(p, v)
+        with pytest.raises(AuthenticationError) as info:
+            registry.lookup(hello.key_id)
+        assert info.value.code is code
+        v.close(info.value.code, "key refused")
+        (ev,) = pump(v, p)
+        assert isinstance(ev, CloseReceived) and ev.code is code
+        err = ev.to_error()
+        assert isinstance(err, AuthenticationError) and err.remote
+
+
+def test_attack_oversized_frame_rejected_before_decoding() -> None:
+    cfg = SessionConfig(max_frame_size=4096, max_message_size=1024, max_batch_bytes=2048)
+    p, v, _, _ = handshake(cfg)
+    huge = pack_header(FrameType.DATA, 0, 0, 0) + b"\x93" + b"\x00" * 5000
+    err = _feed_expecting_typed_error(v, huge)
+    assert isinstance(err, FrameError) and "max_frame_size" in str(err)
+    v2 = VenueConnection(VENUE, cfg)
+    assert isinstance(_feed_expecting_typed_error(v2, b"\x01" + b"\x00" * 5000), FrameError)
+
+
+def test_attack_msgpack_size_bomb_in_body() -> None:
+    # A body claiming a 2**32-element array must fail cleanly, not allocate.
+    p = ClientConnection(PARTICIPANT, VENUE.public_key, SessionConfig())
+    bomb = pack_header(FrameType.CLIENT_HELLO, 0, 0, 0) + b"\xdd\xff\xff\xff\xff"
+    v = VenueConnection(VENUE, SessionConfig())
+    assert isinstance(_feed_expecting_typed_error(v, bomb), FrameError)
+    del p
+
+
+def test_attack_peer_exceeds_credit_window() -> None:
+    cfg = SessionConfig(inbound_capacity=4)
+    p, v, _, _ = handshake(cfg)
+    p.send_data([b"a"] * 4)
+    # Forge the participant's state to ignore the window (a misbehaving peer).
+    assert p.session is not None
+    p.session.peer_window = 100
+    over = p.send_data([b"b"])
+    link_err = None
+    v2_events: list[Event] = []
+    try:
+        v2_events = v.receive_data(p.session and over)
+    except SessionError as exc:  # the first frame (4 messages) was never fed: gap
+        link_err = exc
+    assert link_err is not None and not v2_events
+
+
+def test_attack_peer_exceeds_credit_window_in_order() -> None:
+    cfg = SessionConfig(inbound_capacity=4)
+    p, v, _, _ = handshake(cfg)
+    v.receive_data(p.send_data([b"a"] * 4))
+    assert p.session is not None
+    p.session.peer_window = 100
+    err = _feed_expecting_typed_error(v, p.send_data([b"b"]))
+    assert isinstance(err, RemoteProtocolError) and "window" in str(err)
+
+
+def test_attack_ack_of_unsent_messages() -> None:
+    p, v = _open_pair()
+    assert v.session is not None
+    v.session.next_rx_seq = 50  # a lying venue acknowledges 50 messages never sent
+    v.session.rx_consumed = 50
+    v.close(CloseCode.NORMAL)
+    v._close_pending = None
+    v.state = ConnectionState.OPEN
+    frame = v.send_data([b"x"])
+    err = _feed_expecting_typed_error(p, frame)
+    assert isinstance(err, RemoteProtocolError) and "acknowledged" in str(err)
+
+
+def test_unknown_frame_type_and_handshake_frames_after_open() -> None:
+    p, v = _open_pair()
+    assert isinstance(_feed_expecting_typed_error(v, HEADER.pack(0x7F, 0, 0, 0) + bytes(16)), FrameError)
+    p2, v2 = _open_pair()
+    hello = pack_header(FrameType.CLIENT_HELLO, 0, 0, 0) + encode_body({"x": 1}) + bytes(16)  # type: ignore[arg-type]
+    assert isinstance(_feed_expecting_typed_error(v2, hello), FrameError)
+    del p, p2
