@@ -49,9 +49,9 @@ def handshake(
     venue_session: SessionState | None = None,
 ) -> tuple[ClientConnection, VenueConnection, list[Event], list[Event]]:
     cfg = config or SessionConfig()
-    kw = {"clock": clock} if clock is not None else {}
-    p = ClientConnection(participant, VENUE.public_key, cfg, resume=resume, **kw)
-    v = VenueConnection(VENUE, cfg, **kw)
+    clk = clock if clock is not None else FakeClock()
+    p = ClientConnection(participant, VENUE.public_key, cfg, resume=resume, clock=clk)
+    v = VenueConnection(VENUE, cfg, clock=clk)
     pump(p, v)
     v.accept(participant.public_key, venue_session)
     p_events = pump(v, p)
@@ -81,7 +81,9 @@ class Link:
 
     def connect(self) -> None:
         cfg = self.config
-        self.p = ClientConnection(PARTICIPANT, VENUE.public_key, cfg, resume=self.p_state, clock=self.clock)
+        self.p = ClientConnection(
+            PARTICIPANT, VENUE.public_key, cfg, resume=self.p_state, clock=self.clock
+        )
         self.v = VenueConnection(VENUE, cfg, clock=self.clock)
         self.to_v: deque[bytes] = deque(self.p.data_to_send())
         self.to_p: deque[bytes] = deque()

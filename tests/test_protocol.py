@@ -96,7 +96,9 @@ _op = st.one_of(
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(_op, min_size=1, max_size=60))
-def test_resume_after_cuts_at_arbitrary_points_loses_and_duplicates_nothing(ops: list[tuple[str, object]]) -> None:
+def test_resume_after_cuts_at_arbitrary_points_loses_and_duplicates_nothing(
+    ops: list[tuple[str, object]],
+) -> None:
     cfg = SessionConfig(ratchet_messages=5, inbound_capacity=64, replay_max_messages=128)
     link = Link(cfg)
     counters = {"p": 0, "v": 0}
@@ -246,8 +248,10 @@ def test_silent_peer_gets_probe_then_heartbeat_timeout() -> None:
 
 def test_venue_rekeys_on_time_and_fails_a_stalled_rekey() -> None:
     clock = FakeClock()
-    cfg = SessionConfig(rekey_interval=120, reject_after=180, rekey_jitter=0.0, ratchet_interval=1000)
-    p, v, _, _ = handshake(cfg, clock=clock)
+    cfg = SessionConfig(
+        rekey_interval=120, reject_after=180, rekey_jitter=0.0, ratchet_interval=1000
+    )
+    _p, v, _, _ = handshake(cfg, clock=clock)
     assert v.rotation_deadline() == pytest.approx(120)
     clock.advance(120)
     v.handle_rotation_timer()
@@ -271,7 +275,9 @@ def test_rekey_jitter_spreads_deadlines() -> None:
 def test_participant_requests_rekey_when_venue_is_late() -> None:
     clock = FakeClock()
     cfg = SessionConfig(rekey_interval=60, reject_after=90, rekey_jitter=0.0, ratchet_interval=1000)
-    cfg_v = SessionConfig(rekey_interval=600, reject_after=900, rekey_jitter=0.0, ratchet_interval=1000)
+    cfg_v = SessionConfig(
+        rekey_interval=600, reject_after=900, rekey_jitter=0.0, ratchet_interval=1000
+    )
     p = ClientConnection(PARTICIPANT, VENUE.public_key, cfg, clock=clock)
     v = VenueConnection(VENUE, cfg_v, clock=clock)
     pump(p, v)

@@ -22,7 +22,9 @@ def _spec_vectors() -> dict[str, Any]:
 
 
 def test_spec_vectors_match_the_implementation() -> None:
-    assert _spec_vectors() == _vectors.generate(), "run: python -m trio_session._vectors --update docs/protocol.md"
+    assert _spec_vectors() == _vectors.generate(), (
+        "run: python -m trio_session._vectors --update docs/protocol.md"
+    )
 
 
 def test_generation_is_deterministic() -> None:
@@ -32,17 +34,26 @@ def test_generation_is_deterministic() -> None:
 def test_primitives_match_libsodium_directly() -> None:
     prim = _spec_vectors()["primitives"]
     raw = nacl.encoding.RawEncoder
-    h = nacl.hash.blake2b(bytes.fromhex(prim["H"]["input"]), digest_size=32, person=b"tsess/v1 th", encoder=raw)
+    h = nacl.hash.blake2b(
+        bytes.fromhex(prim["H"]["input"]), digest_size=32, person=b"tsess/v1 th", encoder=raw
+    )
     assert h.hex() == prim["H"]["output"]
     kdf = prim["KDF"]
     out = nacl.hash.blake2b(
-        bytes.fromhex(kdf["input"]), digest_size=32, key=bytes.fromhex(kdf["key"]),
-        person=kdf["label"].encode(), encoder=raw,
+        bytes.fromhex(kdf["input"]),
+        digest_size=32,
+        key=bytes.fromhex(kdf["key"]),
+        person=kdf["label"].encode(),
+        encoder=raw,
     )
     assert out.hex() == kdf["output"]
     m = prim["MAC"]
     out = nacl.hash.blake2b(
-        bytes.fromhex(m["input"]), digest_size=16, key=bytes.fromhex(m["key"]), person=b"tsess/v1 mac", encoder=raw
+        bytes.fromhex(m["input"]),
+        digest_size=16,
+        key=bytes.fromhex(m["key"]),
+        person=b"tsess/v1 mac",
+        encoder=raw,
     )
     assert out.hex() == m["output"]
 
@@ -52,7 +63,9 @@ def test_identities_and_key_ids_from_seeds() -> None:
     for ident in ids.values():
         sk = nacl.signing.SigningKey(bytes.fromhex(ident["seed"]))
         assert sk.verify_key.encode().hex() == ident["public_key"]
-        kid = hashlib.blake2b(bytes.fromhex(ident["public_key"]), digest_size=16, person=b"tsess/v1 keyid")
+        kid = hashlib.blake2b(
+            bytes.fromhex(ident["public_key"]), digest_size=16, person=b"tsess/v1 keyid"
+        )
         assert kid.hexdigest() == ident["key_id"]
 
 
@@ -87,12 +100,16 @@ def test_handshake_signatures_and_transcript_recomputed_from_first_principles() 
     assert m1_body["e_p"] == e_pk
     rx, _tx = nacl.bindings.crypto_kx_client_session_keys(e_pk, e_sk, body["e_v"])
     k_fin_v = hashlib.blake2b(th2, digest_size=32, key=rx, person=b"tsess fin v").digest()
-    assert hashlib.blake2b(th2s, digest_size=16, key=k_fin_v, person=b"tsess/v1 mac").digest() == fin_v
+    assert (
+        hashlib.blake2b(th2s, digest_size=16, key=k_fin_v, person=b"tsess/v1 mac").digest() == fin_v
+    )
 
 
 def test_data_frame_header_layout() -> None:
     vec = _spec_vectors()
-    frame = next(bytes.fromhex(f["hex"]) for f in vec["frames"] if f["name"].startswith("DATA c2v seq 0"))
+    frame = next(
+        bytes.fromhex(f["hex"]) for f in vec["frames"] if f["name"].startswith("DATA c2v seq 0")
+    )
     assert frame[0] == 0x10 and frame[1] == 0
     assert int.from_bytes(frame[2:6], "big") == 0  # epoch
     assert int.from_bytes(frame[6:14], "big") == 0  # seq of the first message

@@ -8,6 +8,8 @@ not listed here is private and may change without notice.
 
 from __future__ import annotations
 
+import contextlib
+
 from ._config import SessionConfig as SessionConfig
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import Category as Category
@@ -62,10 +64,8 @@ def _fixup_module_metadata() -> None:
     for name in __all__:
         obj = globals()[name]
         if getattr(obj, "__module__", "").startswith("trio_session._"):
-            try:
+            with contextlib.suppress(AttributeError, TypeError):  # builtins refuse
                 obj.__module__ = __name__
-            except (AttributeError, TypeError):  # pragma: no cover - builtins
-                pass
 
 
 _fixup_module_metadata()

@@ -144,8 +144,15 @@ def kx_client(pk: bytes, sk: bytes, server_pk: bytes) -> tuple[bytes, bytes]:
     """
     try:
         rx, tx = nacl.bindings.crypto_kx_client_session_keys(pk, sk, server_pk)
-    except (nacl.exceptions.CryptoError, nacl.exceptions.RuntimeError, TypeError, ValueError) as exc:
-        raise AuthenticationError("invalid ephemeral key from venue", code=CloseCode.AUTH_FAILED, remote=True) from exc
+    except (
+        nacl.exceptions.CryptoError,
+        nacl.exceptions.RuntimeError,
+        TypeError,
+        ValueError,
+    ) as exc:
+        raise AuthenticationError(
+            "invalid ephemeral key from venue", code=CloseCode.AUTH_FAILED, remote=True
+        ) from exc
     return tx, rx
 
 
@@ -153,8 +160,15 @@ def kx_server(pk: bytes, sk: bytes, client_pk: bytes) -> tuple[bytes, bytes]:
     """Venue side of crypto_kx: returns ``(kx_c2v, kx_v2c)``."""
     try:
         rx, tx = nacl.bindings.crypto_kx_server_session_keys(pk, sk, client_pk)
-    except (nacl.exceptions.CryptoError, nacl.exceptions.RuntimeError, TypeError, ValueError) as exc:
-        raise AuthenticationError("invalid ephemeral key from participant", code=CloseCode.AUTH_FAILED, remote=True) from exc
+    except (
+        nacl.exceptions.CryptoError,
+        nacl.exceptions.RuntimeError,
+        TypeError,
+        ValueError,
+    ) as exc:
+        raise AuthenticationError(
+            "invalid ephemeral key from participant", code=CloseCode.AUTH_FAILED, remote=True
+        ) from exc
     return rx, tx
 
 
@@ -162,7 +176,13 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> boo
     """Ed25519 detached-signature check that never raises for bad input."""
     try:
         nacl.signing.VerifyKey(public_key).verify(message, signature)
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError, ValueError, TypeError):
+    except (
+        nacl.exceptions.BadSignatureError,
+        nacl.exceptions.ValueError,
+        nacl.exceptions.TypeError,
+        ValueError,
+        TypeError,
+    ):
         return False
     return True
 

@@ -153,7 +153,9 @@ class ProtocolError(SessionError):
 
     default_code = CloseCode.PROTOCOL_ERROR
 
-    def __init__(self, message: str = "", *, code: CloseCode | None = None, remote: bool = False) -> None:
+    def __init__(
+        self, message: str = "", *, code: CloseCode | None = None, remote: bool = False
+    ) -> None:
         if type(self) is ProtocolError:
             raise TypeError("raise LocalProtocolError or RemoteProtocolError instead")
         super().__init__(message, code=code, remote=remote)
@@ -263,11 +265,15 @@ class SessionClosed(SessionError):
         self.reason = reason
 
 
-def error_for_code(code: CloseCode, reason: str, *, remote: bool, retry_after: float | None = None) -> SessionError:
+def error_for_code(
+    code: CloseCode, reason: str, *, remote: bool, retry_after: float | None = None
+) -> SessionError:
     """Build the typed error that a received CLOSE/REJECT frame stands for."""
     msg = f"peer closed the session: {code.name}" + (f" ({reason})" if reason else "")
     if code is CloseCode.RATE_LIMITED:
-        return RateLimited(msg, retry_after=retry_after if retry_after is not None else 1.0, code=code)
+        return RateLimited(
+            msg, retry_after=retry_after if retry_after is not None else 1.0, code=code
+        )
     cat = code.category
     if cat is Category.FATAL:
         return AuthenticationError(msg, code=code, remote=remote)

@@ -325,8 +325,12 @@ class _Direction:
     @classmethod
     def create(cls, direction: int, session_id: bytes, chain: c.ChainKey, now: float) -> _Direction:
         return cls(
-            direction, session_id, 0, chain,
-            c.FrameMac(chain.message_key(), session_id, direction), epoch_started=now,
+            direction,
+            session_id,
+            0,
+            chain,
+            c.FrameMac(chain.message_key(), session_id, direction),
+            epoch_started=now,
         )
 
     def candidate(self) -> tuple[c.ChainKey, c.FrameMac]:
@@ -472,12 +476,15 @@ class Connection:
         """Control frames owed right now (handshake, retransmission, acks, heartbeats,
         rekeys, close), in the order they must be written.  Call from the writer."""
         out = self._out
-        if self.state is ConnectionState.OPEN or (
-            self.state in (ConnectionState.CLOSING, ConnectionState.CLOSED, ConnectionState.ERROR)
-            and self._close_pending is not None
-        ):
-            if self._tx is not None:
-                self._build_control(out)
+        if (
+            self.state is ConnectionState.OPEN
+            or (
+                self.state
+                in (ConnectionState.CLOSING, ConnectionState.CLOSED, ConnectionState.ERROR)
+                and self._close_pending is not None
+            )
+        ) and self._tx is not None:
+            self._build_control(out)
         self._out = []
         if out:
             now = self._clock()
@@ -573,7 +580,13 @@ class Connection:
         s.rx_consumed += n
         return self.state is ConnectionState.OPEN and self._ack_due()
 
-    def close(self, code: CloseCode = CloseCode.NORMAL, reason: str = "", *, retry_after: float | None = None) -> None:
+    def close(
+        self,
+        code: CloseCode = CloseCode.NORMAL,
+        reason: str = "",
+        *,
+        retry_after: float | None = None,
+    ) -> None:
         """Queue a CLOSE (or, before the handshake completed on the venue, a REJECT).
 
         Valid in any state; a no-op when a close was already sent.  The frame is
@@ -700,8 +713,10 @@ class Connection:
 
     # -- internals: key schedule -------------------------------------------------
 
-    def _install_keys(self, kx_c2v: bytes, kx_v2c: bytes, th: bytes, resume_k: bytes | None) -> bytes:
-        """Derive root, per-direction chains and the next resume secret (protocol.md §Key schedule)."""
+    def _install_keys(
+        self, kx_c2v: bytes, kx_v2c: bytes, th: bytes, resume_k: bytes | None
+    ) -> bytes:
+        """Derive root, per-direction chains and the next resume secret (protocol.md)."""
         mix = c.h(kx_c2v, kx_v2c) if resume_k is None else c.h(kx_c2v, kx_v2c, resume_k)
         root = c.kdf(mix, c.L_ROOT, th)
         self._root, self._th = root, th
@@ -716,7 +731,9 @@ class Connection:
         self._last_dh = now
         return c.kdf(root, c.L_RESUME, th)
 
-    def _dh_rekey_keys(self, rekey_id: int, e_v: bytes, e_p: bytes, kx_c2v: bytes, kx_v2c: bytes) -> tuple[c.ChainKey, c.ChainKey, bytes]:
+    def _dh_rekey_keys(
+        self, rekey_id: int, e_v: bytes, e_p: bytes, kx_c2v: bytes, kx_v2c: bytes
+    ) -> tuple[c.ChainKey, c.ChainKey, bytes]:
         th_r = c.h(self._th, c.u32(rekey_id), e_v, e_p)
         root = c.kdf(self._root, c.L_DH, kx_c2v + kx_v2c + th_r)
         self._root = root
@@ -778,7 +795,9 @@ class Connection:
 
     def _heartbeat_due(self, now: float) -> bool:
         iv = self.heartbeat_interval
-        return now >= self._last_tx + iv or (not self._probe_outstanding and now >= self._last_rx + iv)
+        return now >= self._last_tx + iv or (
+            not self._probe_outstanding and now >= self._last_rx + iv
+        )
 
     def _build_control(self, out: list[bytes]) -> None:
         s = self.session
@@ -791,7 +810,11 @@ class Connection:
             self._owe_rekey_ack = None
         if self._owe_hb_ack is not None:
             ack, window = self._grant()
-            out.append(self._control(FrameType.HEARTBEAT_ACK, encode_body(Heartbeat(self._owe_hb_ack, ack, window))))
+            out.append(
+                self._control(
+                    FrameType.HEARTBEAT_ACK, encode_body(Heartbeat(self._owe_hb_ack, ack, window))
+                )
+            )
             self._owe_hb_ack = None
         if self._rekey_queued:
             self._rekey_queued = False
@@ -862,7 +885,9 @@ class Connection:
         assert self._tx is not None and self._rx is not None and self.session is not None
         e_pk, e_sk = c.kx_keypair(self._rng(32))
         kx_c2v, kx_v2c = c.kx_client(e_pk, e_sk, rekey.e_v)
-        ck_c2v, ck_v2c, resume = self._dh_rekey_keys(rekey.rekey_id, rekey.e_v, e_pk, kx_c2v, kx_v2c)
+        ck_c2v, ck_v2c, resume = self._dh_rekey_keys(
+            rekey.rekey_id, rekey.e_v, e_pk, kx_c2v, kx_v2c
+        )
         out.append(self._control(FrameType.REKEY_ACK, encode_body(RekeyAck(rekey.rekey_id, e_pk))))
         # Switch rule 1: our next c2v frame uses epoch + 1 under the new chain.
         self._tx.pending = ck_c2v
@@ -897,7 +922,9 @@ class Connection:
         elif epoch == rx.epoch + 1:
             new_chain, mac = rx.candidate()
         else:
-            raise IntegrityError(f"frame under key epoch {epoch}, expected {rx.epoch} or {rx.epoch + 1}", remote=True)
+            raise IntegrityError(
+                f"frame under key epoch {epoch}, expected {rx.epoch} or {rx.epoch + 1}", remote=True
+            )
         expected = s.next_rx_seq if frame_type is FrameType.DATA else self._rx_ctrl_seq
         if seq != expected:
             kind = "data" if frame_type is FrameType.DATA else "control"
@@ -905,9 +932,8 @@ class Connection:
         view = memoryview(frame)
         if not mac.verify(view[: -c.TAG_LEN], view[-c.TAG_LEN :]):
             raise IntegrityError(f"bad tag on {frame_type.name} frame", remote=True)
-        if new_chain is not None:
-            if rx.advance(new_chain, mac, self._clock()):
-                self._on_rx_tier2_switch()
+        if new_chain is not None and rx.advance(new_chain, mac, self._clock()):
+            self._on_rx_tier2_switch()
         if frame_type is not FrameType.DATA:
             self._rx_ctrl_seq += 1
         return frame_type, flags, seq, view[HEADER_LEN : -c.TAG_LEN]
@@ -923,14 +949,16 @@ class Connection:
         s = self.session
         assert s is not None
         if ack > s.next_tx_seq:
-            raise RemoteProtocolError(f"peer acknowledged seq {ack} beyond what we sent ({s.next_tx_seq})", remote=True)
+            raise RemoteProtocolError(
+                f"peer acknowledged seq {ack} beyond what we sent ({s.next_tx_seq})", remote=True
+            )
         if ack > s.peer_ack:
             s.trim(ack)
         if window > s.peer_window:
             s.peer_window = window
 
     def _receive_authenticated(self, frame: bytes) -> list[Event]:
-        frame_type, flags, seq, body = self._open(frame)
+        frame_type, _flags, seq, body = self._open(frame)
         s = self.session
         assert s is not None
         if frame_type is FrameType.DATA:
@@ -940,13 +968,16 @@ class Connection:
                 raise FrameError("DATA frame without messages", remote=True)
             if seq + n > self._adv_window:
                 raise RemoteProtocolError(
-                    f"peer sent up to seq {seq + n - 1} beyond the granted window {self._adv_window}",
+                    f"peer sent up to seq {seq + n - 1} "
+                    f"beyond the granted window {self._adv_window}",
                     remote=True,
                 )
             limit = self.config.max_message_size
             for m in data.msgs:
                 if len(m) > limit:
-                    raise FrameError(f"message of {len(m)} bytes exceeds max_message_size", remote=True)
+                    raise FrameError(
+                        f"message of {len(m)} bytes exceeds max_message_size", remote=True
+                    )
             s.next_rx_seq = seq + n
             if self._unacked_since is None:
                 self._unacked_since = self._clock()
@@ -999,10 +1030,13 @@ class Connection:
         assert s is not None
         if peer_next_rx > s.next_tx_seq:
             raise RemoteProtocolError(
-                f"peer claims to have received up to {peer_next_rx}, we sent {s.next_tx_seq}", remote=True
+                f"peer claims to have received up to {peer_next_rx}, we sent {s.next_tx_seq}",
+                remote=True,
             )
         if peer_next_rx < s.peer_ack:
-            raise RemoteProtocolError("peer asks for messages it had already acknowledged", remote=True)
+            raise RemoteProtocolError(
+                "peer asks for messages it had already acknowledged", remote=True
+            )
         s.trim(peer_next_rx)
         s.peer_ack = max(s.peer_ack, peer_next_rx)
         s.peer_window = max(s.peer_window, peer_window)
@@ -1055,8 +1089,13 @@ class ClientConnection(Connection):
             window = self._resume.rx_consumed + config.inbound_capacity
             gens = sorted(self._resume.resume_secrets)[-MAX_BINDERS:]
         hello = ClientHello(
-            ver=[PROTOCOL_VERSION], modes=[MODE_MAC], key_id=identity.key_id,
-            p_nonce=self._p_nonce, e_p=self._e_pk, window=window, resume=resume_req,
+            ver=[PROTOCOL_VERSION],
+            modes=[MODE_MAC],
+            key_id=identity.key_id,
+            p_nonce=self._p_nonce,
+            e_p=self._e_pk,
+            window=window,
+            resume=resume_req,
         )
         prefix = pack_header(FrameType.CLIENT_HELLO, len(gens), 0, 0) + encode_body(hello)
         trailer = b""
@@ -1071,7 +1110,7 @@ class ClientConnection(Connection):
         self._out.append(self._m1)
 
     def _receive_handshake(self, frame: bytes) -> list[Event]:
-        frame_type, flags, _epoch, _seq = parse_header(frame)
+        frame_type, _flags, _epoch, _seq = parse_header(frame)
         if frame_type is FrameType.REJECT:
             rej = decode_body(frame_type, memoryview(frame)[HEADER_LEN:], Reject)
             retry = None if rej.retry_after_ms is None else rej.retry_after_ms / 1000
@@ -1089,12 +1128,14 @@ class ClientConnection(Connection):
         if m2.ver != PROTOCOL_VERSION or m2.mode != MODE_MAC:
             raise AuthenticationError(
                 f"venue chose unsupported version/mode {m2.ver}/{m2.mode}",
-                code=CloseCode.VERSION_MISMATCH, remote=True,
+                code=CloseCode.VERSION_MISMATCH,
+                remote=True,
             )
         th2 = c.h(TRANSCRIPT_LABEL, self._venue_pk, self._m1, prefix)
         if not c.verify_signature(self._venue_pk, c.SIG_CTX_SERVER + th2, sig_v):
             raise AuthenticationError(
-                "venue signature does not verify (wrong venue key or tampered handshake)", remote=True
+                "venue signature does not verify (wrong venue key or tampered handshake)",
+                remote=True,
             )
         kx_c2v, kx_v2c = c.kx_client(self._e_pk, self._e_sk, m2.e_v)
         self._e_sk = b""
@@ -1106,7 +1147,12 @@ class ClientConnection(Connection):
         th3s = c.h(th3, sig_p)
         fin_p = c.mac(c.kdf(kx_c2v, c.L_FIN_P, th3), th3s)
         th = c.h(th3s, fin_p)
-        m3 = pack_header(FrameType.CLIENT_FINISH, 0, 0, 0) + encode_body(ClientFinish()) + sig_p + fin_p
+        m3 = (
+            pack_header(FrameType.CLIENT_FINISH, 0, 0, 0)
+            + encode_body(ClientFinish())
+            + sig_p
+            + fin_p
+        )
 
         requested = self._resume is not None
         resume_k = None
@@ -1116,7 +1162,9 @@ class ClientConnection(Connection):
             if self._resume is None or m2.session_id != self._resume.session_id:
                 raise RemoteProtocolError("venue resumed a session we did not ask for", remote=True)
             if m2.resume_gen is None or m2.resume_gen not in self._offered_gens:
-                raise RemoteProtocolError("venue resumed with a generation we did not offer", remote=True)
+                raise RemoteProtocolError(
+                    "venue resumed with a generation we did not offer", remote=True
+                )
             resume_k = self._resume.resume_secrets[m2.resume_gen]
             new_gen = m2.resume_gen + 1
             self.session = self._resume
@@ -1137,7 +1185,9 @@ class ClientConnection(Connection):
     def _receive_rekey_frame(self, frame_type: FrameType, body: memoryview) -> list[Event]:
         if frame_type is FrameType.REKEY:
             rekey = decode_body(frame_type, body, Rekey)
-            if self._owe_rekey_ack is not None or (self._rx is not None and self._rx.pending is not None):
+            if self._owe_rekey_ack is not None or (
+                self._rx is not None and self._rx.pending is not None
+            ):
                 raise RemoteProtocolError("REKEY while a previous rekey is unfinished", remote=True)
             self._owe_rekey_ack = rekey
             return []
@@ -1190,7 +1240,9 @@ class VenueConnection(Connection):
         Raises AuthenticationError for an invalid or reused resume binder.
         """
         if self.state is not ConnectionState.AWAITING_ACCEPT or self._hello is None:
-            raise LocalProtocolError(f"accept() is only valid after HelloReceived (state {self.state.value})")
+            raise LocalProtocolError(
+                f"accept() is only valid after HelloReceived (state {self.state.value})"
+            )
         try:
             self._accept(peer_public_key, session)
         except SessionError as exc:
@@ -1204,9 +1256,12 @@ class VenueConnection(Connection):
             raise LocalProtocolError("peer_public_key must be 32 bytes")
         self._peer_pk = bytes(peer_public_key)
         cfg = self.config
-        if hello.resume is not None and session is not None:
-            if session.key_id != hello.key_id or session.session_id != hello.resume.session_id:
-                session = None
+        if (
+            hello.resume is not None
+            and session is not None
+            and (session.key_id != hello.key_id or session.session_id != hello.resume.session_id)
+        ):
+            session = None  # never hand one participant's session to another
         if hello.resume is not None and session is not None:
             self._resume_gen, self._resume_k = self._check_binders(session, hello.resume.session_id)
             self._pending_session = session
@@ -1219,11 +1274,18 @@ class VenueConnection(Connection):
         v_nonce = self._rng(32)
         e_pk, e_sk = c.kx_keypair(self._rng(32))
         m2 = ServerHello(
-            ver=PROTOCOL_VERSION, mode=MODE_MAC, session_id=self._session_id, v_nonce=v_nonce,
-            e_v=e_pk, ts_ms=max(0, self._wall_ms()),
+            ver=PROTOCOL_VERSION,
+            mode=MODE_MAC,
+            session_id=self._session_id,
+            v_nonce=v_nonce,
+            e_v=e_pk,
+            ts_ms=max(0, self._wall_ms()),
             heartbeat_ms=max(1, round(cfg.heartbeat_interval * 1000)),
             heartbeat_timeout_ms=max(1, round(cfg.heartbeat_timeout * 1000)),
-            resumed=self._resumed, next_rx_seq=next_rx, window=window, resume_gen=self._resume_gen,
+            resumed=self._resumed,
+            next_rx_seq=next_rx,
+            window=window,
+            resume_gen=self._resume_gen,
         )
         body = encode_body(m2)
         prefix = pack_header(FrameType.SERVER_HELLO, 0, 0, 0) + body
@@ -1246,13 +1308,18 @@ class VenueConnection(Connection):
                     return gen, secret
         for secret in session.spent_secrets:
             for _gen, binder in self._binders:
-                if hmac.compare_digest(c.mac(c.kdf(secret, c.L_BINDER, sid), self._m1_prefix), binder):
+                if hmac.compare_digest(
+                    c.mac(c.kdf(secret, c.L_BINDER, sid), self._m1_prefix), binder
+                ):
                     session.compromised = True
                     raise AuthenticationError(
                         "resume binder was already used: session presumed stolen",
-                        code=CloseCode.BINDER_REUSED, remote=True,
+                        code=CloseCode.BINDER_REUSED,
+                        remote=True,
                     )
-        raise AuthenticationError("resume binder does not verify", code=CloseCode.AUTH_FAILED, remote=True)
+        raise AuthenticationError(
+            "resume binder does not verify", code=CloseCode.AUTH_FAILED, remote=True
+        )
 
     def _receive_handshake(self, frame: bytes) -> list[Event]:
         frame_type, flags, _epoch, _seq = parse_header(frame)
@@ -1268,7 +1335,9 @@ class VenueConnection(Connection):
 
     def _on_hello(self, frame: bytes, flags: int) -> list[Event]:
         if flags > MAX_BINDERS:
-            raise FrameError(f"CLIENT_HELLO announces {flags} binders (max {MAX_BINDERS})", remote=True)
+            raise FrameError(
+                f"CLIENT_HELLO announces {flags} binders (max {MAX_BINDERS})", remote=True
+            )
         trailer = flags * BINDER_ENTRY.size
         if len(frame) < HEADER_LEN + trailer + 1:
             raise FrameError("CLIENT_HELLO too short", remote=True)
@@ -1279,9 +1348,13 @@ class VenueConnection(Connection):
         if PROTOCOL_VERSION not in hello.ver or MODE_MAC not in hello.modes:
             raise AuthenticationError(
                 f"no common version/mode (offered {hello.ver}/{hello.modes})",
-                code=CloseCode.VERSION_MISMATCH, remote=True,
+                code=CloseCode.VERSION_MISMATCH,
+                remote=True,
             )
-        self._binders = [BINDER_ENTRY.unpack_from(frame, len(prefix) + i * BINDER_ENTRY.size) for i in range(flags)]
+        self._binders = [
+            BINDER_ENTRY.unpack_from(frame, len(prefix) + i * BINDER_ENTRY.size)
+            for i in range(flags)
+        ]
         self._m1, self._m1_prefix, self._hello = frame, prefix, hello
         self.state = ConnectionState.AWAITING_ACCEPT
         return [HelloReceived(hello.key_id, hello.resume.session_id if hello.resume else None)]
@@ -1318,16 +1391,26 @@ class VenueConnection(Connection):
         self.session.install_resume_secret(new_gen, new_resume, keep_previous=False)
         peer_next = hello.resume.next_rx_seq if (hello.resume and self._resumed) else 0
         retrans = self._after_handshake(self._resumed, peer_next, hello.window)
-        return [HandshakeComplete(self.session.session_id, self._resumed, hello.resume is not None, 0, retrans)]
+        return [
+            HandshakeComplete(
+                self.session.session_id, self._resumed, hello.resume is not None, 0, retrans
+            )
+        ]
 
     def _receive_rekey_frame(self, frame_type: FrameType, body: memoryview) -> list[Event]:
         if frame_type is FrameType.REKEY_ACK:
             ack = decode_body(frame_type, body, RekeyAck)
-            if not self._rekey_in_flight or ack.rekey_id != self._rekey_id or self._rekey_secret is None:
+            if (
+                not self._rekey_in_flight
+                or ack.rekey_id != self._rekey_id
+                or self._rekey_secret is None
+            ):
                 raise RemoteProtocolError("REKEY_ACK without a matching REKEY", remote=True)
             assert self._tx is not None and self._rx is not None and self.session is not None
             kx_c2v, kx_v2c = c.kx_server(self._rekey_epub, self._rekey_secret, ack.e_p)
-            ck_c2v, ck_v2c, resume = self._dh_rekey_keys(ack.rekey_id, self._rekey_epub, ack.e_p, kx_c2v, kx_v2c)
+            ck_c2v, ck_v2c, resume = self._dh_rekey_keys(
+                ack.rekey_id, self._rekey_epub, ack.e_p, kx_c2v, kx_v2c
+            )
             self._rekey_secret = None
             # Rule 2: next c2v frame is epoch + 1 under the new chain; our next
             # v2c frame switches too.
@@ -1335,7 +1418,9 @@ class VenueConnection(Connection):
             self._tx.pending = ck_v2c
             chain, mac = self._tx.candidate()
             self._tx.advance(chain, mac, self._clock())
-            self.session.install_resume_secret(self.session.resume_gen + 1, resume, keep_previous=False)
+            self.session.install_resume_secret(
+                self.session.resume_gen + 1, resume, keep_previous=False
+            )
             self._rekey_in_flight = False
             self._last_dh = self._clock()
             self._rekey_jitter = self._jitter()
@@ -1347,4 +1432,3 @@ class VenueConnection(Connection):
             self.start_rekey()
             return []
         raise FrameError(f"{frame_type.name} is not valid from a participant", remote=True)
-

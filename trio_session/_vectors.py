@@ -75,7 +75,9 @@ def generate() -> dict[str, Any]:
     def wall() -> int:
         return WALL_MS
 
-    cfg = SessionConfig(heartbeat_interval=5.0, heartbeat_timeout=15.0, inbound_capacity=1024, rekey_jitter=0.0)
+    cfg = SessionConfig(
+        heartbeat_interval=5.0, heartbeat_timeout=15.0, inbound_capacity=1024, rekey_jitter=0.0
+    )
     venue_id = Identity.from_seed(VENUE_SEED)
     part_id = Identity.from_seed(PARTICIPANT_SEED)
     prng: Callable[[int], bytes] = DeterministicRandom(b"tsess vectors participant")
@@ -92,14 +94,18 @@ def generate() -> dict[str, Any]:
     th = p._th
     session_id = p.session.session_id
 
-    frames.append({"name": "DATA c2v seq 0 (2 messages)", "hex": _hex(p.send_data([b"order-1", b"order-2"]))})
+    frames.append(
+        {"name": "DATA c2v seq 0 (2 messages)", "hex": _hex(p.send_data([b"order-1", b"order-2"]))}
+    )
     v.receive_data(bytes.fromhex(frames[-1]["hex"]))
     v.messages_consumed(2)
     frames.append({"name": "DATA v2c seq 0", "hex": _hex(v.send_data([b"report-1"]))})
     p.receive_data(bytes.fromhex(frames[-1]["hex"]))
     p.messages_consumed(1)
     p.ratchet()
-    frames.append({"name": "DATA c2v seq 2, epoch 1 (tier-1 ratchet)", "hex": _hex(p.send_data([b"order-3"]))})
+    frames.append(
+        {"name": "DATA c2v seq 2, epoch 1 (tier-1 ratchet)", "hex": _hex(p.send_data([b"order-3"]))}
+    )
     v.receive_data(bytes.fromhex(frames[-1]["hex"]))
     v.messages_consumed(1)
     clock_value[0] = 5.0
@@ -108,16 +114,22 @@ def generate() -> dict[str, Any]:
     v.start_rekey()
     _pump(v, p, frames, "REKEY v2c")
     _pump(p, v, frames, "REKEY_ACK c2v")
-    frames.append({"name": "DATA v2c seq 1 after DH rekey", "hex": _hex(v.send_data([b"report-2"]))})
+    frames.append(
+        {"name": "DATA v2c seq 1 after DH rekey", "hex": _hex(v.send_data([b"report-2"]))}
+    )
     p.receive_data(bytes.fromhex(frames[-1]["hex"]))
     p.messages_consumed(1)
     frames.append({"name": "DATA c2v seq 3 after DH rekey", "hex": _hex(p.send_data([b"order-4"]))})
     v.receive_data(bytes.fromhex(frames[-1]["hex"]))
 
     # A message that never arrives, then a resume on a new connection.
-    frames.append({"name": "DATA c2v seq 4 (lost in the cut)", "hex": _hex(p.send_data([b"order-5"]))})
+    frames.append(
+        {"name": "DATA c2v seq 4 (lost in the cut)", "hex": _hex(p.send_data([b"order-5"]))}
+    )
     resume_secret = p.session.resume_secrets[max(p.session.resume_secrets)]
-    p2 = ClientConnection(part_id, venue_id.public_key, cfg, clock=clock, rng=prng, wall_ms=wall, resume=p.session)
+    p2 = ClientConnection(
+        part_id, venue_id.public_key, cfg, clock=clock, rng=prng, wall_ms=wall, resume=p.session
+    )
     v2 = VenueConnection(venue_id, cfg, clock=clock, rng=vrng, wall_ms=wall)
     _pump(p2, v2, frames, "resume M1 ClientHello")
     v2.accept(part_id.public_key, v.session)
@@ -155,7 +167,8 @@ def generate() -> dict[str, Any]:
             },
         },
         "random": {
-            "construction": "rng(n) = first n bytes of BLAKE2b-512(label || u32 counter) || ... (counter from 0)",
+            "construction": "rng(n) = first n bytes of BLAKE2b-512(label || u32 counter) "
+            "|| ... (counter from 0)",
             "participant_label": "tsess vectors participant",
             "venue_label": "tsess vectors venue",
             "draw_order": "participant: p_nonce(32), e_p seed(32), rekey e_p' seed(32), "
@@ -213,7 +226,9 @@ def main(argv: list[str]) -> int:
         print("vectors match" if ok else "vectors DIFFER: run --update")
         return 0 if ok else 1
     if argv:
-        print("usage: python -m trio_session._vectors [--update PATH | --check PATH]", file=sys.stderr)
+        print(
+            "usage: python -m trio_session._vectors [--update PATH | --check PATH]", file=sys.stderr
+        )
         return 2
     print(json.dumps(generate(), indent=2))
     return 0

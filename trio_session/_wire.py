@@ -97,7 +97,9 @@ class ResumeRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class ClientHello(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ver: Annotated[list[U32], msgspec.Meta(min_length=1, max_length=8)]
-    modes: Annotated[list[Annotated[str, msgspec.Meta(max_length=16)]], msgspec.Meta(min_length=1, max_length=8)]
+    modes: Annotated[
+        list[Annotated[str, msgspec.Meta(max_length=16)]], msgspec.Meta(min_length=1, max_length=8)
+    ]
     key_id: KeyId
     p_nonce: Bytes32
     e_p: Bytes32
