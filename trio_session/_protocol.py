@@ -639,7 +639,13 @@ class Connection:
         if self.state is not ConnectionState.OPEN or self._tx is None:
             return float("inf")
         cfg = self.config
-        d = self._tx.epoch_started + cfg.ratchet_interval + self._ratchet_jitter
+        # A due tier-1 step is applied to the next frame; until then there is
+        # nothing to wake up for (an idle link keeps its key, which is fine).
+        d = (
+            float("inf")
+            if self._tx_step_due
+            else self._tx.epoch_started + cfg.ratchet_interval + self._ratchet_jitter
+        )
         if self.role is Role.VENUE:
             if self._rekey_in_flight or self._rekey_queued:
                 d = min(d, self._last_dh + cfg.reject_after)
