@@ -350,3 +350,52 @@ def test_failed_connection_refuses_further_input() -> None:
     with pytest.raises(LocalProtocolError):
         p.receive_data(b"anything")
     assert p.error is first.value
+
+
+def test_resume_survives_lost_client_finish() -> None:
+    # The participant processed M2 (new resume secret) but M3 never reached the venue.
+    link = Link(SessionConfig())
+    link.send("p", [b"a"])
+    link.flush()
+    p2 = ClientConnection(PARTICIPANT, VENUE.public_key, SessionConfig(), resume=link.p_state)
+    v2 = VenueConnection(VENUE, SessionConfig())
+    pump(p2, v2)
+    v2.accept(PARTICIPANT.public_key, link.v_state)
+    pump(v2, p2)
+    p2.data_to_send()  # M3 lost with the connection
+    link.p_state = p2.session
+    link.cut_and_resume()  # resumes again with the secret the venue still holds
+    link.send("p", [b"b"])
+    link.flush()
+    assert link.received["v"] == [b"a", b"b"]
+
+
+def test_reject_after_server_hello_is_understood_by_participant() -> None:
+    p = ClientConnection(PARTICIPANT, VENUE.public_key, SessionConfig())
+    v = VenueConnection(VENUE, SessionConfig())
+    pump(p, v)
+    v.accept(VENUE.public_key)  # wrong registered key: M3 will not verify
+    pump(v, p)
+    assert p.state is ConnectionState.OPEN
+    with pytest.raises(AuthenticationError) as info:
+        pump(p, v)
+    v.close(info.value.code, "bad signature")
+    (ev,) = pump(v, p)
+    assert isinstance(ev, CloseReceived) and ev.code is CloseCode.AUTH_FAILED
+
+
+def test_refused_resume_does_not_inherit_old_credit() -> None:
+    cfg = SessionConfig(inbound_capacity=8)
+    link = Link(cfg)
+    for i in range(20):
+        link.send("v", [b"%d" % i])
+        link.flush()
+    p = ClientConnection(PARTICIPANT, VENUE.public_key, cfg, resume=link.p_state)
+    v = VenueConnection(VENUE, cfg)
+    pump(p, v)
+    v.accept(PARTICIPANT.public_key, None)
+    pump(v, p)
+    pump(p, v)
+    assert v.send_window() <= 8
+    frame = v.send_data([b"x"] * v.send_window())
+    assert isinstance(p.receive_data(frame)[0], MessagesReceived)

@@ -32,7 +32,7 @@ from trio_session._protocol import (
     MessagesReceived,
     VenueConnection,
 )
-from trio_session._wire import HEADER, FrameType, encode_body, pack_header
+from trio_session._wire import HEADER, FrameType, Rekey, encode_body, pack_header
 
 from .protocol_helpers import OTHER, PARTICIPANT, VENUE, Link, handshake, pump
 
@@ -304,7 +304,14 @@ def test_attack_resume_with_captured_binder_is_single_use() -> None:
     with pytest.raises(AuthenticationError) as info:
         v3.accept(PARTICIPANT.public_key, link.v_state)
     assert info.value.code is CloseCode.BINDER_REUSED
-    assert link.v_state.compromised
+    # The replay cannot complete M3, so the session is left alone: the genuine
+    # participant still resumes it.
+    assert not link.v_state.compromised
+    link.p_state = p2.session
+    link.cut_and_resume()
+    link.send("p", [b"still here"])
+    link.flush()
+    assert link.received["v"][-1] == b"still here"
 
 
 def test_attack_resume_from_another_identity() -> None:
@@ -426,3 +433,22 @@ def test_unknown_frame_type_and_handshake_frames_after_open() -> None:
     hello = pack_header(FrameType.CLIENT_HELLO, 0, 0, 0) + encode_body({"x": 1}) + bytes(16)  # type: ignore[arg-type]
     assert isinstance(_feed_expecting_typed_error(v2, hello), FrameError)
     del p, p2
+
+
+def test_attack_reserved_flags_rejected() -> None:
+    p, v = _open_pair()
+    frame = bytearray(p.send_data([b"a"]))
+    frame[1] = 0x80
+    assert isinstance(_feed_expecting_typed_error(v, bytes(frame)), FrameError)
+
+
+def test_attack_low_order_key_in_rekey_is_remote_error_on_receipt() -> None:
+    p, v = _open_pair()
+    v.start_rekey()
+    v.data_to_send()  # the genuine REKEY (control seq 0), dropped
+    # Seal a REKEY carrying an all-zero (low-order) X25519 key with the venue's keys.
+    bad = v._control(FrameType.REKEY, encode_body(Rekey(2, bytes(32))))
+    p._rx_ctrl_seq = 1  # pretend the genuine REKEY (ctrl seq 0) was lost
+    err = _feed_expecting_typed_error(p, bad)
+    assert isinstance(err, RemoteProtocolError) and "REKEY" in str(err)
+    assert p.data_to_send() == []  # nothing half-built is left to explode in the writer

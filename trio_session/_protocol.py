@@ -171,6 +171,9 @@ class HandshakeComplete(Event):
     resume_requested: bool
     abandoned: int
     retransmitted: int
+    #: Participant only: the data seq up to which the venue is replaying;
+    #: the session is caught up when ``next_rx_seq`` reaches it.
+    replay_until: int = 0
 
 
 @attrs.frozen
@@ -341,6 +344,10 @@ class _Direction:
     def advance(self, chain: c.ChainKey, mac: c.FrameMac, now: float) -> bool:
         """Switch to epoch + 1; returns True when it was a tier-2 (DH) switch."""
         tier2 = self.pending is not None
+        if self.epoch >= MAX_EPOCH:
+            raise SessionError(
+                "key epoch space exhausted; start a new session", code=CloseCode.SESSION_EXPIRED
+            )
         self.epoch += 1
         self.chain, self.mac, self.pending = chain, mac, None
         self.frames_in_epoch = 0
@@ -421,7 +428,13 @@ class Connection:
         self._rekey_secret: bytes | None = None
         self._rekey_epub = b""
         # participant: REKEY received, REKEY_ACK owed
-        self._owe_rekey_ack: Rekey | None = None
+        self._owe_rekey_ack: tuple[int, bytes, c.ChainKey, c.ChainKey, bytes] | None = None
+        # Participant: REJECT is still understood until the first authenticated
+        # frame from the venue (the venue may refuse our ClientFinish).
+        self._rx_authenticated = False
+        # Participant after a resume: keep the previous resume secret until the
+        # venue proves (by any authenticated frame) that it processed our M3.
+        self._confirm_resume_on_rx = False
         self._rekey_requested_at: float | None = None
         self._rekey_request_queued = False
         self._messages_since_dh = 0
@@ -808,12 +821,18 @@ class Connection:
     def _build_control(self, out: list[bytes]) -> None:
         s = self.session
         assert s is not None
+        if self.state is not ConnectionState.OPEN:
+            # After CLOSE (sent or received) or a failure, only our CLOSE may follow.
+            if self._close_pending is not None:
+                close, self._close_pending = self._close_pending, None
+                out.append(self._control(FrameType.CLOSE, encode_body(close)))
+            return
         if self._retransmit_pending:
             self._retransmit_pending = False
             self._build_retransmit(out)
         if self._owe_rekey_ack is not None:
-            self._build_rekey_ack(out, self._owe_rekey_ack)
-            self._owe_rekey_ack = None
+            owed, self._owe_rekey_ack = self._owe_rekey_ack, None
+            self._build_rekey_ack(out, owed)
         if self._owe_hb_ack is not None:
             ack, window = self._grant()
             out.append(
@@ -887,14 +906,12 @@ class Connection:
         out.append(self._control(FrameType.REKEY, encode_body(Rekey(self._rekey_id, e_pk))))
         self._rekey_in_flight = True
 
-    def _build_rekey_ack(self, out: list[bytes], rekey: Rekey) -> None:
+    def _build_rekey_ack(
+        self, out: list[bytes], owed: tuple[int, bytes, c.ChainKey, c.ChainKey, bytes]
+    ) -> None:
         assert self._tx is not None and self._rx is not None and self.session is not None
-        e_pk, e_sk = c.kx_keypair(self._rng(32))
-        kx_c2v, kx_v2c = c.kx_client(e_pk, e_sk, rekey.e_v)
-        ck_c2v, ck_v2c, resume = self._dh_rekey_keys(
-            rekey.rekey_id, rekey.e_v, e_pk, kx_c2v, kx_v2c
-        )
-        out.append(self._control(FrameType.REKEY_ACK, encode_body(RekeyAck(rekey.rekey_id, e_pk))))
+        rekey_id, e_pk, ck_c2v, ck_v2c, resume = owed
+        out.append(self._control(FrameType.REKEY_ACK, encode_body(RekeyAck(rekey_id, e_pk))))
         # Switch rule 1: our next c2v frame uses epoch + 1 under the new chain.
         self._tx.pending = ck_c2v
         chain, mac = self._tx.candidate()
@@ -906,6 +923,15 @@ class Connection:
         self._rekey_requested_at = None
         self._rekey_jitter = self._jitter()
         self._messages_since_dh = 0
+
+    def _receive_reject(self, frame: bytes) -> list[Event]:
+        frame_type, flags, epoch, seq = parse_header(frame)
+        if flags or epoch or seq:
+            raise FrameError("REJECT with non-zero reserved header fields", remote=True)
+        rej = decode_body(frame_type, memoryview(frame)[HEADER_LEN:], Reject)
+        retry = None if rej.retry_after_ms is None else rej.retry_after_ms / 1000
+        self.state = ConnectionState.CLOSED
+        return [CloseReceived(CloseCode.from_wire(rej.code), rej.reason, retry)]
 
     # -- internals: receiving ----------------------------------------------------
 
@@ -919,6 +945,8 @@ class Connection:
         frame_type, flags, epoch, seq = parse_header(frame)
         if frame_type in HANDSHAKE_TYPES:
             raise FrameError(f"unexpected {frame_type.name} after the handshake", remote=True)
+        if flags and (flags != FLAG_PROBE or frame_type is not FrameType.HEARTBEAT):
+            raise FrameError(f"reserved flags 0x{flags:02x} set on {frame_type.name}", remote=True)
         rx = self._rx
         s = self.session
         assert rx is not None and s is not None
@@ -942,6 +970,11 @@ class Connection:
             self._on_rx_tier2_switch()
         if frame_type is not FrameType.DATA:
             self._rx_ctrl_seq += 1
+        if not self._rx_authenticated:
+            self._rx_authenticated = True
+            if self._confirm_resume_on_rx:
+                self._confirm_resume_on_rx = False
+                s.confirm_latest_resume_secret()
         return frame_type, flags, seq, view[HEADER_LEN : -c.TAG_LEN]
 
     def _on_rx_tier2_switch(self) -> None:
@@ -964,6 +997,12 @@ class Connection:
             s.peer_window = window
 
     def _receive_authenticated(self, frame: bytes) -> list[Event]:
+        if (
+            not self._rx_authenticated
+            and self.role is Role.PARTICIPANT
+            and frame[:1] == bytes((FrameType.REJECT,))
+        ):
+            return self._receive_reject(frame)
         frame_type, _flags, seq, body = self._open(frame)
         s = self.session
         assert s is not None
@@ -1116,13 +1155,11 @@ class ClientConnection(Connection):
         self._out.append(self._m1)
 
     def _receive_handshake(self, frame: bytes) -> list[Event]:
-        frame_type, _flags, _epoch, _seq = parse_header(frame)
+        frame_type, flags, epoch, seq = parse_header(frame)
         if frame_type is FrameType.REJECT:
-            rej = decode_body(frame_type, memoryview(frame)[HEADER_LEN:], Reject)
-            retry = None if rej.retry_after_ms is None else rej.retry_after_ms / 1000
-            code = CloseCode.from_wire(rej.code)
-            self.state = ConnectionState.CLOSED
-            return [CloseReceived(code, rej.reason, retry)]
+            return self._receive_reject(frame)
+        if flags or epoch or seq:
+            raise FrameError("handshake frame with non-zero reserved header fields", remote=True)
         if frame_type is not FrameType.SERVER_HELLO:
             raise FrameError(f"expected SERVER_HELLO, got {frame_type.name}", remote=True)
         if len(frame) < HEADER_LEN + TRAILER_SIG_FIN + 1:
@@ -1175,18 +1212,37 @@ class ClientConnection(Connection):
             new_gen = m2.resume_gen + 1
             self.session = self._resume
         else:
+            if m2.resume_gen is not None:
+                raise RemoteProtocolError("resume_gen on a fresh session", remote=True)
             if requested:
                 assert self._resume is not None
+                if m2.session_id == self._resume.session_id:
+                    raise RemoteProtocolError("a fresh session reuses the old id", remote=True)
                 abandoned = self._resume.replay_messages
             self.session = SessionState(m2.session_id, self._identity.key_id, Role.PARTICIPANT)
+            # Credit for the new session starts from scratch, not from the old one.
+            self._adv_window = 0
         new_resume = self._install_keys(kx_c2v, kx_v2c, th, resume_k)
-        self.session.install_resume_secret(new_gen, new_resume, keep_previous=False)
-        self.session.spent_secrets.clear()
         self.heartbeat_interval = m2.heartbeat_ms / 1000
         self.heartbeat_timeout = max(m2.heartbeat_timeout_ms / 1000, self.heartbeat_interval * 1.5)
-        self._out.append(m3)
+        # Validate the venue's resume position before anything is committed or sent.
         retrans = self._after_handshake(m2.resumed, m2.next_rx_seq, m2.window)
-        return [HandshakeComplete(m2.session_id, m2.resumed, requested, abandoned, retrans)]
+        if m2.resumed and m2.resume_gen is not None:
+            # If M3 is lost the venue still holds the accepted generation: keep it
+            # until the venue's first authenticated frame proves it moved on.
+            accepted = self.session.resume_secrets[m2.resume_gen]
+            self.session.resume_secrets = {m2.resume_gen: accepted}
+            self.session.install_resume_secret(new_gen, new_resume, keep_previous=True)
+            self._confirm_resume_on_rx = True
+        else:
+            self.session.install_resume_secret(new_gen, new_resume, keep_previous=False)
+        self.session.spent_secrets.clear()
+        self._out.append(m3)
+        return [
+            HandshakeComplete(
+                m2.session_id, m2.resumed, requested, abandoned, retrans, m2.next_tx_seq
+            )
+        ]
 
     def _receive_rekey_frame(self, frame_type: FrameType, body: memoryview) -> list[Event]:
         if frame_type is FrameType.REKEY:
@@ -1195,7 +1251,17 @@ class ClientConnection(Connection):
                 self._rx is not None and self._rx.pending is not None
             ):
                 raise RemoteProtocolError("REKEY while a previous rekey is unfinished", remote=True)
-            self._owe_rekey_ack = rekey
+            # The key exchange runs here, on receipt, so a bad key is the peer's
+            # error on the receive path; the writer only builds the REKEY_ACK.
+            e_pk, e_sk = c.kx_keypair(self._rng(32))
+            try:
+                kx_c2v, kx_v2c = c.kx_client(e_pk, e_sk, rekey.e_v)
+            except AuthenticationError as exc:
+                raise RemoteProtocolError("invalid ephemeral key in REKEY", remote=True) from exc
+            ck_c2v, ck_v2c, resume = self._dh_rekey_keys(
+                rekey.rekey_id, rekey.e_v, e_pk, kx_c2v, kx_v2c
+            )
+            self._owe_rekey_ack = (rekey.rekey_id, e_pk, ck_c2v, ck_v2c, resume)
             return []
         raise FrameError(f"{frame_type.name} is not valid from the venue", remote=True)
 
@@ -1268,6 +1334,8 @@ class VenueConnection(Connection):
             and (session.key_id != hello.key_id or session.session_id != hello.resume.session_id)
         ):
             session = None  # never hand one participant's session to another
+        if session is not None and session.compromised:
+            session = None
         if hello.resume is not None and session is not None:
             self._resume_gen, self._resume_k = self._check_binders(session, hello.resume.session_id)
             self._pending_session = session
@@ -1291,6 +1359,7 @@ class VenueConnection(Connection):
             resumed=self._resumed,
             next_rx_seq=next_rx,
             window=window,
+            next_tx_seq=session.next_tx_seq if self._resumed and session is not None else 0,
             resume_gen=self._resume_gen,
         )
         body = encode_body(m2)
@@ -1317,9 +1386,11 @@ class VenueConnection(Connection):
                 if hmac.compare_digest(
                     c.mac(c.kdf(secret, c.L_BINDER, sid), self._m1_prefix), binder
                 ):
-                    session.compromised = True
+                    # A replayed ClientHello can never complete M3, so the session
+                    # itself is left alone (killing it would hand anyone holding a
+                    # captured M1 a way to end it); the attempt is refused and logged.
                     raise AuthenticationError(
-                        "resume binder was already used: session presumed stolen",
+                        "resume binder was already used (replayed ClientHello)",
                         code=CloseCode.BINDER_REUSED,
                         remote=True,
                     )
@@ -1340,6 +1411,8 @@ class VenueConnection(Connection):
         return self._on_finish(frame)
 
     def _on_hello(self, frame: bytes, flags: int) -> list[Event]:
+        if frame[2:HEADER_LEN] != bytes(HEADER_LEN - 2):
+            raise FrameError("handshake frame with non-zero reserved header fields", remote=True)
         if flags > MAX_BINDERS:
             raise FrameError(
                 f"CLIENT_HELLO announces {flags} binders (max {MAX_BINDERS})", remote=True
@@ -1370,13 +1443,15 @@ class VenueConnection(Connection):
         assert hello is not None
         if len(frame) < HEADER_LEN + TRAILER_SIG_FIN + 1:
             raise FrameError("CLIENT_FINISH too short", remote=True)
+        if frame[1:HEADER_LEN] != bytes(HEADER_LEN - 1):
+            raise FrameError("handshake frame with non-zero reserved header fields", remote=True)
         prefix = frame[:-TRAILER_SIG_FIN]
         decode_body(FrameType.CLIENT_FINISH, memoryview(prefix)[HEADER_LEN:], ClientFinish)
         sig_p = frame[-TRAILER_SIG_FIN:-FIN_LEN]
         fin_p = frame[-FIN_LEN:]
         th3 = c.h(self._th2s, self._fin_v, self._peer_pk)
-        # M3 carries no fields besides its trailer, but its exact bytes are in
-        # the transcript: anything other than the canonical empty body is rejected.
+        # M3 carries no fields besides its trailer and its prefix is not hashed,
+        # so anything but the canonical empty body is rejected outright.
         if prefix != pack_header(FrameType.CLIENT_FINISH, 0, 0, 0) + encode_body(ClientFinish()):
             raise FrameError("non-canonical CLIENT_FINISH", remote=True)
         if not c.verify_signature(self._peer_pk, c.SIG_CTX_CLIENT + th3, sig_p):
@@ -1396,7 +1471,12 @@ class VenueConnection(Connection):
         new_gen = 0 if self._resume_gen is None else self._resume_gen + 1
         self.session.install_resume_secret(new_gen, new_resume, keep_previous=False)
         peer_next = hello.resume.next_rx_seq if (hello.resume and self._resumed) else 0
-        retrans = self._after_handshake(self._resumed, peer_next, hello.window)
+        window = hello.window
+        if hello.resume is not None and not self._resumed:
+            # The participant counted its window in the old session; its new
+            # inbound queue holds at most what it had not consumed.
+            window = max(0, hello.window - hello.resume.next_rx_seq)
+        retrans = self._after_handshake(self._resumed, peer_next, window)
         return [
             HandshakeComplete(
                 self.session.session_id, self._resumed, hello.resume is not None, 0, retrans
@@ -1413,7 +1493,12 @@ class VenueConnection(Connection):
             ):
                 raise RemoteProtocolError("REKEY_ACK without a matching REKEY", remote=True)
             assert self._tx is not None and self._rx is not None and self.session is not None
-            kx_c2v, kx_v2c = c.kx_server(self._rekey_epub, self._rekey_secret, ack.e_p)
+            try:
+                kx_c2v, kx_v2c = c.kx_server(self._rekey_epub, self._rekey_secret, ack.e_p)
+            except AuthenticationError as exc:
+                raise RemoteProtocolError(
+                    "invalid ephemeral key in REKEY_ACK", remote=True
+                ) from exc
             ck_c2v, ck_v2c, resume = self._dh_rekey_keys(
                 ack.rekey_id, self._rekey_epub, ack.e_p, kx_c2v, kx_v2c
             )
@@ -1435,6 +1520,9 @@ class VenueConnection(Connection):
             return []
         if frame_type is FrameType.REKEY_REQUEST:
             decode_body(frame_type, body, RekeyRequest)
-            self.start_rekey()
+            # At most one requested DH rekey per second: a participant cannot
+            # make the venue burn CPU on back-to-back key exchanges.
+            if self._clock() - self._last_dh >= 1.0:
+                self.start_rekey()
             return []
         raise FrameError(f"{frame_type.name} is not valid from a participant", remote=True)

@@ -119,6 +119,9 @@ class ServerHello(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     resumed: bool
     next_rx_seq: U63
     window: U63
+    #: The venue's next data seq: a resuming participant is caught up (its
+    #: replay is complete) once it has received everything below it.
+    next_tx_seq: U63 = 0
     #: Generation of the resume secret whose binder the venue accepted (resumes only).
     resume_gen: U32 | None = None
 
