@@ -56,6 +56,7 @@ def handshake(
     v.accept(participant.public_key, venue_session)
     p_events = pump(v, p)
     v_events = pump(p, v)
+    pump(v, p)  # the venue's confirmation of the handshake
     assert isinstance(p_events[0], HandshakeComplete)
     assert isinstance(v_events[0], HandshakeComplete)
     return p, v, p_events, v_events

@@ -448,7 +448,7 @@ def test_attack_low_order_key_in_rekey_is_remote_error_on_receipt() -> None:
     v.data_to_send()  # the genuine REKEY (control seq 0), dropped
     # Seal a REKEY carrying an all-zero (low-order) X25519 key with the venue's keys.
     bad = v._control(FrameType.REKEY, encode_body(Rekey(2, bytes(32))))
-    p._rx_ctrl_seq = 1  # pretend the genuine REKEY (ctrl seq 0) was lost
+    p._rx_ctrl_seq += 1  # pretend the genuine REKEY was lost
     err = _feed_expecting_typed_error(p, bad)
     assert isinstance(err, RemoteProtocolError) and "REKEY" in str(err)
     assert p.data_to_send() == []  # nothing half-built is left to explode in the writer

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 
+from ._client import Backoff as Backoff
+from ._client import RestartPolicy as RestartPolicy
+from ._client import connect as connect
 from ._config import SessionConfig as SessionConfig
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import Category as Category
@@ -31,11 +34,18 @@ from ._errors import SessionError as SessionError
 from ._errors import SessionReset as SessionReset
 from ._identity import Identity as Identity
 from ._identity import KeyRegistry as KeyRegistry
+from ._server import VenueServer as VenueServer
+from ._server import serve as serve
+from ._session import InvalidMessage as InvalidMessage
+from ._session import Session as Session
+from ._session import SessionStats as SessionStats
+from ._session import State as State
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AuthenticationError",
+    "Backoff",
     "Category",
     "CloseCode",
     "ConnectionLost",
@@ -44,18 +54,26 @@ __all__ = [
     "HeartbeatTimeout",
     "Identity",
     "IntegrityError",
+    "InvalidMessage",
     "KeyRegistry",
     "LocalProtocolError",
     "ProtocolError",
     "RateLimited",
     "RekeyTimeout",
     "RemoteProtocolError",
+    "RestartPolicy",
     "ResumeRefused",
     "SequenceError",
+    "Session",
     "SessionClosed",
     "SessionConfig",
     "SessionError",
     "SessionReset",
+    "SessionStats",
+    "State",
+    "VenueServer",
+    "connect",
+    "serve",
 ]
 
 

@@ -417,6 +417,9 @@ class Connection:
         self._unacked_since: float | None = None
         self._adv_window = 0
         self._retransmit_pending = False
+        # Venue: confirm a completed handshake at once (any authenticated frame
+        # does), so the participant learns promptly that its ClientFinish passed.
+        self._confirm_owed = False
         self._close_pending: Close | None = None
         self._tx_step_due = False
         self._rekey_id = 0
@@ -518,6 +521,7 @@ class Connection:
             or self._owe_rekey_ack is not None
             or self._rekey_queued
             or self._rekey_request_queued
+            or self._confirm_owed
             or self._heartbeat_due(self._clock())
             or self._ack_due()
         )
@@ -569,6 +573,7 @@ class Connection:
             raise LocalProtocolError("sequence space exhausted; start a new session")
         seq = s.next_tx_seq
         frame = self._data_frame(seq, msgs)
+        self._confirm_owed = False
         s.next_tx_seq = seq + n
         s.replay.append((seq, msgs))
         s.replay_messages += n
@@ -851,17 +856,16 @@ class Connection:
             close, self._close_pending = self._close_pending, None
             out.append(self._control(FrameType.CLOSE, encode_body(close)))
             return
-        if self.state is not ConnectionState.OPEN:
-            return
         now = self._clock()
         iv = self.heartbeat_interval
         if not self._probe_outstanding and now >= self._last_rx + iv:
             self._build_heartbeat(out, now, probe=True)
         elif now >= self._last_tx + iv and not out:
             self._build_heartbeat(out, now, probe=False)
-        if not out and self._ack_due():
+        if not out and (self._ack_due() or self._confirm_owed):
             ack, window = self._grant()
             out.append(self._control(FrameType.ACK, encode_body(Ack(ack, window))))
+        self._confirm_owed = False
 
     def _build_heartbeat(self, out: list[bytes], now: float, *, probe: bool) -> None:
         self._hb_id = (self._hb_id + 1) & 0xFFFFFFFF
@@ -1477,6 +1481,7 @@ class VenueConnection(Connection):
             # inbound queue holds at most what it had not consumed.
             window = max(0, hello.window - hello.resume.next_rx_seq)
         retrans = self._after_handshake(self._resumed, peer_next, window)
+        self._confirm_owed = True
         return [
             HandshakeComplete(
                 self.session.session_id, self._resumed, hello.resume is not None, 0, retrans

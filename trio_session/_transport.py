@@ -352,7 +352,9 @@ class WebSocketTransport(trio.abc.AsyncResource):
         self._closed = True
         valid = 1000 <= code <= 4999
         try:
-            if valid:
+            # Without its reader nobody can see the peer's close frame: waiting
+            # for the close handshake would only burn close_timeout.
+            if valid and not self._reader.finished:
                 with trio.move_on_after(self._close_timeout):
                     try:
                         await self._ws.aclose(code, reason or None)

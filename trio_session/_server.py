@@ -1,0 +1,358 @@
+"""Venue side: ``ts.serve``.
+
+One logical session can span several connections: when a participant's
+connection breaks, the session is *detached* (STALE) and kept for
+``resume_ttl`` with its replay buffer; a reconnect that presents a valid binder
+takes it over and the handler's ``async for`` just continues.  If nobody
+resumes it in time, the dead man's switch fires (``on_session_lost``) so the
+venue can cancel the participant's resting orders; a graceful logout fires
+``on_logout`` instead — the two are never confused.
+
+Cheap checks come before expensive crypto (research/crypto.md §4.3): per-address
+and per-key token buckets, then the registry lookup, then signatures.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import attrs
+import trio
+
+from ._config import SessionConfig
+from ._errors import (
+    AuthenticationError,
+    Category,
+    CloseCode,
+    ConnectionLost,
+    SessionClosed,
+    SessionError,
+)
+from ._identity import Identity, KeyRegistry
+from ._protocol import HandshakeComplete, HelloReceived, Role, VenueConnection
+from ._session import Session, State, _close_forcefully, _is_clean_close, _new_session
+from ._transport import Transport, TransportServer, serve_transport
+
+__all__ = ["VenueServer", "serve"]
+
+logger = logging.getLogger("trio_session.server")
+
+Handler = Callable[[Session], Awaitable[None]]
+Hook = Callable[[Session], Awaitable[None] | None]
+
+
+class _TokenBuckets:
+    """Per-key token buckets: ``rate`` per second, burst of one second's worth."""
+
+    def __init__(self, rate: float, clock: Callable[[], float], max_keys: int = 100_000) -> None:
+        self.rate = rate
+        self.burst = max(1.0, rate)
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._max_keys = max_keys
+
+    def take(self, key: str) -> float:
+        """0.0 when allowed (a token was taken), else seconds until one is available."""
+        now = self._clock()
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            self._prune(now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / self.rate
+
+    def _prune(self, now: float) -> None:
+        if len(self._buckets) > self._max_keys:
+            full_after = self.burst / self.rate
+            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}
+
+
+@attrs.define(eq=False)
+class VenueServer:
+    """What ``await nursery.start(ts.serve, ...)`` returns."""
+
+    host: str
+    #: The bound port (useful with port 0).
+    port: int
+    listeners: list[Any]
+    _venue: _Venue = attrs.field(repr=False, alias="venue")
+
+    @property
+    def sessions(self) -> list[Session]:
+        """Sessions alive now (LIVE or detached awaiting resume)."""
+        return [s for s in self._venue.sessions.values() if s.state is not State.CLOSED]
+
+
+async def serve(
+    handler: Handler,
+    identity: Identity,
+    registry: KeyRegistry,
+    host: str,
+    port: int,
+    *,
+    config: SessionConfig | None = None,
+    messages: Any | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    on_session_lost: Hook | None = None,
+    on_logout: Hook | None = None,
+    task_status: trio.TaskStatus[VenueServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve participant sessions; use with ``await nursery.start(ts.serve, ...)``.
+
+    ``handler(session)`` is called once per *logical* session and survives the
+    participant's reconnects.  When it returns, the session is closed
+    gracefully; when it raises, the error is logged, the participant receives
+    CLOSE(HANDLER_ERROR), and the server keeps serving everyone else.
+
+    ``on_session_lost(session)`` — the dead man's switch — is called exactly
+    once when a session whose connection broke was not resumed within
+    ``resume_ttl``; ``on_logout(session)`` when the participant closed it
+    gracefully.  Runs until cancelled.
+    """
+    cfg = config or SessionConfig()
+    venue = _Venue(handler, identity, registry, cfg, messages, on_session_lost, on_logout)
+    failure: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        venue.nursery = nursery
+        registry.add_revocation_listener(venue.on_revoked)
+        try:
+            tserver: TransportServer = await nursery.start(
+                partial(
+                    serve_transport,
+                    venue.on_transport,
+                    host,
+                    port,
+                    ssl_context=ssl_context,
+                    handshake_timeout=cfg.handshake_timeout,
+                    max_message_size=cfg.max_frame_size,
+                    close_timeout=cfg.close_timeout,
+                )
+            )
+            server = VenueServer(host, tserver.port, list(tserver.listeners), venue=venue)
+            logger.info("venue serving on %s:%d", host, tserver.port)
+            task_status.started(server)
+            await trio.sleep_forever()
+        except BaseException as exc:  # re-raised outside the nursery: never a group
+            failure = exc
+        finally:
+            registry.remove_revocation_listener(venue.on_revoked)
+            nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+
+
+class _Venue:
+    def __init__(
+        self,
+        handler: Handler,
+        identity: Identity,
+        registry: KeyRegistry,
+        config: SessionConfig,
+        messages: Any | None,
+        on_session_lost: Hook | None,
+        on_logout: Hook | None,
+    ) -> None:
+        self.handler = handler
+        self.identity = identity
+        self.registry = registry
+        self.config = config
+        self.messages = messages
+        self.on_session_lost = on_session_lost
+        self.on_logout = on_logout
+        self.sessions: dict[bytes, Session] = {}
+        self.nursery: trio.Nursery | None = None
+        self.addr_buckets = _TokenBuckets(config.handshake_rate_per_address, trio.current_time)
+        self.key_buckets = _TokenBuckets(config.handshake_rate_per_key, trio.current_time)
+        self._ttl_scopes: dict[bytes, trio.CancelScope] = {}
+        self._takeover: set[bytes] = set()
+        self._hooked: set[bytes] = set()
+
+    # -- revocation ----------------------------------------------------------------------
+
+    def on_revoked(self, key_id: str) -> None:
+        assert self.nursery is not None
+        for session in list(self.sessions.values()):
+            if session.key_id == key_id and session.state is not State.CLOSED:
+                logger.warning("key %s revoked: ending session %s", key_id, session.session_id)
+                self.nursery.start_soon(session.aclose, CloseCode.KEY_REVOKED, "key revoked")
+
+    # -- one connection ------------------------------------------------------------------
+
+    async def on_transport(self, transport: Transport) -> None:
+        cfg = self.config
+        conn = VenueConnection(self.identity, cfg, clock=trio.current_time)
+        existing: Session | None = None
+        done: HandshakeComplete | None = None
+        try:
+            with trio.fail_after(cfg.handshake_timeout):
+                frame = await transport.receive()
+                addr = transport.remote_address.rsplit(":", 1)[0]
+                wait = self.addr_buckets.take(addr)
+                if wait:
+                    await self._reject(transport, conn, CloseCode.RATE_LIMITED, wait)
+                    return
+                (hello,) = conn.receive_data(frame)
+                assert isinstance(hello, HelloReceived)
+                wait = self.key_buckets.take(hello.key_id)
+                if wait:
+                    await self._reject(transport, conn, CloseCode.RATE_LIMITED, wait)
+                    return
+                public_key = self.registry.lookup(hello.key_id)
+                sid = hello.resume_session_id
+                if sid is not None:
+                    existing = self.sessions.get(sid)
+                    if existing is not None and (
+                        existing.state is State.CLOSED or existing.key_id != hello.key_id
+                    ):
+                        existing = None
+                try:
+                    conn.accept(public_key, existing._pstate if existing else None)
+                except AuthenticationError as exc:
+                    if exc.code is CloseCode.BINDER_REUSED and existing is not None:
+                        logger.error(
+                            "resume binder reused for session %s (replayed ClientHello?)",
+                            existing.session_id,
+                        )
+                        pass  # the session is left alone: a replay cannot complete M3
+                    raise
+                for out in conn.data_to_send():
+                    await transport.send(out)
+                if not conn._resumed:
+                    existing = None
+                events = conn.receive_data(await transport.receive())
+                done = events[0]  # type: ignore[assignment]
+                assert isinstance(done, HandshakeComplete)
+        except trio.TooSlowError:
+            logger.debug("handshake from %s timed out", transport.remote_address)
+            return
+        except AuthenticationError as exc:
+            logger.warning("handshake from %s refused: %s", transport.remote_address, exc)
+            await self._reject(transport, conn, exc.code)
+            return
+        except SessionError as exc:
+            logger.info("handshake from %s failed: %s", transport.remote_address, exc)
+            if not isinstance(exc, ConnectionLost):
+                await self._reject(transport, conn, exc.code)
+            return
+        assert conn.session is not None
+        if existing is not None:
+            session = existing
+            await self._take_over(session)
+        else:
+            session = _new_session(Role.VENUE, cfg, self.messages, conn.session.key_id)
+            session._bind(conn.session)
+            self.sessions[conn.session.session_id] = session
+            self.nursery_start(self._run_handler, session)
+        await self._run(session, transport, conn, resumed=done.resumed)
+
+    async def _take_over(self, session: Session) -> None:
+        assert session._pstate is not None
+        sid = session._pstate.session_id
+        self._takeover.add(sid)
+        session._preempt()
+        scope = self._ttl_scopes.pop(sid, None)
+        if scope is not None:
+            scope.cancel()
+
+    async def _run(
+        self, session: Session, transport: Transport, conn: VenueConnection, *, resumed: bool
+    ) -> None:
+        assert session._pstate is not None
+        sid = session._pstate.session_id
+        async with session._attach_lock:
+            self._takeover.discard(sid)
+            if session.state is State.CLOSED:
+                await _close_forcefully(transport)
+                return
+            if resumed:
+                session._counters.resumes += 1
+                logger.info(
+                    "session %s resumed from %s", session.session_id, transport.remote_address
+                )
+            err = await session._run_connection(transport, conn)
+            if sid in self._takeover or session._finished.is_set():
+                return
+            if err.category is Category.RESUMABLE and not session._closing:
+                session._mark_disconnected(State.STALE)
+                self.nursery_start(self._expire, session)
+                return
+            session._finish(err)
+            if isinstance(err, SessionClosed) and err.remote and _is_clean_close(err):
+                await self._hook(self.on_logout, session)
+
+    async def _expire(self, session: Session) -> None:
+        assert session._pstate is not None
+        sid = session._pstate.session_id
+        with trio.CancelScope() as scope:
+            self._ttl_scopes[sid] = scope
+            await trio.sleep(self.config.resume_ttl)
+            if session.state is State.CLOSED or sid in self._takeover:
+                return
+            logger.warning(
+                "session %s not resumed within %ss: dead man's switch",
+                session.session_id,
+                self.config.resume_ttl,
+            )
+            session._finish(
+                SessionError(
+                    f"participant did not resume within {self.config.resume_ttl}s",
+                    code=CloseCode.SESSION_EXPIRED,
+                )
+            )
+            self._ttl_scopes.pop(sid, None)
+            await self._hook(self.on_session_lost, session)
+
+    async def _hook(self, hook: Hook | None, session: Session) -> None:
+        assert session._pstate is not None
+        sid = session._pstate.session_id
+        self.sessions.pop(sid, None)
+        if hook is None or sid in self._hooked:
+            return
+        self._hooked.add(sid)
+        try:
+            result = hook(session)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("hook %r failed for session %s", hook, session.session_id)
+
+    async def _run_handler(self, session: Session) -> None:
+        try:
+            await self.handler(session)
+        except Exception:
+            logger.exception("handler failed for session %s", session.session_id)
+            await session.aclose(CloseCode.HANDLER_ERROR, "handler failed")
+        else:
+            await session.aclose()
+        finally:
+            if session.state is State.CLOSED and session._pstate is not None:
+                sid = session._pstate.session_id
+                if sid not in self._ttl_scopes:
+                    self.sessions.pop(sid, None)
+
+    async def _reject(
+        self,
+        transport: Transport,
+        conn: VenueConnection,
+        code: CloseCode,
+        retry_after: float | None = None,
+    ) -> None:
+        with trio.move_on_after(self.config.close_timeout):
+            try:
+                conn.close(code, code.name.lower(), retry_after=retry_after)
+                for out in conn.data_to_send():
+                    await transport.send(out)
+            except SessionError:
+                pass
+        await _close_forcefully(transport)
+
+    def nursery_start(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        assert self.nursery is not None
+        self.nursery.start_soon(fn, *args)

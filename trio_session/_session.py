@@ -1,0 +1,893 @@
+"""The Trio runtime of one logical session: channels, four tasks, one outcome.
+
+Shape (DESIGN.md, "Runtime shape"): while a connection is attached, one nursery
+holds exactly four tasks:
+
+* the **reader** feeds received frames to the sans-IO connection and puts
+  message batches on the inbound channel; credit flow control guarantees the
+  channel has room, so the reader never blocks on the application and
+  heartbeats, acks and rekeys keep flowing while the application is busy;
+* the **writer** is the only task that builds frames (so sequence numbers and
+  key epochs follow wire order): control frames first, then as many queued
+  messages as credit allows, coalesced into one frame;
+* the **heartbeat** task sleeps until the protocol's next heartbeat deadline;
+* the **key-rotation** task sleeps until the next ratchet/rekey deadline.
+
+Any task failure or connection break cancels that nursery and leaves as one
+:class:`~trio_session.SessionError` (no exception groups).  The channels, the
+replay buffer and the :class:`Session` object outlive connections, which is
+what lets a supervisor (participant) or the server (venue) resume the session
+on a new connection without the application noticing more than a STALE spell.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import typing
+from collections import deque
+from collections.abc import Hashable, Sequence
+from typing import Any, Final, final
+
+import attrs
+import msgspec
+import trio
+
+from ._config import SessionConfig
+from ._errors import (
+    CloseCode,
+    ConnectionLost,
+    LocalProtocolError,
+    SessionClosed,
+    SessionError,
+    SessionReset,
+)
+from ._protocol import (
+    CloseReceived,
+    Connection,
+    ConnectionState,
+    HeartbeatAcked,
+    MessagesReceived,
+    Role,
+    SessionState,
+)
+from ._transport import Transport
+
+__all__ = ["InvalidMessage", "Session", "SessionStats", "State"]
+
+logger = logging.getLogger("trio_session.session")
+
+#: Timer tasks never re-check more often than this when a deadline is already
+#: due but waits on another task (e.g. the writer is blocked on a full socket).
+MIN_TIMER_STEP: Final = 0.005
+_RESET: Final = object()  # inbound sentinel: the logical session was replaced
+
+
+class State(enum.Enum):
+    """Where a session is in its life; observe with :meth:`Session.wait_state`."""
+
+    #: Establishing the first connection.
+    CONNECTING = "connecting"
+    #: Connected and authenticated; data flows.
+    LIVE = "live"
+    #: The connection was lost; what you hold may be out of date.
+    STALE = "stale"
+    #: Reconnecting; LIVE again only after the replay has been delivered.
+    RESUMING = "resuming"
+    #: Ended for good (see :attr:`Session.error`).
+    CLOSED = "closed"
+
+
+class InvalidMessage(SessionError):
+    """A received message did not match the declared ``messages=`` schema.
+
+    Only that message is rejected; the session continues.  ``seq`` is the data
+    sequence number of the offending message.
+    """
+
+    default_code = CloseCode.PROTOCOL_ERROR
+
+    def __init__(self, message: str, *, seq: int) -> None:
+        super().__init__(message, remote=True)
+        self.seq = seq
+
+
+@attrs.frozen
+class SessionStats:
+    """A snapshot of a session's counters (``session.stats``)."""
+
+    #: Application messages handed to the wire / received from it.
+    sent: int
+    received: int
+    #: Connections that resumed this session, and connections in total.
+    resumes: int
+    connections: int
+    #: Completed DH rekeys (tier 2) and sending-key ratchet steps (tier 1).
+    rekeys: int
+    ratchets: int
+    #: Messages retransmitted after resumes.
+    retransmitted: int
+    #: Last heartbeat round-trip time in seconds (None before the first).
+    rtt: float | None
+    #: Messages waiting to be sent / received and not yet consumed.
+    outbound_depth: int
+    inbound_depth: int
+    #: Messages sent but not yet acknowledged by the peer.
+    unacked: int
+    #: Messages discarded by the ``drop_oldest`` and ``conflate`` policies.
+    dropped: int
+    conflated: int
+    heartbeats_sent: int
+
+
+@attrs.define
+class _Counters:
+    sent: int = 0
+    received: int = 0
+    resumes: int = 0
+    connections: int = 0
+    rekeys: int = 0
+    ratchets: int = 0
+    retransmitted: int = 0
+    dropped: int = 0
+    conflated: int = 0
+    heartbeats_sent: int = 0
+    rtt: float | None = None
+
+
+class _Codec:
+    """Bytes passthrough, or msgspec msgpack for a declared ``messages=`` type."""
+
+    def __init__(self, messages: Any | None) -> None:
+        self.typed = messages is not None
+        if messages is not None:
+            self._enc = msgspec.msgpack.Encoder()
+            self._dec: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(messages)
+            members = typing.get_args(messages) or (messages,)
+            # Structs (the documented way to declare messages) are checked on
+            # send, so a wrong object fails here rather than at the peer.
+            self._types: tuple[type, ...] | None = (
+                tuple(members)
+                if all(isinstance(m, type) and issubclass(m, msgspec.Struct) for m in members)
+                else None
+            )
+
+    def encode(self, message: Any) -> bytes:
+        if not self.typed:
+            if type(message) is bytes:
+                return message
+            if isinstance(message, (bytearray, memoryview)):
+                return bytes(message)
+            raise TypeError(
+                f"without messages= a session sends bytes, not {type(message).__name__}"
+            )
+        if self._types is not None and not isinstance(message, self._types):
+            names = ", ".join(t.__name__ for t in self._types)
+            raise TypeError(f"this session sends {names}, not {type(message).__name__}")
+        try:
+            return self._enc.encode(message)
+        except (msgspec.EncodeError, TypeError) as exc:
+            raise TypeError(f"cannot encode {type(message).__name__}: {exc}") from exc
+
+    def decode(self, payload: bytes, seq: int) -> Any:
+        if not self.typed:
+            return payload
+        try:
+            return self._dec.decode(payload)
+        except (msgspec.MsgspecError, ValueError, TypeError, RecursionError) as exc:
+            raise InvalidMessage(
+                f"message {seq} does not match the schema: {exc}", seq=seq
+            ) from exc
+
+
+@final
+class Session:
+    """One logical session, on either side.  Created by ``ts.connect`` / ``ts.serve``.
+
+    Sending has three policies (per call, so per stream of messages):
+
+    * :meth:`send` / :meth:`send_many` — ``block``: lossless, waits while the
+      outbound queue is full (orders, execution reports);
+    * :meth:`send_latest` — ``conflate``: keeps only the latest message per key
+      until it can be sent (market data);
+    * :meth:`send_lossy` — ``drop_oldest``: a bounded queue that drops its
+      oldest message when full.
+
+    Order is preserved within each policy; lossless messages are sent before
+    conflated ones, which go before lossy ones.  Every drop is counted in
+    :attr:`stats`.
+    """
+
+    def __init__(
+        self,
+        *,
+        role: Role,
+        config: SessionConfig,
+        messages: Any | None,
+        key_id: str,
+        _token: object = None,
+    ) -> None:
+        if _token is not _CREATE:
+            raise TypeError("Session objects are created by trio_session.connect() or serve()")
+        self.role = role
+        self.config = config
+        self.key_id = key_id
+        self._codec = _Codec(messages)
+        self._out_send, self._out_recv = trio.open_memory_channel[bytes | list[bytes]](
+            config.outbound_capacity
+        )
+        # +4: room for reset sentinels besides the credit-bounded message batches.
+        self._in_send, self._in_recv = trio.open_memory_channel[Any](config.inbound_capacity + 4)
+        self._pending: deque[bytes] = deque()
+        self._latest: dict[Hashable, bytes] = {}
+        self._lossy: deque[bytes] = deque()
+        self._rx_buf: deque[bytes] = deque()
+        self._rx_seq = 0  # data seq of the next message handed to the application
+        self._reset_pending = False
+        self._replay_until = 0
+        self._pstate: SessionState | None = None
+        self._conn: Connection | None = None
+        self._transport: Transport | None = None
+        self._conn_scope: trio.CancelScope | None = None
+        self._conn_error: SessionError | None = None
+        self._close_sent = trio.Event()
+        self._writer_cs: trio.CancelScope | None = None
+        self._hb_sleep: trio.CancelScope | None = None
+        self._wake_pending = False
+        self._writer_waits_for_credit = False
+        self._stalled_since: float | None = None
+        self._state = State.CONNECTING
+        self._state_changed = trio.Event()
+        self._error: SessionError | None = None
+        self._closing = False
+        self._finished = trio.Event()
+        self._drained = trio.Event()
+        self._counters = _Counters()
+        self._connection_done = trio.Event()
+        self._connection_done.set()
+        #: Set by the first authenticated frame from the peer on a connection
+        #: (the venue's confirmation that our ClientFinish verified).
+        self._confirmed = trio.Event()
+        self._attach_lock = trio.Lock()
+        #: Runner-owned scope (supervisor / server) to stop reconnecting on close.
+        self._runner_scope: trio.CancelScope | None = None
+        self._log = logging.LoggerAdapter(logger, {"session_id": "-"})
+
+    # -- identity and observation --------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"<Session {self.session_id or '-'} {self.role.value} {self._state.value}>"
+
+    @property
+    def session_id(self) -> str | None:
+        """Hex session id (None before the first handshake)."""
+        return self._pstate.session_id.hex() if self._pstate else None
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def error(self) -> SessionError | None:
+        """Why the session ended (None while it runs, or after a clean close)."""
+        if self._error is not None and _is_clean_close(self._error):
+            return None
+        return self._error
+
+    async def wait_state(self, *states: State) -> State:
+        """Wait until the session is in one of ``states``; returns that state.
+
+        Returns at once when it already is.  CLOSED always ends the wait (the
+        session cannot change any more), so check the return value.
+        """
+        if not states:
+            raise ValueError("wait_state() needs at least one State")
+        while self._state not in states and self._state is not State.CLOSED:
+            await self._state_changed.wait()
+        if self._state in states or self._state is State.CLOSED:
+            await trio.lowlevel.checkpoint()
+        return self._state
+
+    @property
+    def stats(self) -> SessionStats:
+        c = self._counters
+        conn = self._conn
+        rekeys, ratchets, retrans, hbs = c.rekeys, c.ratchets, c.retransmitted, c.heartbeats_sent
+        rtt = c.rtt
+        if conn is not None:
+            rekeys += conn.stats.rekeys
+            ratchets += conn.stats.ratchets
+            retrans += conn.stats.retransmitted
+            hbs += conn.stats.heartbeats_sent
+            rtt = conn.stats.last_rtt if conn.stats.last_rtt is not None else rtt
+        out_depth = (
+            self._out_recv.statistics().current_buffer_used
+            + len(self._pending)
+            + len(self._latest)
+            + len(self._lossy)
+        )
+        in_depth = len(self._rx_buf) + self._in_recv.statistics().current_buffer_used
+        return SessionStats(
+            sent=c.sent,
+            received=c.received,
+            resumes=c.resumes,
+            connections=c.connections,
+            rekeys=rekeys,
+            ratchets=ratchets,
+            retransmitted=retrans,
+            rtt=rtt,
+            outbound_depth=out_depth,
+            inbound_depth=in_depth,
+            unacked=self._pstate.replay_messages if self._pstate else 0,
+            dropped=c.dropped,
+            conflated=c.conflated,
+            heartbeats_sent=hbs,
+        )
+
+    # -- sending ---------------------------------------------------------------------
+
+    def _check_can_send(self, payload: bytes) -> None:
+        if self._error is not None:
+            raise self._error_for_user()
+        if self._closing:
+            raise SessionClosed("session is closing", code=CloseCode.NORMAL)
+        if len(payload) > self.config.max_message_size:
+            raise LocalProtocolError(
+                f"message of {len(payload)} bytes exceeds max_message_size "
+                f"{self.config.max_message_size}"
+            )
+
+    async def send(self, message: Any, *, fail_fast: bool = False) -> None:
+        """Send one message losslessly (``block`` policy).
+
+        Waits while the outbound queue is full; during an outage the message
+        waits and is delivered after the session resumes.  With
+        ``fail_fast=True`` it raises :class:`~trio_session.ConnectionLost`
+        instead of queueing while the session is not LIVE.
+        """
+        payload = self._codec.encode(message)
+        self._check_can_send(payload)
+        if fail_fast and self._state is not State.LIVE:
+            raise ConnectionLost(f"session is {self._state.value}, not sending (fail_fast)")
+        try:
+            await self._out_send.send(payload)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise self._error_for_user() from None
+        self._wake_for_data()
+
+    async def send_many(self, messages: Sequence[Any], *, fail_fast: bool = False) -> None:
+        """Send several messages losslessly as one queue item (cheaper per message)."""
+        payloads = [self._codec.encode(m) for m in messages]
+        if not payloads:
+            return
+        for p in payloads:
+            self._check_can_send(p)
+        if fail_fast and self._state is not State.LIVE:
+            raise ConnectionLost(f"session is {self._state.value}, not sending (fail_fast)")
+        try:
+            await self._out_send.send(payloads)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise self._error_for_user() from None
+        self._wake_for_data()
+
+    def send_latest(self, key: Hashable, message: Any) -> None:
+        """Queue ``message`` as the latest value for ``key`` (``conflate`` policy).
+
+        Never blocks: a message still queued under the same key is replaced
+        (counted in ``stats.conflated``).
+        """
+        payload = self._codec.encode(message)
+        self._check_can_send(payload)
+        latest = self._latest
+        if key in latest:
+            del latest[key]  # re-insert at the end: FIFO by last update
+            self._counters.conflated += 1
+        latest[key] = payload
+        self._wake_for_data()
+
+    def send_lossy(self, message: Any) -> None:
+        """Queue ``message``, dropping the oldest queued one when the queue is full
+        (``drop_oldest`` policy; capacity ``outbound_capacity``).  Never blocks."""
+        payload = self._codec.encode(message)
+        self._check_can_send(payload)
+        if len(self._lossy) >= self.config.outbound_capacity:
+            self._lossy.popleft()
+            self._counters.dropped += 1
+        self._lossy.append(payload)
+        self._wake_for_data()
+
+    # -- receiving ---------------------------------------------------------------------
+
+    async def receive(self) -> Any:
+        """The next message, in order.  Raises the session's error once it ended
+        and everything received before has been delivered."""
+        while True:
+            if self._reset_pending:
+                self._reset_pending = False
+                raise _session_reset()
+            buf = self._rx_buf
+            if buf:
+                payload = buf.popleft()
+                seq = self._rx_seq
+                self._rx_seq = seq + 1
+                await trio.lowlevel.checkpoint()
+                if not self._codec.typed:
+                    return payload
+                return self._codec.decode(payload, seq)
+            try:
+                item = await self._in_recv.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise self._error_for_user() from None
+            self._take_inbound(item)
+
+    async def receive_batch(self, max_messages: int = 1024) -> list[Any]:
+        """Up to ``max_messages`` messages at once (at least one; waits for it).
+
+        A message that fails validation ends the batch early; the next call
+        raises its :class:`InvalidMessage`.
+        """
+        if max_messages < 1:
+            raise ValueError("max_messages must be >= 1")
+        out = [await self.receive()]
+        buf = self._rx_buf
+        typed = self._codec.typed
+        while len(out) < max_messages and not self._reset_pending:
+            if not buf:
+                try:
+                    item = self._in_recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+                self._take_inbound(item)
+                continue
+            if typed:
+                try:
+                    msg = self._codec.decode(buf[0], self._rx_seq)
+                except InvalidMessage:
+                    break
+            else:
+                msg = buf[0]
+            buf.popleft()
+            self._rx_seq += 1
+            out.append(msg)
+        return out
+
+    def _take_inbound(self, item: Any) -> None:
+        if item is _RESET:
+            self._reset_pending = True
+            return
+        self._rx_buf.extend(item)
+        self._consumed(len(item))
+
+    def _consumed(self, n: int) -> None:
+        conn = self._conn
+        st = self._pstate
+        if conn is not None and conn.session is st and conn.state is ConnectionState.OPEN:
+            if conn.messages_consumed(n):
+                self._wake()
+        elif st is not None:
+            st.rx_consumed = min(st.rx_consumed + n, st.next_rx_seq)
+
+    def __aiter__(self) -> Session:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except SessionClosed as exc:
+            if _is_clean_close(exc):
+                raise StopAsyncIteration from None
+            raise
+
+    # -- closing -------------------------------------------------------------------------
+
+    async def aclose(self, code: CloseCode = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close gracefully: flush queued messages, wait (bounded by
+        ``close_timeout``) for the peer to acknowledge them, exchange CLOSE, and
+        tear everything down.  Idempotent; always closes, even when cancelled."""
+        if self._closing or self._finished.is_set():
+            await self._wait_finished()
+            return
+        self._closing = True
+        with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
+            if self._state is State.LIVE and code is CloseCode.NORMAL:
+                await self._wait_drained()
+            conn = self._conn
+            if conn is not None and conn.state is ConnectionState.OPEN:
+                conn.close(code, reason)
+                self._wake()
+                await self._close_sent.wait()
+                await self._connection_done.wait()
+        self._finish(SessionClosed("session closed", code=code, remote=False, reason=reason))
+        await self._wait_finished()
+
+    async def _wait_finished(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
+            await self._connection_done.wait()
+        await trio.lowlevel.checkpoint()
+
+    async def _wait_drained(self) -> None:
+        while self._has_outbound() or (self._pstate is not None and self._pstate.replay_messages):
+            if self._state is not State.LIVE or self._conn is None:
+                return
+            self._drained = trio.Event()
+            self._wake()
+            await self._drained.wait()
+
+    def _finish(self, error: SessionError) -> None:
+        """End the session for good: state CLOSED, wake every waiter."""
+        if self._finished.is_set():
+            return
+        if self._error is None:
+            self._error = error
+        self._finished.set()
+        self._set_state(State.CLOSED)
+        if self._conn_scope is not None:
+            self._conn_scope.cancel()
+        if self._runner_scope is not None:
+            self._runner_scope.cancel()
+        self._in_send.close()
+        self._drained.set()
+        lvl = logging.DEBUG if _is_clean_close(self._error) else logging.INFO
+        self._log.log(lvl, "session ended: %s", self._error)
+
+    def _error_for_user(self) -> SessionError:
+        err = self._error
+        if err is None:
+            return SessionClosed("session is closed", code=CloseCode.NORMAL)
+        return err
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _set_state(self, state: State) -> None:
+        if state is self._state or self._state is State.CLOSED:
+            return
+        self._log.debug("state %s -> %s", self._state.value, state.value)
+        self._state = state
+        self._state_changed.set()
+        self._state_changed = trio.Event()
+
+    def _bind(self, pstate: SessionState) -> None:
+        self._pstate = pstate
+        self._log = logging.LoggerAdapter(logger, {"session_id": pstate.session_id.hex()})
+
+    def _reset_to(self, pstate: SessionState) -> None:
+        """The participant got a fresh session instead of a resume."""
+        self._bind(pstate)
+        self._rx_seq = 0
+        self._in_send.send_nowait(_RESET)
+
+    # -- the connection ------------------------------------------------------------------
+
+    async def _run_connection(
+        self, transport: Transport, conn: Connection, *, replay_until: int = 0
+    ) -> SessionError:
+        """Run reader, writer, heartbeat and key rotation until the connection ends.
+
+        Returns the error that ended it (a SessionClosed for a clean close); it
+        never raises except Cancelled from an enclosing scope.
+        """
+        assert conn.session is not None
+        self._conn, self._transport = conn, transport
+        self._conn_error = None
+        self._close_sent = trio.Event()
+        self._connection_done = trio.Event()
+        self._confirmed = trio.Event()
+        self._counters.connections += 1
+        self._replay_until = replay_until
+        # LIVE only once the peer's replay has been received (stale until then).
+        if conn.session.next_rx_seq >= replay_until:
+            self._set_state(State.LIVE)
+        else:
+            self._set_state(State.RESUMING)
+        self._log.debug("connection up (%s)", transport.remote_address)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._conn_scope = nursery.cancel_scope
+                if self._finished.is_set():
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(self._guard, self._reader, transport, conn, name="reader")
+                nursery.start_soon(self._guard, self._writer, transport, conn, name="writer")
+                nursery.start_soon(self._guard, self._heartbeat, conn, name="heartbeat")
+                nursery.start_soon(self._guard, self._rotation, conn, name="key-rotation")
+        finally:
+            self._conn_scope = None
+            self._conn = None
+            self._transport = None
+            self._absorb_stats(conn)
+            await self._close_transport(transport, conn)
+            # Release anyone waiting on this connection's progress.
+            self._drained.set()
+            self._close_sent.set()
+            self._connection_done.set()
+        err = self._conn_error
+        if err is None:
+            err = self._error or ConnectionLost("connection ended")
+        return err
+
+    def _absorb_stats(self, conn: Connection) -> None:
+        s, c = conn.stats, self._counters
+        c.rekeys += s.rekeys
+        c.ratchets += s.ratchets
+        c.retransmitted += s.retransmitted
+        c.heartbeats_sent += s.heartbeats_sent
+        if s.last_rtt is not None:
+            c.rtt = s.last_rtt
+
+    async def _close_transport(self, transport: Transport, conn: Connection) -> None:
+        err = self._conn_error
+        # Cancelled from outside (err is None): the connection simply drops.  A
+        # cancelled participant is indistinguishable from a lost one on purpose:
+        # the venue keeps the session for resume, then its dead man's switch
+        # fires.  A clean logout is aclose() (or leaving ``connect()`` normally).
+        with trio.CancelScope(shield=True):
+            # Tell the peer why, when we detected the problem and still hold keys.
+            if (
+                err is not None
+                and not err.remote
+                and not isinstance(err, (ConnectionLost, SessionClosed))
+                and not transport.closed
+            ):
+                try:
+                    conn.close(err.code, type(err).__name__)
+                    with trio.move_on_after(min(0.5, self.config.close_timeout)):
+                        for frame in conn.data_to_send():
+                            await transport.send(frame)
+                except SessionError:
+                    pass
+            with trio.move_on_after(self.config.close_timeout) as scope:
+                await transport.aclose()
+            if scope.cancelled_caught:
+                await _close_forcefully(transport)
+
+    def _end_connection(self, error: SessionError) -> None:
+        if self._conn_error is None:
+            self._conn_error = error
+            if not _is_clean_close(error):
+                self._log.info("connection ended: %s: %s", type(error).__name__, error)
+        if self._conn_scope is not None:
+            self._conn_scope.cancel()
+
+    async def _guard(self, fn: Any, *args: Any) -> None:
+        try:
+            await fn(*args)
+        except SessionError as exc:
+            self._end_connection(exc)
+        except Exception as exc:
+            self._log.exception("internal error in the %s task", getattr(fn, "__name__", fn))
+            err = SessionError(
+                f"internal error: {type(exc).__name__}", code=CloseCode.INTERNAL_ERROR
+            )
+            err.__cause__ = exc
+            self._end_connection(err)
+
+    def _wake(self) -> None:
+        self._wake_pending = True
+        if self._writer_cs is not None:
+            self._writer_cs.cancel()
+
+    def _wake_for_data(self) -> None:
+        # The writer parked on the outbound channel wakes by itself for lossless
+        # data; wake it for conflated/lossy data or when it waits for credit.
+        if self._writer_cs is not None:
+            self._wake()
+
+    def _has_outbound(self) -> bool:
+        return bool(
+            self._pending
+            or self._latest
+            or self._lossy
+            or self._out_recv.statistics().current_buffer_used
+        )
+
+    async def _reader(self, transport: Transport, conn: Connection) -> None:
+        in_send = self._in_send
+        counters = self._counters
+        while True:
+            frame = await transport.receive()
+            events = conn.receive_data(frame)
+            if not self._confirmed.is_set() and conn._rx_authenticated:
+                self._confirmed.set()
+            for ev in events:
+                if type(ev) is MessagesReceived:
+                    try:
+                        in_send.send_nowait(ev.payloads)
+                    except trio.WouldBlock:  # credit makes this impossible
+                        raise SessionError(
+                            "inbound channel overflow", code=CloseCode.INTERNAL_ERROR
+                        ) from None
+                    except (trio.ClosedResourceError, trio.BrokenResourceError):
+                        return  # session finished; messages after close are not delivered
+                    counters.received += len(ev.payloads)
+                    hb = self._hb_sleep
+                    if hb is not None:
+                        due = conn.heartbeat_deadline()
+                        if due < hb.deadline:
+                            hb.deadline = due
+                    if self._state is not State.LIVE and ev.first_seq + len(ev.payloads) >= (
+                        self._replay_until
+                    ):
+                        self._set_state(State.LIVE)
+                elif type(ev) is HeartbeatAcked:
+                    counters.rtt = ev.rtt
+                elif type(ev) is CloseReceived:
+                    await self._on_peer_close(conn, ev)
+                    return
+            if conn.has_pending_control() or (
+                self._writer_waits_for_credit and conn.send_window() > 0
+            ):
+                self._wake()
+            elif self._pstate is not None and not self._pstate.replay_messages:
+                self._drained.set()
+
+    async def _on_peer_close(self, conn: Connection, ev: CloseReceived) -> None:
+        err = ev.to_error()
+        if self._conn_error is None:
+            self._conn_error = err
+        conn.close(CloseCode.NORMAL if ev.code is CloseCode.NORMAL else ev.code)
+        self._wake()
+        with trio.move_on_after(self.config.close_timeout):
+            await self._close_sent.wait()
+        self._end_connection(err)
+
+    def _take(self, window: int, budget: int) -> list[bytes]:
+        """Gather up to ``window`` queued messages within the batch and byte budgets."""
+        cap = min(self.config.max_batch_bytes, budget)
+        msgs: list[bytes] = []
+        size = 0
+        pending = self._pending
+        out_recv = self._out_recv
+        while len(msgs) < window:
+            if not pending:
+                try:
+                    item = out_recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+                if isinstance(item, bytes):
+                    pending.append(item)
+                else:
+                    pending.extend(item)
+                continue
+            m = pending[0]
+            lm = len(m)
+            if size + lm > cap and (msgs or lm > budget):
+                return msgs
+            msgs.append(pending.popleft())
+            size += lm
+        for source in (self._latest, self._lossy):
+            while source and len(msgs) < window:
+                if isinstance(source, dict):
+                    key = next(iter(source))
+                    m = source[key]
+                else:
+                    m = source[0]
+                if size + len(m) > cap and (msgs or len(m) > budget):
+                    return msgs
+                if isinstance(source, dict):
+                    del source[key]
+                else:
+                    source.popleft()
+                msgs.append(m)
+                size += len(m)
+        return msgs
+
+    async def _writer(self, transport: Transport, conn: Connection) -> None:
+        send = transport.send
+        counters = self._counters
+        while True:
+            self._wake_pending = False
+            frames = conn.data_to_send()
+            for frame in frames:
+                await send(frame)
+            if conn.state is not ConnectionState.OPEN:
+                if conn.state in (ConnectionState.CLOSING, ConnectionState.ERROR) and (
+                    not conn.has_pending_control()
+                ):
+                    self._close_sent.set()
+                await self._park(wait_for_data=False)
+                continue
+            window = conn.send_window()
+            if window > 0:
+                batch = self._take(window, conn.send_bytes_budget())
+                if batch:
+                    self._stalled_since = None
+                    await send(conn.send_data(batch))
+                    counters.sent += len(batch)
+                    continue
+            if self._has_outbound():
+                if self._stalled_since is None:
+                    self._stalled_since = trio.current_time()
+            else:
+                self._stalled_since = None
+                if self._pstate is not None and not self._pstate.replay_messages:
+                    self._drained.set()
+            if self._wake_pending:
+                continue
+            await self._park(wait_for_data=window > 0 and not self._latest and not self._lossy)
+
+    async def _park(self, *, wait_for_data: bool) -> None:
+        """Sleep until woken; when credit allows, also wake on new lossless data."""
+        with trio.CancelScope() as cs:
+            self._writer_cs = cs
+            self._writer_waits_for_credit = not wait_for_data
+            if self._wake_pending:
+                cs.cancel()
+            if wait_for_data:
+                item = await self._out_recv.receive()
+                if isinstance(item, bytes):
+                    self._pending.append(item)
+                else:
+                    self._pending.extend(item)
+            else:
+                await trio.sleep_forever()
+        self._writer_cs = None
+        self._writer_waits_for_credit = False
+
+    async def _heartbeat(self, conn: Connection) -> None:
+        slow_limit = self.config.slow_consumer_timeout
+        while True:
+            now = trio.current_time()
+            deadline = conn.heartbeat_deadline()
+            if self.role is Role.VENUE and self._stalled_since is not None:
+                deadline = min(deadline, self._stalled_since + slow_limit)
+            # An adjustable sleep: the reader pulls the deadline in when received
+            # data makes a (delayed) acknowledgement due sooner.
+            with trio.move_on_at(max(deadline, now + MIN_TIMER_STEP)) as sleep:
+                self._hb_sleep = sleep
+                await trio.sleep_forever()
+            self._hb_sleep = None
+            conn.handle_heartbeat_timer()
+            if conn.has_pending_control():
+                self._wake()
+            stalled = self._stalled_since
+            if (
+                self.role is Role.VENUE
+                and stalled is not None
+                and trio.current_time() - stalled >= slow_limit
+            ):
+                raise SessionError(
+                    f"participant consumed nothing for {slow_limit}s while messages waited",
+                    code=CloseCode.SLOW_CONSUMER,
+                )
+
+    async def _rotation(self, conn: Connection) -> None:
+        while True:
+            now = trio.current_time()
+            await trio.sleep_until(max(conn.rotation_deadline(), now + MIN_TIMER_STEP))
+            conn.handle_rotation_timer()
+            if conn.has_pending_control():
+                self._wake()
+
+    # -- used by the runners -------------------------------------------------------------
+
+    def _preempt(self) -> None:
+        """Drop the current connection (a resume on a new one is taking over)."""
+        self._end_connection(ConnectionLost("replaced by a resumed connection"))
+
+    def _mark_disconnected(self, state: State) -> None:
+        if not self._finished.is_set():
+            self._set_state(state)
+
+
+_CREATE: Final = object()
+
+
+def _is_clean_close(err: SessionError) -> bool:
+    return isinstance(err, SessionClosed) and err.code is CloseCode.NORMAL
+
+
+def _new_session(role: Role, config: SessionConfig, messages: Any | None, key_id: str) -> Session:
+    return Session(role=role, config=config, messages=messages, key_id=key_id, _token=_CREATE)
+
+
+async def _close_forcefully(transport: Transport) -> None:
+    """Like trio.aclose_forcefully, for our Transport protocol."""
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await transport.aclose()
+
+
+def _session_reset() -> SessionReset:
+    return SessionReset(
+        "the venue could not resume the session; a new session replaced it "
+        "(messages may have been lost: resync and reconcile)"
+    )
