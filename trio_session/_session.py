@@ -634,6 +634,9 @@ class Session:
                             await transport.send(frame)
                 except SessionError:
                     pass
+            if err is None:
+                await _close_forcefully(transport)  # cancelled: drop, do not linger
+                return
             with trio.move_on_after(self.config.close_timeout) as scope:
                 await transport.aclose()
             if scope.cancelled_caught:
