@@ -63,6 +63,16 @@ MIN_TIMER_STEP: Final = 0.005
 _RESET: Final = object()  # inbound sentinel: the logical session was replaced
 
 
+class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Puts the session id in every record: as ``record.session_id`` for
+    structured handlers and as a ``[session …]`` prefix for plain ones."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        sid = (self.extra or {}).get("session_id", "-")
+        kwargs.setdefault("extra", {})["session_id"] = sid
+        return f"[session {sid}] {msg}", kwargs
+
+
 class State(enum.Enum):
     """Where a session is in its life; observe with :meth:`Session.wait_state`."""
 
@@ -251,7 +261,7 @@ class Session:
         self._attach_lock = trio.Lock()
         #: Runner-owned scope (supervisor / server) to stop reconnecting on close.
         self._runner_scope: trio.CancelScope | None = None
-        self._log = logging.LoggerAdapter(logger, {"session_id": "-"})
+        self._log = _SessionLog(logger, {"session_id": "-"})
 
     # -- identity and observation --------------------------------------------------
 
@@ -548,7 +558,7 @@ class Session:
 
     def _bind(self, pstate: SessionState) -> None:
         self._pstate = pstate
-        self._log = logging.LoggerAdapter(logger, {"session_id": pstate.session_id.hex()})
+        self._log = _SessionLog(logger, {"session_id": pstate.session_id.hex()})
 
     def _reset_to(self, pstate: SessionState) -> None:
         """The participant got a fresh session instead of a resume."""
