@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -38,6 +38,9 @@ from ._transport import Transport, connect_transport
 __all__ = ["Backoff", "RestartPolicy", "connect"]
 
 logger = logging.getLogger("trio_session.client")
+
+#: Opens a transport for one connection attempt; the nursery outlives it.
+TransportFactory = Callable[[trio.Nursery], Awaitable[Transport]]
 
 
 def _non_negative(inst: Any, attr: attrs.Attribute[Any], value: float) -> None:
@@ -130,6 +133,7 @@ async def connect(
     messages: Any | None = None,
     ssl_context: ssl.SSLContext | None = None,
     restart: RestartPolicy | None = None,
+    transport_factory: TransportFactory | None = None,
 ) -> AsyncIterator[Session]:
     """Open a participant session to the venue at ``url`` (``ws://`` or ``wss://``).
 
@@ -139,13 +143,20 @@ async def connect(
     STALE -> RESUMING -> LIVE, and only a final failure reaches the
     application, from :meth:`Session.send`/:meth:`Session.receive`.  Leaving
     the block closes the session gracefully (bounded by ``close_timeout``).
+
+    ``transport_factory`` replaces the WebSocket connection (``url`` and
+    ``ssl_context`` are then ignored): an async callable that takes a nursery
+    and returns a connected transport, e.g. from
+    :func:`trio_session.testing.memory_venue`, for socket-free tests.
     """
     cfg = config or SessionConfig()
     policy = restart or RestartPolicy()
     if len(venue_public_key) != 32:
         raise ValueError("venue_public_key must be the venue's 32-byte Ed25519 public key")
     session = _new_session(Role.PARTICIPANT, cfg, messages, identity.key_id)
-    runner = _Participant(session, url, identity, bytes(venue_public_key), cfg, ssl_context, policy)
+    runner = _Participant(
+        session, url, identity, bytes(venue_public_key), cfg, ssl_context, policy, transport_factory
+    )
     body_exc: BaseException | None = None
     async with trio.open_nursery() as nursery:
         try:
@@ -173,7 +184,9 @@ class _Participant:
         config: SessionConfig,
         ssl_context: ssl.SSLContext | None,
         policy: RestartPolicy,
+        transport_factory: TransportFactory | None = None,
     ) -> None:
+        self.transport_factory = transport_factory
         self.session = session
         self.url = url
         self.identity = identity
@@ -282,14 +295,17 @@ class _Participant:
         transport: Transport | None = None
         try:
             with trio.fail_after(cfg.handshake_timeout):
-                transport = await connect_transport(
-                    self.url,
-                    nursery=link,
-                    ssl_context=self.ssl_context,
-                    connect_timeout=cfg.handshake_timeout,
-                    max_message_size=cfg.max_frame_size,
-                    close_timeout=cfg.close_timeout,
-                )
+                if self.transport_factory is not None:
+                    transport = await self.transport_factory(link)
+                else:
+                    transport = await connect_transport(
+                        self.url,
+                        nursery=link,
+                        ssl_context=self.ssl_context,
+                        connect_timeout=cfg.handshake_timeout,
+                        max_message_size=cfg.max_frame_size,
+                        close_timeout=cfg.close_timeout,
+                    )
                 conn = ClientConnection(
                     self.identity, self.venue_pk, cfg, resume=resume, clock=trio.current_time
                 )

@@ -1,0 +1,115 @@
+"""Helpers for testing venues and participants built on trio_session.
+
+Import these from your own pytest-trio tests:
+
+* :func:`memory_venue` runs a real venue (:func:`trio_session.serve`'s logic)
+  over in-memory transports, so whole sessions — handshake, heartbeats, rekeys,
+  resume, the dead man's switch — run under ``trio.testing.MockClock`` with
+  ``autojump_threshold=0``: an hour of session time in milliseconds.
+* :func:`identities` gives a venue identity, a participant identity and a
+  registry that trusts the participant.
+
+The mock-clock recipe::
+
+    @pytest.fixture
+    def autojump_clock():  # pytest-trio picks this fixture up
+        return trio.testing.MockClock(autojump_threshold=0)
+
+    async def test_heartbeat(autojump_clock):
+        venue_id, alice, registry = identities()
+        async with memory_venue(handler, venue_id, registry) as venue:
+            async with ts.connect("memory://", alice, venue_id.public_key,
+                                  transport_factory=venue.connector) as session:
+                ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from ._config import SessionConfig
+from ._identity import Identity, KeyRegistry
+from ._server import Hook, _Venue
+from ._session import Session, State
+from ._transport import MemoryTransport, Transport, memory_transport_pair
+
+__all__ = ["MemoryVenue", "identities", "memory_venue"]
+
+
+def identities() -> tuple[Identity, Identity, KeyRegistry]:
+    """A fresh venue identity, participant identity, and a registry trusting the latter."""
+    venue = Identity.generate()
+    participant = Identity.generate()
+    registry = KeyRegistry()
+    registry.add(participant.key_id, participant.public_key)
+    return venue, participant, registry
+
+
+@attrs.define(eq=False)
+class MemoryVenue:
+    """A running in-memory venue (see :func:`memory_venue`)."""
+
+    _venue: _Venue = attrs.field(alias="venue")
+    _nursery: trio.Nursery = attrs.field(alias="nursery")
+    #: Client ends of every connection made so far.
+    transports: list[MemoryTransport] = attrs.Factory(list)
+    #: Connection attempts refused by :meth:`refuse_connections`.
+    refused: int = 0
+    _refusing: bool = False
+
+    @property
+    def sessions(self) -> list[Session]:
+        """Venue-side sessions alive now (LIVE or detached awaiting resume)."""
+        return [s for s in self._venue.sessions.values() if s.state is not State.CLOSED]
+
+    async def connector(self, nursery: trio.Nursery) -> Transport:
+        """Pass as ``transport_factory=`` to :func:`trio_session.connect`."""
+        from ._errors import ConnectionLost
+
+        await trio.lowlevel.checkpoint()
+        if self._refusing:
+            self.refused += 1
+            raise ConnectionLost("connection refused (memory venue is refusing)")
+        client, server = memory_transport_pair(capacity=256)
+        self.transports.append(client)
+        self._nursery.start_soon(self._venue.on_transport, server)
+        return client
+
+    def break_all(self) -> None:
+        """Abruptly drop every open connection (as a TCP reset would)."""
+        for t in self.transports:
+            if not t.closed:
+                t.break_()
+
+    def refuse_connections(self, refuse: bool = True) -> None:
+        """Make new connection attempts fail (the venue is unreachable)."""
+        self._refusing = refuse
+
+
+@asynccontextmanager
+async def memory_venue(
+    handler: Callable[[Session], Awaitable[None]],
+    identity: Identity,
+    registry: KeyRegistry,
+    *,
+    config: SessionConfig | None = None,
+    messages: Any | None = None,
+    on_session_lost: Hook | None = None,
+    on_logout: Hook | None = None,
+) -> AsyncIterator[MemoryVenue]:
+    """Run a venue over in-memory transports for the duration of the block."""
+    cfg = config or SessionConfig()
+    venue = _Venue(handler, identity, registry, cfg, messages, on_session_lost, on_logout)
+    async with trio.open_nursery() as nursery:
+        venue.nursery = nursery
+        registry.add_revocation_listener(venue.on_revoked)
+        try:
+            yield MemoryVenue(venue=venue, nursery=nursery)
+        finally:
+            registry.remove_revocation_listener(venue.on_revoked)
+            nursery.cancel_scope.cancel()
