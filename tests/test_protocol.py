@@ -399,3 +399,20 @@ def test_refused_resume_does_not_inherit_old_credit() -> None:
     assert v.send_window() <= 8
     frame = v.send_data([b"x"] * v.send_window())
     assert isinstance(p.receive_data(frame)[0], MessagesReceived)
+
+
+def test_early_rekey_request_is_deferred_not_dropped() -> None:
+    clock = FakeClock()
+    cfg = SessionConfig(
+        rekey_interval=600, reject_after=900, rekey_jitter=0.0, ratchet_interval=1e4
+    )
+    p, v, _, _ = handshake(cfg, clock=clock)
+    clock.advance(0.5)
+    p.request_rekey()
+    pump(p, v)  # REKEY_REQUEST within 1 s of the handshake's DH
+    assert not v.has_pending_control()
+    assert v.rotation_deadline() == pytest.approx(1.0)
+    clock.advance(0.5)
+    v.handle_rotation_timer()
+    frames = v.data_to_send()
+    assert FrameType.REKEY in [parse_header(f)[0] for f in frames]

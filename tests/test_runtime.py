@@ -321,3 +321,44 @@ async def test_graceful_logout_reaches_handler_as_end_of_iteration() -> None:
 
 
 del echo_handler
+
+
+async def test_per_message_reject_reaches_sender_with_seq_and_session_continues() -> None:
+    import msgspec
+
+    class Order(msgspec.Struct, tag=True):
+        qty: int
+
+    async def handler(session: ts.Session) -> None:
+        while True:
+            try:
+                order = await session.receive()
+            except ts.InvalidMessage:
+                continue  # already rejected back to the participant
+            except ts.SessionClosed:
+                return
+            if order.qty > 10:
+                session.reject(session.last_seq, "qty too large", retry_after=0.5)
+            else:
+                await session.send(order)
+
+    with trio.fail_after(20):
+        async with (
+            venue(handler, messages=Order) as server,
+            ts.connect(url(server), PARTICIPANT, VENUE.public_key) as session,
+        ):
+            await session.send(msgspec.msgpack.encode(Order(1)))
+            await session.send(b"\xc1garbage")  # message 1: does not decode
+            await session.send(msgspec.msgpack.encode(Order(99)))  # message 2: refused
+            await session.send(msgspec.msgpack.encode(Order(3)))
+            assert msgspec.msgpack.decode(await session.receive(), type=Order) == Order(1)
+            with pytest.raises(ts.MessageRejected) as bad:
+                await session.receive()
+            assert bad.value.ref_seq == 1 and bad.value.reason_code is ts.RejectCode.INVALID
+            with pytest.raises(ts.MessageRejected) as refused:
+                await session.receive()
+            assert refused.value.ref_seq == 2
+            assert refused.value.reason_code is ts.RejectCode.REJECTED
+            assert refused.value.retry_after == 0.5 and "qty too large" in str(refused.value)
+            assert msgspec.msgpack.decode(await session.receive(), type=Order) == Order(3)
+            assert session.state is ts.State.LIVE

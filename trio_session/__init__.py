@@ -23,8 +23,10 @@ from ._errors import HandshakeTimeout as HandshakeTimeout
 from ._errors import HeartbeatTimeout as HeartbeatTimeout
 from ._errors import IntegrityError as IntegrityError
 from ._errors import LocalProtocolError as LocalProtocolError
+from ._errors import MessageRejected as MessageRejected
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RateLimited as RateLimited
+from ._errors import RejectCode as RejectCode
 from ._errors import RekeyTimeout as RekeyTimeout
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import ResumeRefused as ResumeRefused
@@ -57,8 +59,10 @@ __all__ = [
     "InvalidMessage",
     "KeyRegistry",
     "LocalProtocolError",
+    "MessageRejected",
     "ProtocolError",
     "RateLimited",
+    "RejectCode",
     "RekeyTimeout",
     "RemoteProtocolError",
     "RestartPolicy",

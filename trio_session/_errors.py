@@ -25,8 +25,10 @@ __all__ = [
     "HeartbeatTimeout",
     "IntegrityError",
     "LocalProtocolError",
+    "MessageRejected",
     "ProtocolError",
     "RateLimited",
+    "RejectCode",
     "RekeyTimeout",
     "RemoteProtocolError",
     "ResumeRefused",
@@ -215,6 +217,46 @@ class ResumeRefused(SessionError):
     """The venue could not resume the session (expired, unknown, buffer lost)."""
 
     default_code = CloseCode.RESUME_REFUSED
+
+
+class RejectCode(enum.IntEnum):
+    """Why the peer refused one message (the session itself continues)."""
+
+    #: Did not decode or did not match the declared ``messages=`` schema.
+    INVALID = 1
+    #: Over a rate limit; ``retry_after`` says when to try again.
+    RATE_LIMITED = 2
+    #: Refused by the application (validation, business rules, handler error).
+    REJECTED = 3
+
+
+class MessageRejected(SessionError):
+    """The peer refused one of our messages; the session continues.
+
+    Raised by :meth:`Session.receive` in stream order.  ``ref_seq`` is the
+    data sequence number of the refused message (as seen by the peer, i.e.
+    the n-th message we sent, from 0).
+    """
+
+    default_code = CloseCode.PROTOCOL_ERROR
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        ref_seq: int,
+        reason_code: RejectCode | int,
+        reason: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, remote=True)
+        self.ref_seq = ref_seq
+        try:
+            self.reason_code: RejectCode | int = RejectCode(reason_code)
+        except ValueError:
+            self.reason_code = reason_code
+        self.reason = reason
+        self.retry_after = retry_after
 
 
 class SessionReset(SessionError):

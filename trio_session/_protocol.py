@@ -67,6 +67,7 @@ from ._wire import (
     BINDER_ENTRY,
     FIN_LEN,
     FLAG_PROBE,
+    FLAG_SYSTEM,
     HANDSHAKE_TYPES,
     HEADER_LEN,
     MODE_MAC,
@@ -113,6 +114,8 @@ DIR_V2C: Final = 0x02
 MAX_BINDERS: Final = 2
 MAX_SPENT_SECRETS: Final = 8
 MAX_EPOCH: Final = 2**32 - 2
+#: Venue: minimum spacing between DH rekeys started on a participant's request.
+REKEY_REQUEST_SPACING: Final = 1.0
 TRANSCRIPT_LABEL: Final = b"tsess/v1"
 TRAILER_SIG_FIN: Final = SIG_LEN + FIN_LEN
 #: Delayed acknowledgement: received data is acknowledged within this many
@@ -182,6 +185,8 @@ class MessagesReceived(Event):
 
     first_seq: int
     payloads: list[bytes]
+    #: Session-layer notices (FLAG_SYSTEM), e.g. per-message rejects.
+    system: bool = False
 
 
 @attrs.frozen
@@ -222,12 +227,14 @@ class SessionState:
     rx_consumed: int = 0
     peer_ack: int = 0
     peer_window: int = 0
-    replay: deque[tuple[int, list[bytes]]] = attrs.field(factory=deque)
+    #: Replay entries: (first seq, messages, frame flags) per sent DATA frame.
+    replay: deque[tuple[int, list[bytes], int]] = attrs.field(factory=deque)
     replay_messages: int = 0
     replay_bytes: int = 0
     resume_secrets: dict[int, bytes] = attrs.field(factory=dict)
     spent_secrets: list[bytes] = attrs.field(factory=list)
-    #: Set by the venue when a spent binder was presented: the session must die.
+    #: Set by the participant's supervisor when the venue said REAUTHENTICATE:
+    #: the session must never be resumed (a fresh one is started instead).
     compromised: bool = False
 
     def __repr__(self) -> str:
@@ -240,7 +247,7 @@ class SessionState:
         """Drop replay entries the peer has acknowledged (all seq < ``ack``)."""
         replay = self.replay
         while replay:
-            first, msgs = replay[0]
+            first, msgs, flags = replay[0]
             end = first + len(msgs)
             if end <= ack:
                 replay.popleft()
@@ -249,7 +256,7 @@ class SessionState:
             elif first < ack:
                 cut = ack - first
                 dropped = msgs[:cut]
-                replay[0] = (ack, msgs[cut:])
+                replay[0] = (ack, msgs[cut:], flags)
                 self.replay_messages -= cut
                 self.replay_bytes -= sum(map(len, dropped))
                 break
@@ -258,16 +265,16 @@ class SessionState:
         if ack > self.peer_ack:
             self.peer_ack = ack
 
-    def unacked_from(self, seq: int) -> list[tuple[int, list[bytes]]]:
+    def unacked_from(self, seq: int) -> list[tuple[int, list[bytes], int]]:
         """Replay entries with seq >= ``seq`` (for retransmission)."""
         out = []
-        for first, msgs in self.replay:
+        for first, msgs, flags in self.replay:
             if first + len(msgs) <= seq:
                 continue
             if first < seq:
                 msgs = msgs[seq - first :]
                 first = seq
-            out.append((first, msgs))
+            out.append((first, msgs, flags))
         return out
 
     def install_resume_secret(self, gen: int, secret: bytes, *, keep_previous: bool) -> None:
@@ -440,6 +447,7 @@ class Connection:
         self._confirm_resume_on_rx = False
         self._rekey_requested_at: float | None = None
         self._rekey_request_queued = False
+        self._rekey_request_deferred = False
         self._messages_since_dh = 0
 
     # -- public API ------------------------------------------------------------
@@ -542,12 +550,15 @@ class Connection:
             return 0
         return max(0, self.config.replay_max_bytes - s.replay_bytes)
 
-    def send_data(self, payloads: Sequence[bytes]) -> bytes:
+    def send_data(self, payloads: Sequence[bytes], *, system: bool = False) -> bytes:
         """Build one DATA frame carrying ``payloads`` (a batch) and keep them for replay.
 
         The caller must respect :meth:`send_window`, ``max_message_size``,
         ``max_batch_bytes`` and :meth:`send_bytes_budget`; violating them is a
         :class:`~trio_session.LocalProtocolError` (a bug in the caller).
+        ``system=True`` marks session-layer notices (FLAG_SYSTEM): sequenced,
+        acknowledged and replayed like application messages, but reported with
+        ``MessagesReceived.system`` set so the runtime handles them itself.
         """
         s = self.session
         if self.state is not ConnectionState.OPEN or s is None:
@@ -572,10 +583,11 @@ class Connection:
         if s.next_tx_seq + n >= SEQ_LIMIT:
             raise LocalProtocolError("sequence space exhausted; start a new session")
         seq = s.next_tx_seq
-        frame = self._data_frame(seq, msgs)
+        flags = FLAG_SYSTEM if system else 0
+        frame = self._data_frame(seq, msgs, flags)
         self._confirm_owed = False
         s.next_tx_seq = seq + n
-        s.replay.append((seq, msgs))
+        s.replay.append((seq, msgs, flags))
         s.replay_messages += n
         s.replay_bytes += size
         self.stats.messages_sent += n
@@ -669,6 +681,8 @@ class Connection:
                 d = min(d, self._last_dh + cfg.reject_after)
             else:
                 d = min(d, self._last_dh + cfg.rekey_interval + self._rekey_jitter)
+                if self._rekey_request_deferred:
+                    d = min(d, self._last_dh + REKEY_REQUEST_SPACING)
         else:
             if self._rekey_requested_at is None:
                 d = min(d, self._last_dh + cfg.rekey_interval + self._rekey_jitter)
@@ -689,7 +703,10 @@ class Connection:
             if self._rekey_in_flight or self._rekey_queued:
                 if now >= self._last_dh + cfg.reject_after:
                     self._rekey_failed(now)
-            elif now >= self._last_dh + cfg.rekey_interval + self._rekey_jitter:
+            elif now >= self._last_dh + cfg.rekey_interval + self._rekey_jitter or (
+                self._rekey_request_deferred and now >= self._last_dh + REKEY_REQUEST_SPACING
+            ):
+                self._rekey_request_deferred = False
                 self.start_rekey()
         else:
             if self._rekey_requested_at is None:
@@ -797,9 +814,9 @@ class Connection:
         self._unacked_since = None
         return s.next_rx_seq, window
 
-    def _data_frame(self, seq: int, msgs: list[bytes]) -> bytes:
+    def _data_frame(self, seq: int, msgs: list[bytes], flags: int = 0) -> bytes:
         ack, window = self._grant()
-        return self._seal(FrameType.DATA, 0, seq, encode_body(Data(ack, window, msgs)))
+        return self._seal(FrameType.DATA, flags, seq, encode_body(Data(ack, window, msgs)))
 
     def _control(self, frame_type: FrameType, body: bytes, flags: int = 0) -> bytes:
         seq = self._tx_ctrl_seq
@@ -890,7 +907,7 @@ class Connection:
         assert s is not None
         cap = self.config.max_batch_bytes
         count = 0
-        for first, msgs in s.unacked_from(s.peer_ack):
+        for first, msgs, flags in s.unacked_from(s.peer_ack):
             start = 0
             while start < len(msgs):
                 size = 0
@@ -898,7 +915,7 @@ class Connection:
                 while end < len(msgs) and (end == start or size + len(msgs[end]) <= cap):
                     size += len(msgs[end])
                     end += 1
-                out.append(self._data_frame(first + start, msgs[start:end]))
+                out.append(self._data_frame(first + start, msgs[start:end], flags))
                 count += end - start
                 start = end
         self.stats.retransmitted += count
@@ -949,7 +966,10 @@ class Connection:
         frame_type, flags, epoch, seq = parse_header(frame)
         if frame_type in HANDSHAKE_TYPES:
             raise FrameError(f"unexpected {frame_type.name} after the handshake", remote=True)
-        if flags and (flags != FLAG_PROBE or frame_type is not FrameType.HEARTBEAT):
+        if flags and not (
+            (flags == FLAG_PROBE and frame_type is FrameType.HEARTBEAT)
+            or (flags == FLAG_SYSTEM and frame_type is FrameType.DATA)
+        ):
             raise FrameError(f"reserved flags 0x{flags:02x} set on {frame_type.name}", remote=True)
         rx = self._rx
         s = self.session
@@ -1007,7 +1027,7 @@ class Connection:
             and frame[:1] == bytes((FrameType.REJECT,))
         ):
             return self._receive_reject(frame)
-        frame_type, _flags, seq, body = self._open(frame)
+        frame_type, flags, seq, body = self._open(frame)
         s = self.session
         assert s is not None
         if frame_type is FrameType.DATA:
@@ -1033,7 +1053,7 @@ class Connection:
             self._peer_grant(data.ack, data.window)
             self.stats.messages_received += n
             self._count_messages(n)
-            return [MessagesReceived(seq, data.msgs)]
+            return [MessagesReceived(seq, data.msgs, flags == FLAG_SYSTEM)]
         if frame_type is FrameType.ACK:
             ackb = decode_body(frame_type, body, Ack)
             self._peer_grant(ackb.ack, ackb.window)
@@ -1526,8 +1546,11 @@ class VenueConnection(Connection):
         if frame_type is FrameType.REKEY_REQUEST:
             decode_body(frame_type, body, RekeyRequest)
             # At most one requested DH rekey per second: a participant cannot
-            # make the venue burn CPU on back-to-back key exchanges.
-            if self._clock() - self._last_dh >= 1.0:
+            # make the venue burn CPU on back-to-back key exchanges.  An early
+            # request is deferred, not dropped (the participant waits for it).
+            if self._clock() - self._last_dh >= REKEY_REQUEST_SPACING:
                 self.start_rekey()
+            else:
+                self._rekey_request_deferred = True
             return []
         raise FrameError(f"{frame_type.name} is not valid from a participant", remote=True)

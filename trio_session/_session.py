@@ -38,6 +38,8 @@ from ._errors import (
     CloseCode,
     ConnectionLost,
     LocalProtocolError,
+    MessageRejected,
+    RejectCode,
     SessionClosed,
     SessionError,
     SessionReset,
@@ -52,6 +54,7 @@ from ._protocol import (
     SessionState,
 )
 from ._transport import Transport
+from ._wire import NOTICE_REJECT, Notice, decode_notice, encode_body
 
 __all__ = ["InvalidMessage", "Session", "SessionStats", "State"]
 
@@ -61,6 +64,10 @@ logger = logging.getLogger("trio_session.session")
 #: due but waits on another task (e.g. the writer is blocked on a full socket).
 MIN_TIMER_STEP: Final = 0.005
 _RESET: Final = object()  # inbound sentinel: the logical session was replaced
+
+
+class _Notices(list[bytes]):
+    """An inbound batch of session-layer notices (FLAG_SYSTEM), kept in stream order."""
 
 
 class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -231,11 +238,16 @@ class Session:
         self._pending: deque[bytes] = deque()
         self._latest: dict[Hashable, bytes] = {}
         self._lossy: deque[bytes] = deque()
-        self._rx_buf: deque[bytes] = deque()
+        # bytes, or decoded notices (Notice / the error a bad one produced)
+        self._rx_buf: deque[Any] = deque()
         self._rx_seq = 0  # data seq of the next message handed to the application
         self._reset_pending = False
         self._replay_until = 0
+        self._last_seq = -1
+        self._system_out: deque[bytes] = deque()
         self._pstate: SessionState | None = None
+        #: The session state that consuming the next inbound messages credits.
+        self._consume_target: SessionState | None = None
         self._conn: Connection | None = None
         self._transport: Transport | None = None
         self._conn_scope: trio.CancelScope | None = None
@@ -421,9 +433,16 @@ class Session:
                 seq = self._rx_seq
                 self._rx_seq = seq + 1
                 await trio.lowlevel.checkpoint()
+                if type(payload) is not bytes:
+                    raise _notice_error(payload)
+                self._last_seq = seq
                 if not self._codec.typed:
                     return payload
-                return self._codec.decode(payload, seq)
+                try:
+                    return self._codec.decode(payload, seq)
+                except InvalidMessage as exc:
+                    self.reject(seq, str(exc), code=RejectCode.INVALID)
+                    raise
             try:
                 item = await self._in_recv.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
@@ -449,28 +468,67 @@ class Session:
                     break
                 self._take_inbound(item)
                 continue
+            head = buf[0]
+            if type(head) is not bytes:
+                break  # a notice: raised by the next receive()
             if typed:
                 try:
-                    msg = self._codec.decode(buf[0], self._rx_seq)
+                    msg = self._codec.decode(head, self._rx_seq)
                 except InvalidMessage:
                     break
             else:
-                msg = buf[0]
+                msg = head
             buf.popleft()
+            self._last_seq = self._rx_seq
             self._rx_seq += 1
             out.append(msg)
         return out
 
+    @property
+    def last_seq(self) -> int:
+        """Data sequence number of the last message :meth:`receive` returned (-1 before).
+
+        It identifies that message within the session (the peer's n-th message,
+        from 0), e.g. to bind an execution report to the order it answers.
+        """
+        return self._last_seq
+
+    def reject(
+        self,
+        seq: int,
+        reason: str = "",
+        *,
+        code: RejectCode = RejectCode.REJECTED,
+        retry_after: float | None = None,
+    ) -> None:
+        """Tell the peer that its message ``seq`` was not accepted.
+
+        The peer's :meth:`receive` raises :class:`~trio_session.MessageRejected`
+        in stream order; the session continues.  Never blocks; notices are
+        sequenced and replayed across reconnects like messages.
+        """
+        if self._error is not None or self._closing:
+            return
+        retry_ms = None if retry_after is None else max(0, min(int(retry_after * 1000), 2**32 - 1))
+        notice = Notice(NOTICE_REJECT, seq, int(code), reason[:200], retry_ms)
+        self._system_out.append(encode_body(notice))
+        self._wake()
+
     def _take_inbound(self, item: Any) -> None:
         if item is _RESET:
             self._reset_pending = True
+            # From here on, consumption grants credit in the new session.
+            self._consume_target = self._pstate
             return
-        self._rx_buf.extend(item)
+        if type(item) is _Notices:
+            self._rx_buf.extend(_decode_notice_safely(p) for p in item)
+        else:
+            self._rx_buf.extend(item)
         self._consumed(len(item))
 
     def _consumed(self, n: int) -> None:
         conn = self._conn
-        st = self._pstate
+        st = self._consume_target
         if conn is not None and conn.session is st and conn.state is ConnectionState.OPEN:
             if conn.messages_consumed(n):
                 self._wake()
@@ -558,11 +616,18 @@ class Session:
 
     def _bind(self, pstate: SessionState) -> None:
         self._pstate = pstate
+        self._consume_target = pstate
         self._log = _SessionLog(logger, {"session_id": pstate.session_id.hex()})
 
     def _reset_to(self, pstate: SessionState) -> None:
-        """The participant got a fresh session instead of a resume."""
+        """The participant got a fresh session instead of a resume.
+
+        Messages of the old session still queued are delivered first (and
+        credited to the old session); the reset marker then switches over.
+        """
+        old_target = self._consume_target
         self._bind(pstate)
+        self._consume_target = old_target
         self._rx_seq = 0
         self._in_send.send_nowait(_RESET)
 
@@ -703,7 +768,7 @@ class Session:
             for ev in events:
                 if type(ev) is MessagesReceived:
                     try:
-                        in_send.send_nowait(ev.payloads)
+                        in_send.send_nowait(_Notices(ev.payloads) if ev.system else ev.payloads)
                     except trio.WouldBlock:  # credit makes this impossible
                         raise SessionError(
                             "inbound channel overflow", code=CloseCode.INTERNAL_ERROR
@@ -799,6 +864,12 @@ class Session:
                 await self._park(wait_for_data=False)
                 continue
             window = conn.send_window()
+            if window > 0 and self._system_out:
+                notices = [
+                    self._system_out.popleft() for _ in range(min(window, len(self._system_out)))
+                ]
+                await send(conn.send_data(notices, system=True))
+                continue
             if window > 0:
                 batch = self._take(window, conn.send_bytes_budget())
                 if batch:
@@ -897,6 +968,28 @@ async def _close_forcefully(transport: Transport) -> None:
     with trio.CancelScope() as scope:
         scope.cancel()
         await transport.aclose()
+
+
+def _decode_notice_safely(payload: bytes) -> Notice | Exception:
+    try:
+        return decode_notice(payload)
+    except SessionError as exc:
+        return exc
+
+
+def _notice_error(item: Any) -> SessionError:
+    if isinstance(item, SessionError):
+        return item
+    n: Notice = item
+    retry = None if n.retry_after_ms is None else n.retry_after_ms / 1000
+    try:
+        name = RejectCode(n.code).name
+    except ValueError:
+        name = str(n.code)
+    text = f"peer rejected our message {n.ref_seq}: {name}" + (f" ({n.reason})" if n.reason else "")
+    return MessageRejected(
+        text, ref_seq=n.ref_seq, reason_code=n.code, reason=n.reason, retry_after=retry
+    )
 
 
 def _session_reset() -> SessionReset:

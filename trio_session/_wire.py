@@ -34,6 +34,7 @@ __all__ = [
     "Data",
     "FrameType",
     "Heartbeat",
+    "Notice",
     "Reject",
     "Rekey",
     "RekeyAck",
@@ -49,7 +50,8 @@ HEADER_LEN: Final = HEADER.size  # 14
 SIG_LEN: Final = 64
 FIN_LEN: Final = 16
 BINDER_ENTRY: Final = struct.Struct("!I16s")  # generation u32 || binder 16 bytes
-FLAG_PROBE: Final = 0x01
+FLAG_PROBE: Final = 0x01  # on HEARTBEAT: answer at once (FIX TestRequest)
+FLAG_SYSTEM: Final = 0x02  # on DATA: the messages are session-layer notices (rejects)
 PROTOCOL_VERSION: Final = 1
 MODE_MAC: Final = "mac"
 MAX_U64: Final = 2**64 - 1
@@ -180,6 +182,31 @@ class Close(msgspec.Struct, frozen=True, array_like=True, gc=False):
     code: Annotated[int, msgspec.Meta(ge=0, le=65535)]
     reason: Text = ""
     retry_after_ms: U32 | None = None
+
+
+class Notice(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A session-layer notice carried in a FLAG_SYSTEM DATA frame.
+
+    ``kind`` 1 = reject: the peer's message ``ref_seq`` was not accepted
+    (``code`` is a :class:`~trio_session.RejectCode`); the session continues.
+    """
+
+    kind: Annotated[int, msgspec.Meta(ge=0, le=255)]
+    ref_seq: U63
+    code: Annotated[int, msgspec.Meta(ge=0, le=65535)]
+    reason: Text = ""
+    retry_after_ms: U32 | None = None
+
+
+NOTICE_REJECT: Final = 1
+_NOTICE_DECODER: Final = msgspec.msgpack.Decoder(Notice)
+
+
+def decode_notice(data: bytes) -> Notice:
+    try:
+        return _NOTICE_DECODER.decode(data)
+    except (msgspec.MsgspecError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise FrameError(f"malformed notice: {exc}", remote=True) from exc
 
 
 BODY_TYPES: Final[dict[FrameType, type[msgspec.Struct]]] = {
