@@ -10,6 +10,14 @@ from __future__ import annotations
 
 import contextlib
 
+from ._app import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
+from ._app import Context as Context
+from ._app import Metrics as Metrics
+from ._app import Plugin as Plugin
+from ._app import RateLimit as RateLimit
+from ._app import Router as Router
+from ._app import Validate as Validate
+from ._app import load_plugins as load_plugins
 from ._client import Backoff as Backoff
 from ._client import RestartPolicy as RestartPolicy
 from ._client import connect as connect
@@ -46,11 +54,13 @@ from ._session import State as State
 __version__ = "0.1.0"
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "AuthenticationError",
     "Backoff",
     "Category",
     "CloseCode",
     "ConnectionLost",
+    "Context",
     "FrameError",
     "HandshakeTimeout",
     "HeartbeatTimeout",
@@ -60,13 +70,17 @@ __all__ = [
     "KeyRegistry",
     "LocalProtocolError",
     "MessageRejected",
+    "Metrics",
+    "Plugin",
     "ProtocolError",
+    "RateLimit",
     "RateLimited",
     "RejectCode",
     "RekeyTimeout",
     "RemoteProtocolError",
     "RestartPolicy",
     "ResumeRefused",
+    "Router",
     "SequenceError",
     "Session",
     "SessionClosed",
@@ -75,8 +89,10 @@ __all__ = [
     "SessionReset",
     "SessionStats",
     "State",
+    "Validate",
     "VenueServer",
     "connect",
+    "load_plugins",
     "serve",
 ]
 

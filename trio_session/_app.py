@@ -1,0 +1,355 @@
+"""Application layer: route typed messages to handlers, extend with plugins and middleware.
+
+A :class:`Router` is a session handler (pass it to :func:`trio_session.serve`,
+or call it with a participant session).  For each message it runs the
+middleware chain, then the handler registered for the message's type, then
+every plugin's ``on_message``.
+
+Isolation rules (what a failure takes down):
+
+* a **route handler** that raises: the message is rejected back to the peer
+  (``RejectCode.REJECTED``, "handler error"), the error is logged, the session
+  continues — one bad order never ends a trading session;
+* a **middleware** that raises: same as a handler (the message is rejected);
+* a **plugin** hook that raises: logged; a failing ``on_open`` disables that
+  plugin for that session, any other hook only skips that call;
+* :class:`~trio_session.SessionError` from the session itself ends the router's
+  loop as usual (the session is over).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from ._errors import MessageRejected, RejectCode, SessionError
+from ._session import InvalidMessage, Session, State, _is_clean_close
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Context",
+    "Metrics",
+    "Plugin",
+    "RateLimit",
+    "Router",
+    "Validate",
+    "load_plugins",
+]
+
+logger = logging.getLogger("trio_session.app")
+
+ENTRY_POINT_GROUP = "trio_session.plugins"
+
+Handler = Callable[["Context", Any], Awaitable[None]]
+CallNext = Callable[[], Awaitable[None]]
+Middleware = Callable[["Context", Any, CallNext], Awaitable[None]]
+H = TypeVar("H", bound=Handler)
+
+
+@attrs.define(eq=False)
+class Context:
+    """What a handler or middleware gets with each message."""
+
+    #: The session the message arrived on.
+    session: Session
+    #: The message's data sequence number in this session (bind replies to it).
+    seq: int
+    #: Per-message scratch space shared along the middleware chain.
+    state: dict[str, Any] = attrs.Factory(dict)
+
+    async def reply(self, message: Any) -> None:
+        """Send ``message`` back on the same session (lossless)."""
+        await self.session.send(message)
+
+    def reject(
+        self,
+        reason: str = "",
+        *,
+        code: RejectCode = RejectCode.REJECTED,
+        retry_after: float | None = None,
+    ) -> None:
+        """Refuse this message: the peer gets MessageRejected with its seq."""
+        self.session.reject(self.seq, reason, code=code, retry_after=retry_after)
+
+
+class Plugin:
+    """Base class for plugins: override the hooks you need (all optional, all async).
+
+    Plugins are per :class:`Router`; hooks receive the session so one plugin
+    instance can serve many sessions (keep per-session state keyed by
+    ``session.session_id``).  Installed packages can provide plugins through
+    the ``trio_session.plugins`` entry-point group (see :func:`load_plugins`).
+    """
+
+    #: A short name for logs.
+    name: str = "plugin"
+
+    async def on_open(self, session: Session) -> None:
+        """A new logical session started."""
+
+    async def on_message(self, session: Session, context: Context, message: Any) -> None:
+        """A message was handled (after middleware and its route handler)."""
+
+    async def on_stale(self, session: Session) -> None:
+        """The connection was lost; the session may resume."""
+
+    async def on_resume(self, session: Session) -> None:
+        """The session is LIVE again after a reconnect."""
+
+    async def on_session_lost(self, session: Session) -> None:
+        """Venue: the session was not resumed in time (dead man's switch)."""
+
+    async def on_close(self, session: Session, error: SessionError | None) -> None:
+        """The session ended (``error`` is None after a clean close)."""
+
+
+def load_plugins(group: str = ENTRY_POINT_GROUP) -> list[Plugin]:
+    """Instantiate every plugin advertised in the ``group`` entry-point group.
+
+    An entry point may name a :class:`Plugin` subclass (instantiated with no
+    arguments) or a ready instance.  A plugin that fails to load is logged and
+    skipped, so one broken package cannot stop a venue from starting.
+    """
+    plugins: list[Plugin] = []
+    for ep in sorted(importlib.metadata.entry_points(group=group), key=lambda e: e.name):
+        try:
+            obj = ep.load()
+            plugin = obj() if isinstance(obj, type) else obj
+            if not isinstance(plugin, Plugin):
+                raise TypeError(f"{ep.value} is not a trio_session.Plugin")
+        except Exception:
+            logger.exception("could not load plugin %r from %s", ep.name, ep.value)
+            continue
+        if plugin.name == Plugin.name:
+            plugin.name = ep.name
+        plugins.append(plugin)
+    return plugins
+
+
+class Router:
+    """Dispatch messages by type to registered handlers, with middleware and plugins.
+
+    Example::
+
+        router = ts.Router(middleware=[ts.RateLimit(100)], plugins=ts.load_plugins())
+
+        @router.route(Order)
+        async def on_order(ctx: ts.Context, order: Order) -> None:
+            await ctx.reply(ExecutionReport(order.client_id, ref_seq=ctx.seq))
+
+        await nursery.start(ts.serve, router, venue_id, registry, host, port,
+                            messages=Order | ExecutionReport,
+                            on_session_lost=router.session_lost)
+
+    Messages without a route go to ``fallback`` if set, else are rejected.
+    """
+
+    def __init__(
+        self,
+        *,
+        middleware: Iterable[Middleware] = (),
+        plugins: Iterable[Plugin] = (),
+        fallback: Handler | None = None,
+    ) -> None:
+        self._routes: dict[type, Handler] = {}
+        self.middleware: list[Middleware] = list(middleware)
+        self.plugins: list[Plugin] = list(plugins)
+        self.fallback = fallback
+
+    def route(self, message_type: type) -> Callable[[H], H]:
+        """Decorator: handle messages of ``message_type`` (exact type match)."""
+
+        def register(handler: H) -> H:
+            if message_type in self._routes:
+                raise ValueError(f"{message_type.__name__} already has a handler")
+            self._routes[message_type] = handler
+            return handler
+
+        return register
+
+    def use(self, middleware: Middleware) -> None:
+        """Append a middleware to the chain (outermost first)."""
+        self.middleware.append(middleware)
+
+    def add_plugin(self, plugin: Plugin) -> None:
+        self.plugins.append(plugin)
+
+    async def session_lost(self, session: Session) -> None:
+        """Pass as ``on_session_lost=`` to :func:`trio_session.serve`."""
+        for plugin in self.plugins:
+            await _call_hook(plugin, "on_session_lost", session)
+
+    async def __call__(self, session: Session) -> None:
+        """Run the session: receive, dispatch, until it ends."""
+        active = [p for p in self.plugins if await _call_hook(p, "on_open", session)]
+        error: SessionError | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_state, session, active)
+            try:
+                while True:
+                    try:
+                        message = await session.receive()
+                    except (InvalidMessage, MessageRejected) as exc:
+                        # Per-message problems: the session continues.
+                        logger.info("%s", exc)
+                        continue
+                    await self._dispatch(session, active, message)
+            except SessionError as exc:
+                error = None if _is_clean_close(exc) else exc
+            finally:
+                nursery.cancel_scope.cancel()
+        for plugin in active:
+            await _call_hook(plugin, "on_close", session, error)
+        if error is not None:
+            raise error
+
+    async def _dispatch(self, session: Session, plugins: list[Plugin], message: Any) -> None:
+        ctx = Context(session, session.last_seq)
+        handler = self._routes.get(type(message), self.fallback)
+
+        async def endpoint() -> None:
+            if handler is None:
+                ctx.reject(f"no handler for {type(message).__name__}")
+                return
+            await handler(ctx, message)
+
+        chain: CallNext = endpoint
+        for mw in reversed(self.middleware):
+            chain = _bind(mw, ctx, message, chain)
+        try:
+            await chain()
+        except SessionError:
+            raise
+        except Exception:
+            logger.exception(
+                "handler error for message %d (%s) in session %s",
+                ctx.seq,
+                type(message).__name__,
+                session.session_id,
+            )
+            ctx.reject("handler error")
+            return
+        for plugin in plugins:
+            await _call_hook(plugin, "on_message", session, ctx, message)
+
+    async def _watch_state(self, session: Session, plugins: list[Plugin]) -> None:
+        was_live = session.state is State.LIVE
+        while True:
+            state = await session.wait_state(State.STALE if was_live else State.LIVE, State.CLOSED)
+            if state is State.CLOSED:
+                return
+            hook = "on_stale" if state is State.STALE else "on_resume"
+            for plugin in plugins:
+                await _call_hook(plugin, hook, session)
+            was_live = state is State.LIVE
+
+
+def _bind(mw: Middleware, ctx: Context, message: Any, nxt: CallNext) -> CallNext:
+    async def call() -> None:
+        await mw(ctx, message, nxt)
+
+    return call
+
+
+async def _call_hook(plugin: Plugin, hook: str, *args: Any) -> bool:
+    try:
+        result = getattr(plugin, hook)(*args)
+        if inspect.isawaitable(result):
+            await result
+    except SessionError:
+        raise
+    except Exception:
+        logger.exception("plugin %s failed in %s", plugin.name, hook)
+        return False
+    return True
+
+
+# -- built-in middleware --------------------------------------------------------------
+
+
+class RateLimit:
+    """Per-session token bucket: ``rate`` messages per second, bursts of ``burst``.
+
+    Over the limit, the message is rejected with ``RejectCode.RATE_LIMITED``
+    and a ``retry_after``; the session stays up.  ``only`` restricts the limit
+    to some message types (e.g. orders, not cancels).
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int | None = None,
+        *,
+        only: tuple[type, ...] | None = None,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be > 0")
+        self.rate = rate
+        self.burst = float(burst if burst is not None else max(1, round(rate)))
+        self.only = only
+        self._clock = clock
+        self._buckets: dict[int, tuple[float, float]] = {}
+        self.rejected = 0
+
+    async def __call__(self, ctx: Context, message: Any, call_next: CallNext) -> None:
+        if self.only is not None and not isinstance(message, self.only):
+            await call_next()
+            return
+        key = id(ctx.session)
+        now = self._clock()
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            self.rejected += 1
+            retry = (1.0 - tokens) / self.rate
+            ctx.reject("rate limit", code=RejectCode.RATE_LIMITED, retry_after=retry)
+            return
+        self._buckets[key] = (tokens - 1.0, now)
+        await call_next()
+
+
+class Validate:
+    """Reject messages for which ``check(message)`` returns an error text."""
+
+    def __init__(self, check: Callable[[Any], str | None]) -> None:
+        self.check = check
+
+    async def __call__(self, ctx: Context, message: Any, call_next: CallNext) -> None:
+        problem = self.check(message)
+        if problem:
+            ctx.reject(problem)
+            return
+        await call_next()
+
+
+class Metrics:
+    """Count messages per type and time their handling; log each at DEBUG."""
+
+    def __init__(self, log: logging.Logger | None = None) -> None:
+        self.counts: Counter[str] = Counter()
+        self.handling_seconds: dict[str, float] = {}
+        self._log = log or logger
+
+    async def __call__(self, ctx: Context, message: Any, call_next: CallNext) -> None:
+        name = type(message).__name__
+        start = time.perf_counter()
+        try:
+            await call_next()
+        finally:
+            self.counts[name] += 1
+            self.handling_seconds[name] = (
+                self.handling_seconds.get(name, 0.0) + time.perf_counter() - start
+            )
+            self._log.debug(
+                "[session %s] message %d %s handled", ctx.session.session_id, ctx.seq, name
+            )
