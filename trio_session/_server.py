@@ -191,7 +191,8 @@ class _Venue:
         existing: Session | None = None
         done: HandshakeComplete | None = None
         try:
-            with trio.fail_after(cfg.handshake_timeout):
+            # One deadline from TCP accept: upgrade and authentication together.
+            with trio.fail_at(transport.opened_at + cfg.handshake_timeout):
                 frame = await transport.receive()
                 addr = transport.remote_address.rsplit(":", 1)[0]
                 wait = self.addr_buckets.take(addr)
@@ -231,6 +232,7 @@ class _Venue:
                 assert isinstance(done, HandshakeComplete)
         except trio.TooSlowError:
             logger.debug("handshake from %s timed out", transport.remote_address)
+            await self._reject(transport, conn, CloseCode.HANDSHAKE_TIMEOUT)
             return
         except AuthenticationError as exc:
             logger.warning("handshake from %s refused: %s", transport.remote_address, exc)

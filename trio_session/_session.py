@@ -26,7 +26,7 @@ import enum
 import logging
 import typing
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, Final, final
 
 import attrs
@@ -594,6 +594,8 @@ class Session:
         if self._runner_scope is not None:
             self._runner_scope.cancel()
         self._in_send.close()
+        # Wake tasks blocked in send() on a full queue: they get the session's error.
+        self._out_recv.close()
         self._drained.set()
         lvl = logging.DEBUG if _is_clean_close(self._error) else logging.INFO
         self._log.log(lvl, "session ended: %s", self._error)
@@ -849,7 +851,22 @@ class Session:
         return msgs
 
     async def _writer(self, transport: Transport, conn: Connection) -> None:
-        send = transport.send
+        send: Callable[[bytes], Awaitable[None]] = transport.send
+        if self.role is Role.VENUE:
+            # A participant that stops reading its socket fills TCP buffers and
+            # blocks us here rather than in credit: bound every write.
+            limit = self.config.slow_consumer_timeout
+
+            async def bounded_send(frame: bytes) -> None:
+                with trio.move_on_after(limit) as scope:
+                    await transport.send(frame)
+                if scope.cancelled_caught:
+                    raise SessionError(
+                        f"participant did not read for {limit}s", code=CloseCode.SLOW_CONSUMER
+                    )
+
+            send = bounded_send
+
         counters = self._counters
         while True:
             self._wake_pending = False
@@ -880,6 +897,10 @@ class Session:
             if self._has_outbound():
                 if self._stalled_since is None:
                     self._stalled_since = trio.current_time()
+                    hb = self._hb_sleep
+                    if hb is not None and self.role is Role.VENUE:
+                        due = self._stalled_since + self.config.slow_consumer_timeout
+                        hb.deadline = min(hb.deadline, due)
             else:
                 self._stalled_since = None
                 if self._pstate is not None and not self._pstate.replay_messages:
@@ -896,7 +917,10 @@ class Session:
             if self._wake_pending:
                 cs.cancel()
             if wait_for_data:
-                item = await self._out_recv.receive()
+                try:
+                    item = await self._out_recv.receive()
+                except trio.ClosedResourceError:  # the session finished
+                    await trio.sleep_forever()
                 if isinstance(item, bytes):
                     self._pending.append(item)
                 else:

@@ -143,6 +143,12 @@ class Transport(Protocol):
         """True once the connection is known to be closed, by either side."""
         ...
 
+    @property
+    def opened_at(self) -> float:
+        """Trio time at which the connection was accepted/opened: the start of
+        the one handshake deadline that covers upgrade and authentication."""
+        ...
+
 
 # ---------------------------------------------------------------------------
 # Error mapping
@@ -281,7 +287,15 @@ class WebSocketTransport(trio.abc.AsyncResource):
     given at creation; :meth:`aclose` closes the stream, which ends it.
     """
 
-    __slots__ = ("_close_timeout", "_closed", "_reader", "_remote_address", "_stream", "_ws")
+    __slots__ = (
+        "_close_timeout",
+        "_closed",
+        "_opened_at",
+        "_reader",
+        "_remote_address",
+        "_stream",
+        "_ws",
+    )
 
     def __init__(
         self,
@@ -290,7 +304,9 @@ class WebSocketTransport(trio.abc.AsyncResource):
         reader: _ReaderSupervisor,
         *,
         close_timeout: float,
+        opened_at: float | None = None,
     ) -> None:
+        self._opened_at = trio.current_time() if opened_at is None else opened_at
         self._ws = ws
         self._stream = stream
         self._reader = reader
@@ -302,6 +318,10 @@ class WebSocketTransport(trio.abc.AsyncResource):
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<WebSocketTransport {self._remote_address} {state}>"
+
+    @property
+    def opened_at(self) -> float:
+        return self._opened_at
 
     @property
     def remote_address(self) -> str:
@@ -591,6 +611,7 @@ async def _serve_connection(
     """Handshake one accepted connection and run the handler; never raises
     anything but cancellation (``trio.serve_listeners`` closes the stream)."""
     address = _peer_address(stream)
+    opened_at = trio.current_time()
     try:
         async with trio.open_nursery() as nursery:
             reader = _ReaderSupervisor(nursery, stream)
@@ -599,7 +620,9 @@ async def _serve_connection(
                 nursery.cancel_scope.cancel()
                 await trio.aclose_forcefully(stream)
                 return
-            transport = WebSocketTransport(ws, stream, reader, close_timeout=close_timeout)
+            transport = WebSocketTransport(
+                ws, stream, reader, close_timeout=close_timeout, opened_at=opened_at
+            )
             logger.debug("accepted connection from %s", address)
             code = 1000
             try:
@@ -673,6 +696,7 @@ class MemoryTransport(trio.abc.AsyncResource):
         "_closed",
         "_link",
         "_name",
+        "_opened_at",
         "_receive_channel",
         "_send_channel",
     )
@@ -691,10 +715,15 @@ class MemoryTransport(trio.abc.AsyncResource):
         self._closed = False
         self._close_code: int | None = None
         self._close_reason = ""
+        self._opened_at = trio.current_time()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<MemoryTransport {self._name} {state}>"
+
+    @property
+    def opened_at(self) -> float:
+        return self._opened_at
 
     @property
     def remote_address(self) -> str:
