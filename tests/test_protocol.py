@@ -12,6 +12,7 @@ from trio_session import (
     HeartbeatTimeout,
     LocalProtocolError,
     RekeyTimeout,
+    SequenceError,
     SessionConfig,
 )
 from trio_session._protocol import (
@@ -416,3 +417,17 @@ def test_early_rekey_request_is_deferred_not_dropped() -> None:
     v.handle_rotation_timer()
     frames = v.data_to_send()
     assert FrameType.REKEY in [parse_header(f)[0] for f in frames]
+
+
+def test_lost_data_frame_is_detected_by_the_next_heartbeat_on_an_idle_link() -> None:
+    # A DATA frame vanishes (e.g. mangled into a WebSocket PONG the transport
+    # ignores); no further data follows, so only the heartbeat can reveal it.
+    clock = FakeClock()
+    cfg = SessionConfig(heartbeat_interval=1.0, heartbeat_timeout=3.0)
+    p, v, _, _ = handshake(cfg, clock=clock)
+    p.send_data([b"last execution report"])  # lost on the line
+    clock.advance(1.0)
+    frames = p.data_to_send()
+    assert [parse_header(f)[0] for f in frames] == [FrameType.HEARTBEAT]
+    with pytest.raises(SequenceError, match="DATA frame was lost"):
+        v.receive_data(frames[0])

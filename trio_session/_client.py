@@ -67,6 +67,11 @@ class RestartPolicy:
     stable_after: float = attrs.field(default=10.0, validator=_non_negative)
     #: Give up when the session was not LIVE again after this long (None: never).
     max_outage: float | None = 300.0
+    #: Consecutive AUTH_FAILED reconnects tolerated before giving up.  Once a
+    #: session was established, a signature or MAC failure on a reconnect is
+    #: indistinguishable from line damage; UNKNOWN_KEY, KEY_REVOKED and
+    #: VERSION_MISMATCH stay fatal at once, and the first connect never retries.
+    auth_retries: int = attrs.field(default=2, validator=_non_negative)
 
 
 class Backoff:
@@ -196,6 +201,7 @@ class _Participant:
         self.policy = policy
         self.backoff = Backoff(policy, clock=trio.current_time)
         self._started = False
+        self._auth_failures = 0
 
     async def run(self, *, task_status: trio.TaskStatus[SessionError | None]) -> None:
         session = self.session
@@ -236,6 +242,11 @@ class _Participant:
         """Seconds to wait before the next attempt, or None to end the session."""
         session = self.session
         cat = err.category
+        if err.code is CloseCode.AUTH_FAILED and self._auth_failures < self.policy.auth_retries:
+            self._auth_failures += 1
+            cat = Category.RESUMABLE
+        elif err.code is not CloseCode.AUTH_FAILED:
+            self._auth_failures = 0
         if not self.policy.enabled or cat in (Category.FATAL, Category.CLOSED):
             session._finish(err)
             return None

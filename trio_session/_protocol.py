@@ -859,7 +859,8 @@ class Connection:
             ack, window = self._grant()
             out.append(
                 self._control(
-                    FrameType.HEARTBEAT_ACK, encode_body(Heartbeat(self._owe_hb_ack, ack, window))
+                    FrameType.HEARTBEAT_ACK,
+                    encode_body(Heartbeat(self._owe_hb_ack, ack, window, self.session.next_tx_seq)),
                 )
             )
             self._owe_hb_ack = None
@@ -893,7 +894,7 @@ class Connection:
         out.append(
             self._control(
                 FrameType.HEARTBEAT,
-                encode_body(Heartbeat(self._hb_id, ack, window)),
+                encode_body(Heartbeat(self._hb_id, ack, window, self.session.next_tx_seq)),
                 FLAG_PROBE if probe else 0,
             )
         )
@@ -960,7 +961,7 @@ class Connection:
         raise NotImplementedError  # overridden by both roles  # pragma: no cover
 
     def _open(self, frame: bytes) -> tuple[FrameType, int, int, memoryview]:
-        """Check size, header, epoch, sequence and tag, in that order, before any decoding."""
+        """Check size, header, epoch, tag and sequence, in that order, before any decoding."""
         if len(frame) < HEADER_LEN + c.TAG_LEN:
             raise FrameError(f"frame too short ({len(frame)} bytes)", remote=True)
         frame_type, flags, epoch, seq = parse_header(frame)
@@ -983,13 +984,15 @@ class Connection:
             raise IntegrityError(
                 f"frame under key epoch {epoch}, expected {rx.epoch} or {rx.epoch + 1}", remote=True
             )
+        # The tag is checked before the sequence number: a frame damaged on the
+        # line is an integrity failure, not blamed on the peer as a replay.
+        view = memoryview(frame)
+        if not mac.verify(view[: -c.TAG_LEN], view[-c.TAG_LEN :]):
+            raise IntegrityError(f"bad tag on {frame_type.name} frame", remote=True)
         expected = s.next_rx_seq if frame_type is FrameType.DATA else self._rx_ctrl_seq
         if seq != expected:
             kind = "data" if frame_type is FrameType.DATA else "control"
             raise SequenceError(f"{kind} frame seq {seq}, expected {expected}", remote=True)
-        view = memoryview(frame)
-        if not mac.verify(view[: -c.TAG_LEN], view[-c.TAG_LEN :]):
-            raise IntegrityError(f"bad tag on {frame_type.name} frame", remote=True)
         if new_chain is not None and rx.advance(new_chain, mac, self._clock()):
             self._on_rx_tier2_switch()
         if frame_type is not FrameType.DATA:
@@ -1007,6 +1010,16 @@ class Connection:
         if self.session is not None and self.role is Role.PARTICIPANT:
             self.session.confirm_latest_resume_secret()
             self.stats.rekeys += 1
+
+    def _check_peer_next_seq(self, next_seq: int) -> None:
+        s = self.session
+        assert s is not None
+        if next_seq != s.next_rx_seq:
+            raise SequenceError(
+                f"peer's next data seq is {next_seq} but we received up to {s.next_rx_seq}: "
+                "a DATA frame was lost",
+                remote=True,
+            )
 
     def _peer_grant(self, ack: int, window: int) -> None:
         s = self.session
@@ -1060,11 +1073,13 @@ class Connection:
             return []
         if frame_type is FrameType.HEARTBEAT:
             hb = decode_body(frame_type, body, Heartbeat)
+            self._check_peer_next_seq(hb.next_seq)
             self._peer_grant(hb.ack, hb.window)
             self._owe_hb_ack = hb.id
             return []
         if frame_type is FrameType.HEARTBEAT_ACK:
             hb = decode_body(frame_type, body, Heartbeat)
+            self._check_peer_next_seq(hb.next_seq)
             self._peer_grant(hb.ack, hb.window)
             self._probe_outstanding = False
             sent = self._hb_sent.pop(hb.id, None)

@@ -157,11 +157,17 @@ class Ack(msgspec.Struct, frozen=True, array_like=True, gc=False):
 
 
 class Heartbeat(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """HEARTBEAT and HEARTBEAT_ACK: ``id`` is echoed back to measure RTT."""
+    """HEARTBEAT and HEARTBEAT_ACK: ``id`` is echoed back to measure RTT.
+
+    ``next_seq`` is the sender's next data seq: a receiver whose ``next_rx_seq``
+    is lower lost a DATA frame (e.g. a WebSocket frame mangled into something
+    the WebSocket layer drops) and must fail the connection so it resumes.
+    """
 
     id: U32
     ack: U63
     window: U63
+    next_seq: U63
 
 
 class Rekey(msgspec.Struct, frozen=True, array_like=True, gc=False):

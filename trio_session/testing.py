@@ -8,6 +8,9 @@ Import these from your own pytest-trio tests:
   ``autojump_threshold=0``: an hour of session time in milliseconds.
 * :func:`identities` gives a venue identity, a participant identity and a
   registry that trusts the participant.
+* :class:`FaultyProxy` sits between a real participant and venue on loopback
+  and injects resets, black holes, delays, throttling, truncation and
+  corruption, scripted or random under a seed (docs/howto/fault-injection.md).
 
 The mock-clock recipe::
 
@@ -33,12 +36,15 @@ import attrs
 import trio
 
 from ._config import SessionConfig
+from ._faults import Fault as Fault
+from ._faults import FaultyProxy as FaultyProxy
+from ._faults import ProxyStats as ProxyStats
 from ._identity import Identity, KeyRegistry
 from ._server import Hook, _Venue
 from ._session import Session, State
 from ._transport import MemoryTransport, Transport, memory_transport_pair
 
-__all__ = ["MemoryVenue", "identities", "memory_venue"]
+__all__ = ["Fault", "FaultyProxy", "MemoryVenue", "ProxyStats", "identities", "memory_venue"]
 
 
 def identities() -> tuple[Identity, Identity, KeyRegistry]:
