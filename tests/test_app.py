@@ -95,7 +95,13 @@ async def test_router_dispatches_by_type_and_isolates_failures() -> None:
     with trio.fail_after(5):
         await recorder.closed.wait()
     # The broken plugin never stopped the recorder or the routing.
-    assert recorder.events == ["open", "message:Order:0", "message:Cancel:2", "close:True"]
+    assert recorder.events == [
+        "open",
+        "message:Order:0",
+        "message:Order:1",  # its handler raised: rejected, plugins still told
+        "message:Cancel:2",
+        "close:True",
+    ]
 
 
 async def test_rate_limit_middleware_rejects_with_retry_after_and_session_stays_up() -> None:

@@ -64,6 +64,9 @@ class Context:
     seq: int
     #: Per-message scratch space shared along the middleware chain.
     state: dict[str, Any] = attrs.Factory(dict)
+    #: True once the message was rejected back to the peer (by middleware, for
+    #: lack of a route, or because its handler raised).
+    rejected: bool = False
 
     async def reply(self, message: Any) -> None:
         """Send ``message`` back on the same session (lossless)."""
@@ -77,6 +80,7 @@ class Context:
         retry_after: float | None = None,
     ) -> None:
         """Refuse this message: the peer gets MessageRejected with its seq."""
+        self.rejected = True
         self.session.reject(self.seq, reason, code=code, retry_after=retry_after)
 
 
@@ -96,7 +100,8 @@ class Plugin:
         """A new logical session started."""
 
     async def on_message(self, session: Session, context: Context, message: Any) -> None:
-        """A message was handled (after middleware and its route handler)."""
+        """A message was processed (after middleware and its route handler), whether
+        accepted or rejected: check ``context.rejected``."""
 
     async def on_stale(self, session: Session) -> None:
         """The connection was lost; the session may resume."""
@@ -236,20 +241,21 @@ class Router:
                 session.session_id,
             )
             ctx.reject("handler error")
-            return
         for plugin in plugins:
             await _call_hook(plugin, "on_message", session, ctx, message)
 
     async def _watch_state(self, session: Session, plugins: list[Plugin]) -> None:
-        was_live = session.state is State.LIVE
-        while True:
-            state = await session.wait_state(State.STALE if was_live else State.LIVE, State.CLOSED)
-            if state is State.CLOSED:
-                return
-            hook = "on_stale" if state is State.STALE else "on_resume"
+        # Edge-triggered: a short LIVE spell between two outages is not missed.
+        stale = session.state is not State.LIVE
+        async for state in session.transitions():
+            if state is State.STALE and not stale:
+                stale, hook = True, "on_stale"
+            elif state is State.LIVE and stale:
+                stale, hook = False, "on_resume"
+            else:
+                continue
             for plugin in plugins:
                 await _call_hook(plugin, hook, session)
-            was_live = state is State.LIVE
 
 
 def _bind(mw: Middleware, ctx: Context, message: Any, nxt: CallNext) -> CallNext:

@@ -53,9 +53,11 @@ class RestartPolicy:
     """How a supervised participant session restarts after a connection loss.
 
     Defaults suit a trading client: reconnect at once, then back off with
-    decorrelated jitter between ``base_delay`` and ``max_delay``; give up after
-    ``max_restarts`` restarts within ``window`` seconds; a connection that
-    stayed up ``stable_after`` seconds resets the count.
+    decorrelated jitter between ``base_delay`` and ``max_delay``.  Give up when
+    the session *flaps* — ``max_restarts`` connections that came up and failed
+    within ``window`` seconds — or when it has not been LIVE for
+    ``max_outage`` seconds (an unreachable venue is retried until then).  A
+    connection that stayed up ``stable_after`` seconds resets the backoff.
     """
 
     #: Supervise at all; False means one connection, and its loss ends the session.
@@ -111,13 +113,21 @@ class Backoff:
         self._restarts.clear()
         self.attempt = 0
 
-    def next_delay(self) -> float | None:
+    def next_delay(self, *, restart: bool = True) -> float | None:
+        """The next sleep before reconnecting.
+
+        ``restart`` says the previous attempt had connected (the session came up
+        and then failed): only those count against the intensity limit, so a
+        flapping session gives up while a venue outage is ridden out (bounded by
+        ``max_outage``) with backoff between failed attempts.
+        """
         p = self.policy
         now = self._clock()
-        self._restarts = [t for t in self._restarts if now - t < p.window]
-        if len(self._restarts) >= p.max_restarts:
-            return None
-        self._restarts.append(now)
+        if restart:
+            self._restarts = [t for t in self._restarts if now - t < p.window]
+            if len(self._restarts) >= p.max_restarts:
+                return None
+            self._restarts.append(now)
         self.attempt += 1
         if self.attempt == 1:
             delay = 0.0
@@ -225,7 +235,7 @@ class _Participant:
                 if connected or outage_since is None:
                     outage_since = now
                 session._mark_disconnected(State.STALE)
-                delay = self._decide(err)
+                delay = self._decide(err, restart=connected)
                 if delay is None:
                     break
                 max_outage = self.policy.max_outage
@@ -238,7 +248,7 @@ class _Participant:
                 session._mark_disconnected(State.RESUMING)
         session._runner_scope = None
 
-    def _decide(self, err: SessionError) -> float | None:
+    def _decide(self, err: SessionError, *, restart: bool = True) -> float | None:
         """Seconds to wait before the next attempt, or None to end the session."""
         session = self.session
         cat = err.category
@@ -256,7 +266,7 @@ class _Participant:
         if cat is Category.REAUTHENTICATE and session._pstate is not None:
             session._pstate.compromised = True  # start a fresh session next time
         self.backoff.disconnected()
-        delay = self.backoff.next_delay()
+        delay = self.backoff.next_delay(restart=restart)
         if delay is None:
             gave_up = ConnectionLost(
                 f"gave up after {self.policy.max_restarts} restarts within "

@@ -860,7 +860,7 @@ class Connection:
             out.append(
                 self._control(
                     FrameType.HEARTBEAT_ACK,
-                    encode_body(Heartbeat(self._owe_hb_ack, ack, window, self.session.next_tx_seq)),
+                    encode_body(Heartbeat(self._owe_hb_ack, ack, window, s.next_tx_seq)),
                 )
             )
             self._owe_hb_ack = None
@@ -891,6 +891,7 @@ class Connection:
         if len(self._hb_sent) > 16:
             del self._hb_sent[next(iter(self._hb_sent))]
         ack, window = self._grant()
+        assert self.session is not None
         out.append(
             self._control(
                 FrameType.HEARTBEAT,

@@ -30,7 +30,6 @@ from ._errors import (
     Category,
     CloseCode,
     ConnectionLost,
-    SessionClosed,
     SessionError,
 )
 from ._identity import Identity, KeyRegistry
@@ -252,6 +251,7 @@ class _Venue:
             session._bind(conn.session)
             self.sessions[conn.session.session_id] = session
             self.nursery_start(self._run_handler, session)
+            self.nursery_start(self._watch_end, session)
         await self._run(session, transport, conn, resumed=done.resumed)
 
     async def _take_over(self, session: Session) -> None:
@@ -286,8 +286,6 @@ class _Venue:
                 self.nursery_start(self._expire, session)
                 return
             session._finish(err)
-            if isinstance(err, SessionClosed) and err.remote and _is_clean_close(err):
-                await self._hook(self.on_logout, session)
 
     async def _expire(self, session: Session) -> None:
         assert session._pstate is not None
@@ -309,12 +307,34 @@ class _Venue:
                 )
             )
             self._ttl_scopes.pop(sid, None)
-            await self._hook(self.on_session_lost, session)
+
+    async def _watch_end(self, session: Session) -> None:
+        """Call exactly one end hook per session, once it is over.
+
+        ``on_logout``: the participant closed gracefully.  ``on_session_lost``
+        (the dead man's switch): it ended in any other way that the venue's own
+        handler did not choose — not resumed in time, slow consumer, revoked
+        key, handler failure, a fatal error.  A graceful close by the venue's
+        handler (it returned) calls neither: the venue decided.
+        """
+        await session._finished.wait()
+        err = session._error
+        if err is not None and _is_clean_close(err):
+            if err.remote:
+                await self._hook(self.on_logout, session)
+            else:
+                self._forget(session)
+            return
+        await self._hook(self.on_session_lost, session)
+
+    def _forget(self, session: Session) -> None:
+        if session._pstate is not None:
+            self.sessions.pop(session._pstate.session_id, None)
 
     async def _hook(self, hook: Hook | None, session: Session) -> None:
         assert session._pstate is not None
         sid = session._pstate.session_id
-        self.sessions.pop(sid, None)
+        self._forget(session)
         if hook is None or sid in self._hooked:
             return
         self._hooked.add(sid)
@@ -328,16 +348,15 @@ class _Venue:
     async def _run_handler(self, session: Session) -> None:
         try:
             await self.handler(session)
+        except SessionError as exc:
+            # The session itself ended (expired, revoked, closed): a normal end
+            # for a handler that let the error propagate.
+            logger.debug("handler of session %s ended with %r", session.session_id, exc)
         except Exception:
             logger.exception("handler failed for session %s", session.session_id)
             await session.aclose(CloseCode.HANDLER_ERROR, "handler failed")
         else:
             await session.aclose()
-        finally:
-            if session.state is State.CLOSED and session._pstate is not None:
-                sid = session._pstate.session_id
-                if sid not in self._ttl_scopes:
-                    self.sessions.pop(sid, None)
 
     async def _reject(
         self,

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import typing
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from typing import Any, Final, final
 
 import attrs
@@ -135,6 +136,8 @@ class SessionStats:
     dropped: int
     conflated: int
     heartbeats_sent: int
+    #: Times the session went STALE (connection lost while it was LIVE or resuming).
+    stale_spells: int
 
 
 @attrs.define
@@ -149,6 +152,7 @@ class _Counters:
     dropped: int = 0
     conflated: int = 0
     heartbeats_sent: int = 0
+    stale_spells: int = 0
     rtt: float | None = None
 
 
@@ -233,8 +237,11 @@ class Session:
         self._out_send, self._out_recv = trio.open_memory_channel[bytes | list[bytes]](
             config.outbound_capacity
         )
-        # +4: room for reset sentinels besides the credit-bounded message batches.
-        self._in_send, self._in_recv = trio.open_memory_channel[Any](config.inbound_capacity + 4)
+        # Inbound memory is bounded by the credit window (inbound_capacity
+        # messages per session), which the peer must respect; the channel itself
+        # is unbounded so the reader can never block on it (and a replaced
+        # session's unread messages plus the new one's window always fit).
+        self._in_send, self._in_recv = trio.open_memory_channel[Any](math.inf)
         self._pending: deque[bytes] = deque()
         self._latest: dict[Hashable, bytes] = {}
         self._lossy: deque[bytes] = deque()
@@ -243,6 +250,8 @@ class Session:
         self._rx_seq = 0  # data seq of the next message handed to the application
         self._reset_pending = False
         self._replay_until = 0
+        self._out_queued = 0  # messages in the outbound channel
+        self._in_queued = 0  # messages in the inbound channel
         self._last_seq = -1
         self._system_out: deque[bytes] = deque()
         self._pstate: SessionState | None = None
@@ -255,11 +264,14 @@ class Session:
         self._close_sent = trio.Event()
         self._writer_cs: trio.CancelScope | None = None
         self._hb_sleep: trio.CancelScope | None = None
+        self._rot_sleep: trio.CancelScope | None = None
         self._wake_pending = False
         self._writer_waits_for_credit = False
         self._stalled_since: float | None = None
         self._state = State.CONNECTING
         self._state_changed = trio.Event()
+        self._history: deque[State] = deque(maxlen=1024)
+        self._history_start = 0  # absolute index of _history[0]
         self._error: SessionError | None = None
         self._closing = False
         self._finished = trio.Event()
@@ -296,6 +308,30 @@ class Session:
             return None
         return self._error
 
+    async def transitions(self) -> AsyncIterator[State]:
+        """Every state the session enters from now on, in order, ending with CLOSED.
+
+        Edge-triggered, unlike :meth:`wait_state`: a short LIVE spell between two
+        outages is never missed (a consumer more than 1,024 transitions behind
+        skips the oldest).  Use it to drive resync logic or metrics::
+
+            async for state in session.transitions():
+                if state is ts.State.STALE:
+                    mark_market_data_stale()
+        """
+        index = self._history_start + len(self._history)
+        while True:
+            while index < self._history_start + len(self._history):
+                index = max(index, self._history_start)
+                state = self._history[index - self._history_start]
+                index += 1
+                yield state
+                if state is State.CLOSED:
+                    return
+            if self._state is State.CLOSED and index >= self._history_start + len(self._history):
+                return
+            await self._state_changed.wait()
+
     async def wait_state(self, *states: State) -> State:
         """Wait until the session is in one of ``states``; returns that state.
 
@@ -304,11 +340,20 @@ class Session:
         """
         if not states:
             raise ValueError("wait_state() needs at least one State")
-        while self._state not in states and self._state is not State.CLOSED:
-            await self._state_changed.wait()
+        await trio.lowlevel.checkpoint()
         if self._state in states or self._state is State.CLOSED:
-            await trio.lowlevel.checkpoint()
-        return self._state
+            return self._state
+        # Catch transitions, not levels: a STALE that lasted one scheduler round
+        # (the supervisor moves on to RESUMING at once) still ends the wait.
+        index = self._history_start + len(self._history)
+        while True:
+            await self._state_changed.wait()
+            while index < self._history_start + len(self._history):
+                index = max(index, self._history_start)
+                state = self._history[index - self._history_start]
+                index += 1
+                if state in states or state is State.CLOSED:
+                    return state
 
     @property
     def stats(self) -> SessionStats:
@@ -322,13 +367,8 @@ class Session:
             retrans += conn.stats.retransmitted
             hbs += conn.stats.heartbeats_sent
             rtt = conn.stats.last_rtt if conn.stats.last_rtt is not None else rtt
-        out_depth = (
-            self._out_recv.statistics().current_buffer_used
-            + len(self._pending)
-            + len(self._latest)
-            + len(self._lossy)
-        )
-        in_depth = len(self._rx_buf) + self._in_recv.statistics().current_buffer_used
+        out_depth = self._out_queued + len(self._pending) + len(self._latest) + len(self._lossy)
+        in_depth = len(self._rx_buf) + self._in_queued
         return SessionStats(
             sent=c.sent,
             received=c.received,
@@ -344,6 +384,7 @@ class Session:
             dropped=c.dropped,
             conflated=c.conflated,
             heartbeats_sent=hbs,
+            stale_spells=c.stale_spells,
         )
 
     # -- sending ---------------------------------------------------------------------
@@ -374,7 +415,8 @@ class Session:
         try:
             await self._out_send.send(payload)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise self._error_for_user() from None
+            raise self._final_error()  # noqa: B904 - keeps the error's own cause
+        self._out_queued += 1
         self._wake_for_data()
 
     async def send_many(self, messages: Sequence[Any], *, fail_fast: bool = False) -> None:
@@ -389,7 +431,8 @@ class Session:
         try:
             await self._out_send.send(payloads)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise self._error_for_user() from None
+            raise self._final_error()  # noqa: B904 - keeps the error's own cause
+        self._out_queued += len(payloads)
         self._wake_for_data()
 
     def send_latest(self, key: Hashable, message: Any) -> None:
@@ -446,7 +489,7 @@ class Session:
             try:
                 item = await self._in_recv.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
-                raise self._error_for_user() from None
+                raise self._final_error()  # noqa: B904 - keeps the error's own cause
             self._take_inbound(item)
 
     async def receive_batch(self, max_messages: int = 1024) -> list[Any]:
@@ -520,6 +563,7 @@ class Session:
             # From here on, consumption grants credit in the new session.
             self._consume_target = self._pstate
             return
+        self._in_queued -= len(item)
         if type(item) is _Notices:
             self._rx_buf.extend(_decode_notice_safely(p) for p in item)
         else:
@@ -600,6 +644,17 @@ class Session:
         lvl = logging.DEBUG if _is_clean_close(self._error) else logging.INFO
         self._log.log(lvl, "session ended: %s", self._error)
 
+    def _final_error(self) -> SessionError:
+        """The session's error, to raise from an ``except`` block.
+
+        Not ``raise ... from None``: that would erase the error's own cause (e.g.
+        why the supervisor gave up); ``__suppress_context__`` only hides the
+        channel exception being handled.
+        """
+        err = self._error_for_user()
+        err.__suppress_context__ = True
+        return err
+
     def _error_for_user(self) -> SessionError:
         err = self._error
         if err is None:
@@ -612,6 +667,11 @@ class Session:
         if state is self._state or self._state is State.CLOSED:
             return
         self._log.debug("state %s -> %s", self._state.value, state.value)
+        if state is State.STALE:
+            self._counters.stale_spells += 1
+        if len(self._history) == self._history.maxlen:
+            self._history_start += 1
+        self._history.append(state)
         self._state = state
         self._state_changed.set()
         self._state_changed = trio.Event()
@@ -771,10 +831,7 @@ class Session:
                 if type(ev) is MessagesReceived:
                     try:
                         in_send.send_nowait(_Notices(ev.payloads) if ev.system else ev.payloads)
-                    except trio.WouldBlock:  # credit makes this impossible
-                        raise SessionError(
-                            "inbound channel overflow", code=CloseCode.INTERNAL_ERROR
-                        ) from None
+                        self._in_queued += len(ev.payloads)
                     except (trio.ClosedResourceError, trio.BrokenResourceError):
                         return  # session finished; messages after close are not delivered
                     counters.received += len(ev.payloads)
@@ -824,8 +881,10 @@ class Session:
                     break
                 if isinstance(item, bytes):
                     pending.append(item)
+                    self._out_queued -= 1
                 else:
                     pending.extend(item)
+                    self._out_queued -= len(item)
                 continue
             m = pending[0]
             lm = len(m)
@@ -870,6 +929,11 @@ class Session:
         counters = self._counters
         while True:
             self._wake_pending = False
+            rot = self._rot_sleep
+            if rot is not None:
+                due = conn.rotation_deadline()
+                if due < rot.deadline:
+                    rot.deadline = due
             frames = conn.data_to_send()
             for frame in frames:
                 await send(frame)
@@ -891,8 +955,9 @@ class Session:
                 batch = self._take(window, conn.send_bytes_budget())
                 if batch:
                     self._stalled_since = None
-                    await send(conn.send_data(batch))
-                    counters.sent += len(batch)
+                    frame = conn.send_data(batch)
+                    counters.sent += len(batch)  # now in the replay buffer: sent
+                    await send(frame)
                     continue
             if self._has_outbound():
                 if self._stalled_since is None:
@@ -923,8 +988,10 @@ class Session:
                     await trio.sleep_forever()
                 if isinstance(item, bytes):
                     self._pending.append(item)
+                    self._out_queued -= 1
                 else:
                     self._pending.extend(item)
+                    self._out_queued -= len(item)
             else:
                 await trio.sleep_forever()
         self._writer_cs = None
@@ -960,7 +1027,12 @@ class Session:
     async def _rotation(self, conn: Connection) -> None:
         while True:
             now = trio.current_time()
-            await trio.sleep_until(max(conn.rotation_deadline(), now + MIN_TIMER_STEP))
+            # Adjustable: once a due ratchet step rides on an outgoing frame, the
+            # writer pulls this deadline in to the new epoch's schedule.
+            with trio.move_on_at(max(conn.rotation_deadline(), now + MIN_TIMER_STEP)) as sleep:
+                self._rot_sleep = sleep
+                await trio.sleep_forever()
+            self._rot_sleep = None
             conn.handle_rotation_timer()
             if conn.has_pending_control():
                 self._wake()
