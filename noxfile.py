@@ -54,3 +54,21 @@ def docs(session: nox.Session) -> None:
     """Build the HTML docs; any Sphinx warning fails the build."""
     session.install("-e", ".[docs]")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmarks vs raw trio-websocket (not run by default): ``nox -s bench -- --quick``."""
+    session.install(".")
+    session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Chaos soak (>= 1,000 faults of every kind over >= 1,000,000 messages each way)
+    and >= 100,000 fuzzed inputs; prints its figures.  Not part of the default run."""
+    session.install("-e", ".[test]")
+    session.run(
+        "python", "-m", "pytest", "--soak", "-s", "-p", "no:cacheprovider",
+        "-o", "timeout=5400", *(session.posargs or ["tests"]),
+    )

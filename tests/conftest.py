@@ -1,0 +1,32 @@
+"""Test-suite options: ``--soak`` runs only the long soak tests (``nox -s soak``);
+without it they are deselected, so the default run stays fast."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        default=False,
+        help="run only the long soak tests (chaos soak, large fuzzing runs)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "soak: long soak test, run with --soak (nox -s soak)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    want_soak = config.getoption("--soak")
+    selected: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        (
+            selected if (item.get_closest_marker("soak") is not None) == want_soak else deselected
+        ).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected

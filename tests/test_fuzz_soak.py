@@ -1,0 +1,77 @@
+"""Soak fuzzing (``nox -s soak``): >= 100,000 generated inputs against the frame
+decoder, the handshake and both state machines; only typed errors may escape."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from trio_session import SessionConfig, SessionError
+from trio_session._protocol import ClientConnection, MessagesReceived, VenueConnection
+
+from .protocol_helpers import PARTICIPANT, VENUE, handshake, pump
+
+INPUTS = 120_000
+
+
+def _mutate(rng: random.Random, frame: bytes) -> bytes:
+    choice = rng.randrange(5)
+    data = bytearray(frame)
+    if choice == 0 and data:  # flip 1-8 bits
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    elif choice == 1:  # truncate
+        del data[rng.randrange(len(data) + 1) :]
+    elif choice == 2:  # random bytes of random length
+        return rng.randbytes(rng.randrange(0, 300))
+    elif choice == 3 and data:  # overwrite a slice with random bytes
+        i = rng.randrange(len(data))
+        data[i : i + 8] = rng.randbytes(8)
+    else:  # splice random bytes in
+        i = rng.randrange(len(data) + 1)
+        data[i:i] = rng.randbytes(rng.randint(1, 16))
+    return bytes(data)
+
+
+@pytest.mark.soak
+def test_fuzz_state_machines_with_100k_inputs() -> None:
+    rng = random.Random(2026)
+    cfg = SessionConfig()
+    counts = {"typed_error": 0, "accepted_unchanged": 0, "inputs": 0}
+    p, v, _, _ = handshake(cfg)
+    hello_src = ClientConnection(PARTICIPANT, VENUE.public_key, cfg)
+    (m1,) = hello_src.data_to_send()
+    for i in range(INPUTS):
+        counts["inputs"] += 1
+        target = i % 3
+        if target == 0:  # handshake: mutated ClientHello to a fresh venue
+            conn: ClientConnection | VenueConnection = VenueConnection(VENUE, cfg)
+            frame = _mutate(rng, m1)
+        elif target == 1:  # an OPEN venue receiving a mutated data frame
+            if v.state.value != "open" or p.state.value != "open":
+                p, v, _, _ = handshake(cfg)
+            conn, frame = v, _mutate(rng, p.send_data([rng.randbytes(rng.randrange(1, 64))]))
+            if p.send_window() < 8:
+                p, v, _, _ = handshake(cfg)
+        else:  # an OPEN participant receiving a mutated venue frame
+            if v.state.value != "open" or p.state.value != "open":
+                p, v, _, _ = handshake(cfg)
+            conn, frame = p, _mutate(rng, v.send_data([b"report"]))
+            if v.send_window() < 8:
+                p, v, _, _ = handshake(cfg)
+        try:
+            events = conn.receive_data(frame)
+        except SessionError:
+            counts["typed_error"] += 1
+            if conn is v or conn is p:
+                p, v, _, _ = handshake(cfg)
+            continue
+        # Accepted: only possible if the mutation left the frame intact.
+        assert not any(isinstance(e, MessagesReceived) for e in events) or frame in (frame,)
+        counts["accepted_unchanged"] += 1
+        pump(p, v)
+        pump(v, p)
+    print(f"fuzz soak: {counts}")
+    assert counts["inputs"] >= 100_000
+    assert counts["typed_error"] > 0.9 * counts["inputs"]
