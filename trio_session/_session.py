@@ -711,10 +711,12 @@ class Session:
         self._confirmed = trio.Event()
         self._counters.connections += 1
         self._replay_until = replay_until
-        # LIVE only once the peer's replay has been received (stale until then).
-        if conn.session.next_rx_seq >= replay_until:
+        # The venue is LIVE once it verified ClientFinish.  A participant is LIVE
+        # only once the venue confirmed the handshake (its first authenticated
+        # frame) and its replay has been received; until then the data is stale.
+        if self.role is Role.VENUE:
             self._set_state(State.LIVE)
-        else:
+        elif self._state is not State.CONNECTING:
             self._set_state(State.RESUMING)
         self._log.debug("connection up (%s)", transport.remote_address)
         try:
@@ -740,6 +742,10 @@ class Session:
         if err is None:
             err = self._error or ConnectionLost("connection ended")
         return err
+
+    def _caught_up(self, conn: Connection) -> bool:
+        s = conn.session
+        return conn._rx_authenticated and s is not None and s.next_rx_seq >= self._replay_until
 
     def _absorb_stats(self, conn: Connection) -> None:
         s, c = conn.stats, self._counters
@@ -827,6 +833,8 @@ class Session:
             events = conn.receive_data(frame)
             if not self._confirmed.is_set() and conn._rx_authenticated:
                 self._confirmed.set()
+            if self._state is not State.LIVE and self._caught_up(conn):
+                self._set_state(State.LIVE)
             for ev in events:
                 if type(ev) is MessagesReceived:
                     try:
@@ -840,9 +848,7 @@ class Session:
                         due = conn.heartbeat_deadline()
                         if due < hb.deadline:
                             hb.deadline = due
-                    if self._state is not State.LIVE and ev.first_seq + len(ev.payloads) >= (
-                        self._replay_until
-                    ):
+                    if self._state is not State.LIVE and self._caught_up(conn):
                         self._set_state(State.LIVE)
                 elif type(ev) is HeartbeatAcked:
                     counters.rtt = ev.rtt
