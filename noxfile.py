@@ -69,6 +69,14 @@ def soak(session: nox.Session) -> None:
     and >= 100,000 fuzzed inputs; prints its figures.  Not part of the default run."""
     session.install("-e", ".[test]")
     session.run(
-        "python", "-m", "pytest", "--soak", "-s", "-p", "no:cacheprovider",
-        "-o", "timeout=5400", *(session.posargs or ["tests"]),
+        "python",
+        "-m",
+        "pytest",
+        "--soak",
+        "-s",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "timeout=5400",
+        *(session.posargs or ["tests"]),
     )
