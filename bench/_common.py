@@ -1,0 +1,171 @@
+"""Shared pieces of the benchmark suite: identities, payloads, /proc readers, stats.
+
+Imported by ``run.py`` (the orchestrator) and ``worker.py`` (every server and
+client process).  Both are run as scripts, so ``bench/`` is on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import resource
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+
+try:  # an installed trio_session (nox) wins; else use this checkout
+    import trio_session as ts
+except ImportError:  # pragma: no cover - depends on how the bench is run
+    sys.path.insert(1, str(ROOT))
+    import trio_session as ts
+
+__all__ = [
+    "BENCH_DIR",
+    "PAYLOAD",
+    "PAYLOAD_SIZE",
+    "ROOT",
+    "emit",
+    "identities",
+    "median",
+    "payload",
+    "percentile",
+    "proc_cpu_seconds",
+    "proc_rss_bytes",
+    "quiet_logging",
+    "raise_nofile",
+    "read_line",
+    "seq_of",
+    "session_config",
+    "stdin_eof",
+    "ts",
+]
+
+#: Size of every application message, as in DESIGN.md's anchors.
+PAYLOAD_SIZE = 100
+_FILL = b"x" * (PAYLOAD_SIZE - 8)
+#: A fixed 100-byte payload for the throughput and RTT scenarios.
+PAYLOAD = b"\x00" * 8 + _FILL
+
+# Fixed seeds: server and client processes derive the same identities.
+_VENUE_SEED = hashlib.sha256(b"trio_session bench venue").digest()
+_PARTICIPANT_SEED = hashlib.sha256(b"trio_session bench participant").digest()
+
+
+def payload(seq: int) -> bytes:
+    """A 100-byte payload carrying ``seq`` in its first 8 bytes (big-endian)."""
+    return seq.to_bytes(8, "big") + _FILL
+
+
+def seq_of(message: bytes) -> int:
+    return int.from_bytes(message[:8], "big")
+
+
+@functools.cache
+def identities() -> tuple[ts.Identity, ts.Identity, ts.KeyRegistry]:
+    """(venue, participant, registry trusting the participant), the same in every process.
+
+    Cached: deriving an Ed25519 key pair costs ~40 us, which must not land inside a
+    timed connect.
+    """
+    venue = ts.Identity.from_seed(_VENUE_SEED)
+    participant = ts.Identity.from_seed(_PARTICIPANT_SEED)
+    registry = ts.KeyRegistry()
+    registry.add(participant.key_id, participant.public_key)
+    return venue, participant, registry
+
+
+def session_config(overrides: dict[str, Any] | None = None) -> ts.SessionConfig:
+    """The bench's SessionConfig: defaults, handshake rate limits lifted, plus ``overrides``.
+
+    The venue's per-key/per-address handshake buckets (50/s and 200/s by default)
+    would otherwise throttle the establishment and many-sessions scenarios, which
+    connect one key from one address many times.
+    """
+    kw: dict[str, Any] = {
+        "handshake_rate_per_key": 1e9,
+        "handshake_rate_per_address": 1e9,
+    }
+    kw.update(overrides or {})
+    return ts.SessionConfig(**kw)
+
+
+def quiet_logging() -> None:
+    """Workers log errors only (resume warnings etc. are expected in some scenarios)."""
+    logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
+
+
+def raise_nofile() -> int:
+    """Raise RLIMIT_NOFILE to the hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid`` in seconds, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def proc_rss_bytes(pid: int) -> int:
+    """Resident set size of process ``pid`` (VmRSS in /proc/<pid>/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100), nearest-rank; NaN for no values."""
+    if not values:
+        return math.nan
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))
+    return s[k]
+
+
+def median(values: Sequence[float]) -> float:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return math.nan
+    s = sorted(vals)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+
+
+def emit(tag: str, data: Any = None) -> None:
+    """Worker -> orchestrator: one line on stdout (``TAG`` or ``TAG {json}``)."""
+    line = tag if data is None else f"{tag} {json.dumps(data, separators=(',', ':'))}"
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def read_line() -> str:
+    """The next line from stdin ("" at EOF), without blocking the Trio loop."""
+    return await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+
+
+async def stdin_eof() -> None:
+    """Return when stdin reaches EOF: the orchestrator closed it (or died)."""
+    while await read_line():
+        pass
