@@ -31,6 +31,7 @@ import attrs
 import trio
 
 from ._errors import MessageRejected, RejectCode, SessionError
+from ._server import _TokenBuckets
 from ._session import InvalidMessage, Session, State, _is_clean_close
 
 __all__ = [
@@ -300,27 +301,21 @@ class RateLimit:
         if rate <= 0:
             raise ValueError("rate must be > 0")
         self.rate = rate
-        self.burst = float(burst if burst is not None else max(1, round(rate)))
         self.only = only
-        self._clock = clock
-        self._buckets: dict[int, tuple[float, float]] = {}
+        self._buckets = _TokenBuckets(
+            rate, clock, burst=float(burst if burst is not None else max(1, round(rate)))
+        )
         self.rejected = 0
 
     async def __call__(self, ctx: Context, message: Any, call_next: CallNext) -> None:
         if self.only is not None and not isinstance(message, self.only):
             await call_next()
             return
-        key = id(ctx.session)
-        now = self._clock()
-        tokens, last = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now)
+        wait = self._buckets.take(id(ctx.session))
+        if wait:
             self.rejected += 1
-            retry = (1.0 - tokens) / self.rate
-            ctx.reject("rate limit", code=RejectCode.RATE_LIMITED, retry_after=retry)
+            ctx.reject("rate limit", code=RejectCode.RATE_LIMITED, retry_after=wait)
             return
-        self._buckets[key] = (tokens - 1.0, now)
         await call_next()
 
 

@@ -127,6 +127,15 @@ class ChainKey:
         return "<ChainKey (hidden)>"
 
 
+#: What PyNaCl raises for an invalid (e.g. low-order) peer key.
+_KX_ERRORS: Final = (
+    nacl.exceptions.CryptoError,
+    nacl.exceptions.RuntimeError,
+    TypeError,
+    ValueError,
+)
+
+
 def kx_keypair(seed: bytes) -> tuple[bytes, bytes]:
     """X25519 ephemeral key pair ``(pk, sk)`` from a 32-byte seed (crypto_kx_seed_keypair).
 
@@ -144,12 +153,7 @@ def kx_client(pk: bytes, sk: bytes, server_pk: bytes) -> tuple[bytes, bytes]:
     """
     try:
         rx, tx = nacl.bindings.crypto_kx_client_session_keys(pk, sk, server_pk)
-    except (
-        nacl.exceptions.CryptoError,
-        nacl.exceptions.RuntimeError,
-        TypeError,
-        ValueError,
-    ) as exc:
+    except _KX_ERRORS as exc:
         raise AuthenticationError(
             "invalid ephemeral key from venue", code=CloseCode.AUTH_FAILED, remote=True
         ) from exc
@@ -160,12 +164,7 @@ def kx_server(pk: bytes, sk: bytes, client_pk: bytes) -> tuple[bytes, bytes]:
     """Venue side of crypto_kx: returns ``(kx_c2v, kx_v2c)``."""
     try:
         rx, tx = nacl.bindings.crypto_kx_server_session_keys(pk, sk, client_pk)
-    except (
-        nacl.exceptions.CryptoError,
-        nacl.exceptions.RuntimeError,
-        TypeError,
-        ValueError,
-    ) as exc:
+    except _KX_ERRORS as exc:
         raise AuthenticationError(
             "invalid ephemeral key from participant", code=CloseCode.AUTH_FAILED, remote=True
         ) from exc

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from functools import partial
 from typing import Any
 
@@ -46,16 +46,24 @@ Hook = Callable[[Session], Awaitable[None] | None]
 
 
 class _TokenBuckets:
-    """Per-key token buckets: ``rate`` per second, burst of one second's worth."""
+    """Per-key token buckets: ``rate`` per second, bursts of ``burst`` (default:
+    one second's worth).  Idle full buckets are pruned past ``max_keys`` keys."""
 
-    def __init__(self, rate: float, clock: Callable[[], float], max_keys: int = 100_000) -> None:
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float],
+        *,
+        burst: float | None = None,
+        max_keys: int = 100_000,
+    ) -> None:
         self.rate = rate
-        self.burst = max(1.0, rate)
+        self.burst = max(1.0, rate if burst is None else burst)
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._buckets: dict[Hashable, tuple[float, float]] = {}
         self._max_keys = max_keys
 
-    def take(self, key: str) -> float:
+    def take(self, key: Hashable) -> float:
         """0.0 when allowed (a token was taken), else seconds until one is available."""
         now = self._clock()
         tokens, last = self._buckets.get(key, (self.burst, now))
