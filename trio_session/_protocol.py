@@ -37,6 +37,7 @@ while the application is not reading.
 
 from __future__ import annotations
 
+import abc
 import enum
 import hmac
 import os
@@ -370,7 +371,7 @@ def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Connection:
+class Connection(abc.ABC):
     """One authenticated connection of a session (abstract; see the two roles).
 
     Args:
@@ -958,8 +959,9 @@ class Connection:
 
     # -- internals: receiving ----------------------------------------------------
 
+    @abc.abstractmethod
     def _receive_handshake(self, frame: bytes) -> list[Event]:
-        raise NotImplementedError  # overridden by both roles  # pragma: no cover
+        """Role-specific handshake processing (ClientConnection / VenueConnection)."""
 
     def _open(self, frame: bytes) -> tuple[FrameType, int, int, memoryview]:
         """Check size, header, epoch, tag and sequence, in that order, before any decoding."""
