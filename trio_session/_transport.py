@@ -189,13 +189,27 @@ class _ErrorMapper:
         elif isinstance(exc, trio_websocket.ConnectionRejected):
             message = f"WebSocket upgrade rejected: HTTP {exc.status_code}"
         else:
-            message = f"connection lost: {type(exc).__name__}: {exc}"
+            message = f"connection lost: {_explain(exc)}"
         cause: BaseException = exc
         if self._reader is not None and self._reader.error is not None:
             # The reader died with an unexpected error: that is the real cause.
             cause = self._reader.error
             message = f"{message} (reader failed: {type(cause).__name__})"
         raise ConnectionLost(message, remote=self._remote) from cause
+
+
+def _explain(exc: BaseException) -> str:
+    """Name an error by its innermost cause: trio wraps an ``ssl.SSLError``
+    (e.g. an untrusted certificate) in a BrokenResourceError with no text."""
+    parts = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current)
+        parts.append(f"{type(current).__name__}: {text}" if text else type(current).__name__)
+        current = current.__cause__ or current.__context__
+    return " <- ".join(parts)
 
 
 def _map_errors(reader: _ReaderSupervisor | None = None, *, remote: bool = True) -> _ErrorMapper:
