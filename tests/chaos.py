@@ -16,6 +16,7 @@ from functools import partial
 
 import attrs
 import trio
+import trio.testing
 
 import trio_session as ts
 from trio_session._faults import Direction
@@ -45,6 +46,7 @@ CHAOS_POLICY = ts.RestartPolicy(
 )
 FAULT_KINDS = ("reset", "corrupt", "truncate", "black_hole", "delay", "throttle")
 _SEQ = struct.Struct("!Q")
+_DBG: dict[str, object] = {}  # debugging hooks for stall diagnosis
 
 
 @attrs.define
@@ -155,8 +157,10 @@ async def run_chaos(
     c2v, v2c = Stream(), Stream()
     venue_done = trio.Event()
     pacer = Pacer(faults)
+    _DBG.update(c2v=c2v, v2c=v2c, pacer=pacer, venue_sessions=[])
 
     async def handler(session: ts.Session) -> None:
+        _DBG["venue_sessions"].append(session)  # type: ignore[attr-defined]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_paced_send, session, pacer, messages, batch, b"v" * 92)
             while c2v.received + c2v.duplicated + c2v.reordered < messages:
@@ -182,6 +186,7 @@ async def run_chaos(
             config=CHAOS_CONFIG,
             restart=CHAOS_POLICY,
         ) as session:
+            _DBG.update(session=session, proxy=proxy, counts=counts)
 
             async def watch() -> None:
                 nonlocal stale_spells, live_again
