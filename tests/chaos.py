@@ -93,9 +93,9 @@ class Pacer:
 async def _paced_send(
     session: ts.Session, pacer: Pacer, messages: int, batch: int, fill: bytes
 ) -> None:
-    per_slot = -(-messages // (pacer.slots + 1))
     for first in range(0, messages, batch):
-        await pacer.wait_for(first // per_slot)
+        # Segment k of slots + 1 equal segments needs k faults; the last needs all.
+        await pacer.wait_for(min(pacer.slots, first * (pacer.slots + 1) // messages))
         n = min(batch, messages - first)
         await session.send_many([_SEQ.pack(i) + fill for i in range(first, first + n)])
 
