@@ -253,7 +253,7 @@ class _Venue:
         assert conn.session is not None
         if existing is not None:
             session = existing
-            await self._take_over(session)
+            self._take_over(session)
         else:
             session = _new_session(Role.VENUE, cfg, self.messages, conn.session.key_id)
             session._bind(conn.session)
@@ -262,7 +262,7 @@ class _Venue:
             self.nursery_start(self._watch_end, session)
         await self._run(session, transport, conn, resumed=done.resumed)
 
-    async def _take_over(self, session: Session) -> None:
+    def _take_over(self, session: Session) -> None:
         assert session._pstate is not None
         sid = session._pstate.session_id
         self._takeover.add(sid)

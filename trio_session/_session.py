@@ -26,7 +26,7 @@ import enum
 import logging
 import math
 import typing
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from typing import Any, Final, final
 
@@ -243,7 +243,7 @@ class Session:
         # session's unread messages plus the new one's window always fit).
         self._in_send, self._in_recv = trio.open_memory_channel[Any](math.inf)
         self._pending: deque[bytes] = deque()
-        self._latest: dict[Hashable, bytes] = {}
+        self._latest: OrderedDict[Hashable, bytes] = OrderedDict()
         self._lossy: deque[bytes] = deque()
         # bytes, or decoded notices (Notice / the error a bad one produced)
         self._rx_buf: deque[Any] = deque()
@@ -410,14 +410,7 @@ class Session:
         """
         payload = self._codec.encode(message)
         self._check_can_send(payload)
-        if fail_fast and self._state is not State.LIVE:
-            raise ConnectionLost(f"session is {self._state.value}, not sending (fail_fast)")
-        try:
-            await self._out_send.send(payload)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise self._final_error()  # noqa: B904 - keeps the error's own cause
-        self._out_queued += 1
-        self._wake_for_data()
+        await self._enqueue(payload, 1, fail_fast)
 
     async def send_many(self, messages: Sequence[Any], *, fail_fast: bool = False) -> None:
         """Send several messages losslessly as one queue item (cheaper per message)."""
@@ -426,13 +419,17 @@ class Session:
             return
         for p in payloads:
             self._check_can_send(p)
+        await self._enqueue(payloads, len(payloads), fail_fast)
+
+    async def _enqueue(self, item: bytes | list[bytes], count: int, fail_fast: bool) -> None:
+        """The lossless path shared by send() and send_many()."""
         if fail_fast and self._state is not State.LIVE:
             raise ConnectionLost(f"session is {self._state.value}, not sending (fail_fast)")
         try:
-            await self._out_send.send(payloads)
+            await self._out_send.send(item)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise self._final_error()  # noqa: B904 - keeps the error's own cause
-        self._out_queued += len(payloads)
+        self._out_queued += count
         self._wake_for_data()
 
     def send_latest(self, key: Hashable, message: Any) -> None:
@@ -445,7 +442,7 @@ class Session:
         self._check_can_send(payload)
         latest = self._latest
         if key in latest:
-            del latest[key]  # re-insert at the end: FIFO by last update
+            latest.move_to_end(key)  # FIFO by last update
             self._counters.conflated += 1
         latest[key] = payload
         self._wake_for_data()
@@ -882,15 +879,9 @@ class Session:
         while len(msgs) < window:
             if not pending:
                 try:
-                    item = out_recv.receive_nowait()
+                    self._stage(out_recv.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
-                if isinstance(item, bytes):
-                    pending.append(item)
-                    self._out_queued -= 1
-                else:
-                    pending.extend(item)
-                    self._out_queued -= len(item)
                 continue
             m = pending[0]
             lm = len(m)
@@ -898,22 +889,29 @@ class Session:
                 return msgs
             msgs.append(pending.popleft())
             size += lm
-        for source in (self._latest, self._lossy):
-            while source and len(msgs) < window:
-                if isinstance(source, dict):
-                    key = next(iter(source))
-                    m = source[key]
-                else:
-                    m = source[0]
-                if size + len(m) > cap and (msgs or len(m) > budget):
-                    return msgs
-                if isinstance(source, dict):
-                    del source[key]
-                else:
-                    source.popleft()
-                msgs.append(m)
-                size += len(m)
+        # Then conflated messages (oldest update first), then lossy ones.
+        latest, lossy = self._latest, self._lossy
+        while (latest or lossy) and len(msgs) < window:
+            m = next(iter(latest.values())) if latest else lossy[0]
+            lm = len(m)
+            if size + lm > cap and (msgs or lm > budget):
+                break
+            if latest:
+                latest.popitem(last=False)
+            else:
+                lossy.popleft()
+            msgs.append(m)
+            size += lm
         return msgs
+
+    def _stage(self, item: bytes | list[bytes]) -> None:
+        """Move one outbound channel item into the writer's pending messages."""
+        if isinstance(item, bytes):
+            self._pending.append(item)
+            self._out_queued -= 1
+        else:
+            self._pending.extend(item)
+            self._out_queued -= len(item)
 
     async def _writer(self, transport: Transport, conn: Connection) -> None:
         send: Callable[[bytes], Awaitable[None]] = transport.send
@@ -989,15 +987,9 @@ class Session:
                 cs.cancel()
             if wait_for_data:
                 try:
-                    item = await self._out_recv.receive()
+                    self._stage(await self._out_recv.receive())
                 except trio.ClosedResourceError:  # the session finished
                     await trio.sleep_forever()
-                if isinstance(item, bytes):
-                    self._pending.append(item)
-                    self._out_queued -= 1
-                else:
-                    self._pending.extend(item)
-                    self._out_queued -= len(item)
             else:
                 await trio.sleep_forever()
         self._writer_cs = None
