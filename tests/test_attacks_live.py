@@ -596,17 +596,24 @@ async def test_mitm_impostor_venue(recorder: Recorder) -> None:
             await assert_serves(server)
 
 
+async def established_session(server: ts.VenueServer) -> SessionState:
+    """A session that exchanged one message (b"a1") and whose connection then
+    closed: the participant state a resume starts from."""
+    async with raw_participant(server) as first:
+        await first.send_data(b"a1")
+        await first.expect_echo(b"a1")
+    state = first.conn.session
+    assert state is not None
+    return state
+
+
 # -- resume -------------------------------------------------------------------------------
 
 
 async def test_resume_captured_binder_single_use(probe: VenueProbe, recorder: Recorder) -> None:
     with trio.fail_after(DEADLINE):
         async with live_venue(recorder.handler) as server:
-            async with raw_participant(server) as first:
-                await first.send_data(b"a1")
-                await first.expect_echo(b"a1")
-            state = first.conn.session
-            assert state is not None
+            state = await established_session(server)
             sid = state.session_id
 
             async with raw_participant(server, resume=state, handshake=False) as genuine:
@@ -643,11 +650,7 @@ async def test_resume_captured_binder_single_use(probe: VenueProbe, recorder: Re
 async def test_resume_from_another_identity(probe: VenueProbe, recorder: Recorder) -> None:
     with trio.fail_after(DEADLINE):
         async with live_venue(recorder.handler) as server:
-            async with raw_participant(server) as first:
-                await first.send_data(b"a1")
-                await first.expect_echo(b"a1")
-            state = first.conn.session
-            assert state is not None
+            state = await established_session(server)
             sid = state.session_id
 
             # 1. OTHER (registered) presents the stolen session id and resume secret

@@ -133,14 +133,7 @@ async def test_heartbeats_flow_while_app_does_not_read_and_inbound_is_full(
     with trio.fail_after(120):
         async with (
             memory_venue(handler, VENUE, registry(), config=cfg) as venue,
-            ts.connect(
-                "memory://",
-                PARTICIPANT,
-                VENUE.public_key,
-                config=cfg,
-                restart=NO_RESTART,
-                transport_factory=venue.connector,
-            ) as session,
+            venue.connect(PARTICIPANT, config=cfg, restart=NO_RESTART) as session,
         ):
             await burst_sent.wait()
             await trio.testing.wait_all_tasks_blocked()
@@ -199,13 +192,7 @@ async def test_queue_depths_count_messages_not_batches(
     with trio.fail_after(30):
         async with (
             memory_venue(handler, VENUE, registry(), config=cfg_v) as venue,
-            ts.connect(
-                "memory://",
-                PARTICIPANT,
-                VENUE.public_key,
-                config=cfg_p,
-                transport_factory=venue.connector,
-            ) as session,
+            venue.connect(PARTICIPANT, config=cfg_p) as session,
         ):
             await trio.testing.wait_all_tasks_blocked()
             assert session.stats.received == cap
@@ -252,13 +239,7 @@ async def test_rekeys_on_schedule_for_24h_without_loss(
     with trio.fail_after(day + 600):
         async with (
             memory_venue(handler, VENUE, registry(), config=cfg) as venue,
-            ts.connect(
-                "memory://",
-                PARTICIPANT,
-                VENUE.public_key,
-                config=cfg,
-                transport_factory=venue.connector,
-            ) as session,
+            venue.connect(PARTICIPANT, config=cfg) as session,
         ):
             t0 = trio.current_time()
             echoes: list[int] = []
@@ -339,14 +320,7 @@ async def test_venue_closes_slow_consumer_and_participant_gets_typed_error(
     with trio.fail_after(120):
         async with (
             memory_venue(handler, VENUE, registry(), config=cfg_v) as venue,
-            ts.connect(
-                "memory://",
-                PARTICIPANT,
-                VENUE.public_key,
-                config=cfg_p,
-                restart=NO_RESTART,
-                transport_factory=venue.connector,
-            ) as session,
+            venue.connect(PARTICIPANT, config=cfg_p, restart=NO_RESTART) as session,
         ):
             t0 = trio.current_time()
             (vs,) = venue.sessions
@@ -435,13 +409,7 @@ async def test_send_latest_conflates_to_latest_value_per_key(
     with trio.fail_after(30):
         async with (
             memory_venue(reader, VENUE, registry(), config=cfg_v) as venue,
-            ts.connect(
-                "memory://",
-                PARTICIPANT,
-                VENUE.public_key,
-                config=cfg_p,
-                transport_factory=venue.connector,
-            ) as session,
+            venue.connect(PARTICIPANT, config=cfg_p) as session,
         ):
             first = await _fill_credit(session, cfg_v.inbound_capacity)
             updates = 0
@@ -475,13 +443,7 @@ async def test_send_lossy_drops_oldest_when_full(
     with trio.fail_after(30):
         async with (
             memory_venue(reader, VENUE, registry(), config=cfg_v) as venue,
-            ts.connect(
-                "memory://",
-                PARTICIPANT,
-                VENUE.public_key,
-                config=cfg_p,
-                transport_factory=venue.connector,
-            ) as session,
+            venue.connect(PARTICIPANT, config=cfg_p) as session,
         ):
             first = await _fill_credit(session, cfg_v.inbound_capacity)
             for i in range(10):
@@ -509,13 +471,7 @@ async def test_send_blocks_while_outbound_queue_is_full(
     with trio.fail_after(120):
         async with (
             memory_venue(reader, VENUE, registry(), config=cfg_v) as venue,
-            ts.connect(
-                "memory://",
-                PARTICIPANT,
-                VENUE.public_key,
-                config=cfg_p,
-                transport_factory=venue.connector,
-            ) as session,
+            venue.connect(PARTICIPANT, config=cfg_p) as session,
         ):
 
             async def sender() -> None:

@@ -21,20 +21,20 @@ The mock-clock recipe::
     async def test_heartbeat(autojump_clock):
         venue_id, alice, registry = identities()
         async with memory_venue(handler, venue_id, registry) as venue:
-            async with ts.connect("memory://", alice, venue_id.public_key,
-                                  transport_factory=venue.connector) as session:
+            async with venue.connect(alice) as session:  # ts.connect over memory
                 ...
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import attrs
 import trio
 
+from ._client import connect
 from ._config import SessionConfig
 from ._faults import Fault as Fault
 from ._faults import FaultyProxy as FaultyProxy
@@ -85,6 +85,20 @@ class MemoryVenue:
         self.transports.append(client)
         self._nursery.start_soon(self._venue.on_transport, server)
         return client
+
+    def connect(self, identity: Identity, **options: Any) -> AbstractAsyncContextManager[Session]:
+        """``ts.connect`` to this venue over memory: ``async with venue.connect(alice) as s``.
+
+        ``options`` are :func:`trio_session.connect`'s keyword arguments
+        (``config=``, ``messages=``, ``restart=``).
+        """
+        return connect(
+            "memory://",
+            identity,
+            self._venue.identity.public_key,
+            transport_factory=self.connector,
+            **options,
+        )
 
     def break_all(self) -> None:
         """Abruptly drop every open connection (as a TCP reset would)."""
