@@ -310,26 +310,36 @@ class Bench:
             "targets": {"send_many throughput >= 4x raw": ratios["send_many"] >= 4},
         }
 
-    def rtt(self) -> dict[str, Any]:
-        z = self.sizes
+    def _paired(
+        self,
+        scenario: str,
+        params: dict[str, Any],
+        summarise: Callable[[dict[str, Any]], dict[str, float]],
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Run ``scenario``'s client against a raw and an ours server, alternating,
+        ``runs`` times; return the medians of ``summarise`` per stack."""
         rows: dict[str, list[dict[str, float]]] = {"raw": [], "ours": []}
         with self.server("raw") as raw, self.server("ours") as ours:
             for run in range(self.runs):
                 for stack, srv in (("raw", raw), ("ours", ours)):
-                    res = self.client(
-                        f"{stack}-rtt",
-                        {"port": srv.port, "n": z.rtt_n, "warmup": z.rtt_warmup},
-                    )
-                    s = res["rtt_us"]
-                    rows[stack].append(
-                        {
-                            "p50_us": percentile(s, 50),
-                            "p99_us": percentile(s, 99),
-                            "mean_us": sum(s) / len(s),
-                        }
-                    )
-                    log(f"rtt run {run + 1} {stack}: p50 {rows[stack][-1]['p50_us']:.0f} us")
-        raw_m, ours_m = _medians(rows["raw"]), _medians(rows["ours"])
+                    res = self.client(f"{stack}-{scenario}", {"port": srv.port, **params})
+                    rows[stack].append(summarise(res))
+                    p50 = rows[stack][-1]["p50_us"]
+                    log(f"{scenario} run {run + 1} {stack}: p50 {p50:.0f} us")
+        return _medians(rows["raw"]), _medians(rows["ours"])
+
+    def rtt(self) -> dict[str, Any]:
+        z = self.sizes
+
+        def summarise(res: dict[str, Any]) -> dict[str, float]:
+            s = res["rtt_us"]
+            return {
+                "p50_us": percentile(s, 50),
+                "p99_us": percentile(s, 99),
+                "mean_us": sum(s) / len(s),
+            }
+
+        raw_m, ours_m = self._paired("rtt", {"n": z.rtt_n, "warmup": z.rtt_warmup}, summarise)
         ratios = {
             "p50": ours_m["p50_us"] / raw_m["p50_us"],
             "p99": ours_m["p99_us"] / raw_m["p99_us"],
@@ -350,20 +360,15 @@ class Bench:
 
     def establish(self) -> dict[str, Any]:
         z = self.sizes
-        rows: dict[str, list[dict[str, float]]] = {"raw": [], "ours": []}
-        with self.server("raw") as raw, self.server("ours") as ours:
-            for run in range(self.runs):
-                for stack, srv in (("raw", raw), ("ours", ours)):
-                    res = self.client(f"{stack}-establish", {"port": srv.port, "m": z.establish_m})
-                    rows[stack].append(
-                        {
-                            "p50_us": percentile(res["establish_us"], 50),
-                            "p99_us": percentile(res["establish_us"], 99),
-                            "connect_close_p50_us": percentile(res["cycle_us"], 50),
-                        }
-                    )
-                    log(f"establish run {run + 1} {stack}: p50 {rows[stack][-1]['p50_us']:.0f} us")
-        raw_m, ours_m = _medians(rows["raw"]), _medians(rows["ours"])
+
+        def summarise(res: dict[str, Any]) -> dict[str, float]:
+            return {
+                "p50_us": percentile(res["establish_us"], 50),
+                "p99_us": percentile(res["establish_us"], 99),
+                "connect_close_p50_us": percentile(res["cycle_us"], 50),
+            }
+
+        raw_m, ours_m = self._paired("establish", {"m": z.establish_m}, summarise)
         ratios = {
             "p50": ours_m["p50_us"] / raw_m["p50_us"],
             "connect_close_p50": ours_m["connect_close_p50_us"] / raw_m["connect_close_p50_us"],
