@@ -263,3 +263,17 @@ def test_cli_demo_json_exit_code() -> None:
     ):
         assert field in data
     assert data["lost"] == 0 and data["duplicated"] == 0 and data["reordered"] == 0
+
+
+async def test_memory_venue_reraises_user_errors_unwrapped() -> None:
+    from trio_session.testing import identities, memory_venue
+
+    venue_id, alice, reg = identities()
+
+    async def handler(session: ts.Session) -> None:
+        async for _ in session:
+            pass
+
+    with trio.fail_after(10), pytest.raises(ValueError, match="user error"):
+        async with memory_venue(handler, venue_id, reg) as venue, venue.connect(alice):
+            raise ValueError("user error")

@@ -17,7 +17,8 @@ from __future__ import annotations
 import inspect
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -125,34 +126,23 @@ async def serve(
     """
     cfg = config or SessionConfig()
     venue = _Venue(handler, identity, registry, cfg, messages, on_session_lost, on_logout)
-    failure: BaseException | None = None
-    async with trio.open_nursery() as nursery:
-        venue.nursery = nursery
-        registry.add_revocation_listener(venue.on_revoked)
-        try:
-            tserver: TransportServer = await nursery.start(
-                partial(
-                    serve_transport,
-                    venue.on_transport,
-                    host,
-                    port,
-                    ssl_context=ssl_context,
-                    handshake_timeout=cfg.handshake_timeout,
-                    max_message_size=cfg.max_frame_size,
-                    close_timeout=cfg.close_timeout,
-                )
+    async with venue.running() as nursery:
+        tserver: TransportServer = await nursery.start(
+            partial(
+                serve_transport,
+                venue.on_transport,
+                host,
+                port,
+                ssl_context=ssl_context,
+                handshake_timeout=cfg.handshake_timeout,
+                max_message_size=cfg.max_frame_size,
+                close_timeout=cfg.close_timeout,
             )
-            server = VenueServer(host, tserver.port, list(tserver.listeners), venue=venue)
-            logger.info("venue serving on %s:%d", host, tserver.port)
-            task_status.started(server)
-            await trio.sleep_forever()
-        except BaseException as exc:  # re-raised outside the nursery: never a group
-            failure = exc
-        finally:
-            registry.remove_revocation_listener(venue.on_revoked)
-            nursery.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
+        )
+        server = VenueServer(host, tserver.port, list(tserver.listeners), venue=venue)
+        logger.info("venue serving on %s:%d", host, tserver.port)
+        task_status.started(server)
+        await trio.sleep_forever()
 
 
 class _Venue:
@@ -180,6 +170,26 @@ class _Venue:
         self._ttl_scopes: dict[bytes, trio.CancelScope] = {}
         self._takeover: set[bytes] = set()
         self._hooked: set[bytes] = set()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[trio.Nursery]:
+        """Run the venue's background work (handlers, TTL timers, hooks) for the
+        block; the nursery is yielded for the listener.  An exception from the
+        block is re-raised outside the nursery, so it is never an ExceptionGroup.
+        """
+        failure: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            self.registry.add_revocation_listener(self.on_revoked)
+            try:
+                yield nursery
+            except BaseException as exc:
+                failure = exc
+            finally:
+                self.registry.remove_revocation_listener(self.on_revoked)
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
     # -- revocation ----------------------------------------------------------------------
 

@@ -125,11 +125,5 @@ async def memory_venue(
     """Run a venue over in-memory transports for the duration of the block."""
     cfg = config or SessionConfig()
     venue = _Venue(handler, identity, registry, cfg, messages, on_session_lost, on_logout)
-    async with trio.open_nursery() as nursery:
-        venue.nursery = nursery
-        registry.add_revocation_listener(venue.on_revoked)
-        try:
-            yield MemoryVenue(venue=venue, nursery=nursery)
-        finally:
-            registry.remove_revocation_listener(venue.on_revoked)
-            nursery.cancel_scope.cancel()
+    async with venue.running() as nursery:
+        yield MemoryVenue(venue=venue, nursery=nursery)
