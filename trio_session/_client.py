@@ -31,7 +31,7 @@ from ._errors import (
     SessionError,
 )
 from ._identity import Identity
-from ._protocol import ClientConnection, CloseReceived, HandshakeComplete, MessagesReceived, Role
+from ._protocol import ClientConnection, CloseReceived, HandshakeComplete, Role
 from ._session import Session, State, _close_forcefully, _new_session
 from ._transport import Transport, connect_transport
 
@@ -349,8 +349,6 @@ class _Participant:
             await _close_forcefully(transport)
             raise ev.to_error()
         assert isinstance(ev, HandshakeComplete)
-        if len(events) > 1 and any(isinstance(e, MessagesReceived) for e in events):
-            raise AssertionError("unreachable: data cannot arrive with ServerHello")
         return transport, conn, ev
 
     async def _attach(
