@@ -14,7 +14,7 @@ FIELDS = attrs.fields(ts.SessionConfig)
 FLOAT_FIELDS = [f.name for f in FIELDS if isinstance(f.default, float)]
 INT_FIELDS = [f.name for f in FIELDS if type(f.default) is int]
 #: Fields where zero is meaningful (no jitter); every other number must be > 0.
-ZERO_ALLOWED = {"rekey_jitter"}
+ZERO_ALLOWED = {"rekey_jitter", "heartbeat_jitter"}
 
 # Values that are wrong for any number-valued field, with the error they must raise.
 BAD_FOR_ANY_NUMBER: list[tuple[object, type[Exception]]] = [
@@ -92,6 +92,7 @@ def test_float_field_rejects_zero(name: str) -> None:
 
 def test_zero_jitter_is_allowed() -> None:
     assert ts.SessionConfig(rekey_jitter=0).rekey_jitter == 0
+    assert ts.SessionConfig(heartbeat_jitter=0).heartbeat_jitter == 0
 
 
 @pytest.mark.parametrize("name", INT_FIELDS)
@@ -153,3 +154,8 @@ def test_value_semantics_and_evolve_revalidates() -> None:
     assert a.heartbeat_timeout == ts.SessionConfig().heartbeat_timeout
     with pytest.raises(ValueError, match=r"SessionConfig\.heartbeat_interval\b"):
         attrs.evolve(a, heartbeat_interval=-1.0)
+
+
+def test_heartbeat_jitter_must_stay_below_one() -> None:
+    with pytest.raises(ValueError, match="heartbeat_jitter"):
+        ts.SessionConfig(heartbeat_jitter=1.0)

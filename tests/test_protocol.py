@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -212,7 +214,7 @@ def test_replay_buffer_limit_is_backpressure_not_loss() -> None:
 
 def test_heartbeat_when_idle_and_rtt_measured() -> None:
     clock = FakeClock()
-    cfg = SessionConfig(heartbeat_interval=1.0, heartbeat_timeout=3.0)
+    cfg = SessionConfig(heartbeat_interval=1.0, heartbeat_timeout=3.0, heartbeat_jitter=0.0)
     p, v, _, _ = handshake(cfg, clock=clock)
     assert p.data_to_send() == []
     assert p.heartbeat_deadline() == pytest.approx(1.0)
@@ -230,7 +232,7 @@ def test_heartbeat_when_idle_and_rtt_measured() -> None:
 
 def test_silent_peer_gets_probe_then_heartbeat_timeout() -> None:
     clock = FakeClock()
-    cfg = SessionConfig(heartbeat_interval=1.0, heartbeat_timeout=3.0)
+    cfg = SessionConfig(heartbeat_interval=1.0, heartbeat_timeout=3.0, heartbeat_jitter=0.0)
     p, _v, _, _ = handshake(cfg, clock=clock)
     clock.advance(1.0)
     (probe,) = p.data_to_send()
@@ -245,6 +247,50 @@ def test_silent_peer_gets_probe_then_heartbeat_timeout() -> None:
     with pytest.raises(HeartbeatTimeout):
         p.handle_heartbeat_timer()
     assert p.state is ConnectionState.ERROR
+
+
+def test_only_the_participant_beats_on_an_idle_link_with_jittered_intervals() -> None:
+    # DESIGN "Targets": idle links cost one HEARTBEAT + one HEARTBEAT_ACK per
+    # interval (not two of each), and beats of many sessions spread out.
+    clock = FakeClock()
+    cfg = SessionConfig(heartbeat_interval=1.0, heartbeat_timeout=3.0, heartbeat_jitter=0.2)
+    p, v, _, _ = handshake(cfg, clock=clock)
+    beats_at: list[float] = []
+    venue_types: list[FrameType] = []
+    for _ in range(2000):  # 20 s in 10 ms steps
+        clock.advance(0.01)
+        v.handle_heartbeat_timer()
+        p.handle_heartbeat_timer()
+        for f in p.data_to_send():
+            if parse_header(f)[0] is FrameType.HEARTBEAT:
+                beats_at.append(clock.now)
+            v.receive_data(f)
+        for f in v.data_to_send():
+            venue_types.append(parse_header(f)[0])
+            p.receive_data(f)
+    gaps = [b - a for a, b in itertools.pairwise(beats_at)]
+    assert venue_types and set(venue_types) == {FrameType.HEARTBEAT_ACK}
+    assert len(venue_types) == len(beats_at)
+    assert all(0.8 - 0.011 <= g <= 1.0 + 0.011 for g in gaps), gaps
+    assert max(gaps) - min(gaps) >= 0.05  # jittered, not a fixed period
+    assert p.stats.last_rtt is not None and v.stats.heartbeats_sent == 0
+
+
+def test_venue_probes_a_silent_participant_half_way_to_the_timeout() -> None:
+    clock = FakeClock()
+    cfg = SessionConfig(heartbeat_interval=1.0, heartbeat_timeout=3.0)
+    _p, v, _, _ = handshake(cfg, clock=clock)
+    assert v.data_to_send() == []
+    assert v.heartbeat_deadline() == pytest.approx(2.0)
+    clock.advance(1.99)
+    assert not v.has_pending_control()
+    clock.advance(0.01)
+    (probe,) = v.data_to_send()
+    assert parse_header(probe)[:2] == (FrameType.HEARTBEAT, FLAG_PROBE)
+    assert v.heartbeat_deadline() == pytest.approx(3.0)  # then only the timeout
+    clock.advance(1.0)
+    with pytest.raises(HeartbeatTimeout):
+        v.handle_heartbeat_timer()
 
 
 def test_venue_rekeys_on_time_and_fails_a_stalled_rekey() -> None:

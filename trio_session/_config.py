@@ -45,12 +45,16 @@ class SessionConfig:
     Invalid values raise :class:`ValueError`/:class:`TypeError` naming the field.
     """
 
-    #: Send a heartbeat when nothing was sent for this long.  The venue's value
-    #: is dictated to the participant in the handshake.
+    #: The participant sends a heartbeat when it sent or heard nothing for this
+    #: long; the venue only answers (and probes a participant silent for half-way
+    #: to the timeout).  The venue's value is dictated to the participant.
     heartbeat_interval: float = attrs.field(default=5.0, validator=_positive)
-    #: Declare the peer dead when nothing was received for this long (a probe
-    #: is sent first, after ``heartbeat_interval`` of silence).
+    #: Declare the peer dead when nothing was received for this long.
     heartbeat_timeout: float = attrs.field(default=15.0, validator=_positive)
+    #: Participant: each idle heartbeat goes out after a random
+    #: ``(1 - jitter) .. 1`` times the interval, so that sessions started together
+    #: (e.g. after a venue restart) do not beat in lockstep.  0 disables it.
+    heartbeat_jitter: float = attrs.field(default=0.2, validator=_non_negative)
     #: Connect + WebSocket upgrade + authentication handshake deadline.
     handshake_timeout: float = attrs.field(default=5.0, validator=_positive)
     #: Deadline for a graceful close before the transport is closed forcefully.
@@ -101,6 +105,10 @@ class SessionConfig:
             raise ValueError(
                 "SessionConfig.heartbeat_timeout must be greater than heartbeat_interval "
                 f"({self.heartbeat_timeout!r} <= {self.heartbeat_interval!r})"
+            )
+        if self.heartbeat_jitter >= 1:
+            raise ValueError(
+                f"SessionConfig.heartbeat_jitter must be below 1 ({self.heartbeat_jitter!r})"
             )
         if self.reject_after <= self.rekey_interval:
             raise ValueError(

@@ -41,6 +41,7 @@ import abc
 import enum
 import hmac
 import os
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -419,6 +420,7 @@ class Connection(abc.ABC):
         self._last_dh = now
         self._hb_id = 0
         self._probe_outstanding = False
+        self._hb_after = self._beat_interval()
         self._hb_sent: dict[int, float] = {}
         self._owe_hb_ack: int | None = None
         self._ack_sent = 0
@@ -641,8 +643,10 @@ class Connection(abc.ABC):
 
     def heartbeat_deadline(self) -> float:
         """When :meth:`handle_heartbeat_timer` next has something to do."""
-        iv = self.heartbeat_interval
-        deadline = min(self._last_tx + iv, self._last_rx + self.heartbeat_timeout)
+        iv = self._hb_after
+        deadline = self._last_rx + self.heartbeat_timeout
+        if self.role is Role.PARTICIPANT:
+            deadline = min(deadline, self._last_tx + iv)
         if not self._probe_outstanding:
             deadline = min(deadline, self._last_rx + iv)
         if self._unacked_since is not None:
@@ -836,10 +840,29 @@ class Connection(abc.ABC):
         return s.rx_consumed + cap - self._adv_window >= max(1, cap // 2)
 
     def _heartbeat_due(self, now: float) -> bool:
-        iv = self.heartbeat_interval
-        return now >= self._last_tx + iv or (
+        iv = self._hb_after
+        return (self.role is Role.PARTICIPANT and now >= self._last_tx + iv) or (
             not self._probe_outstanding and now >= self._last_rx + iv
         )
+
+    def _beat_interval(self) -> float:
+        """Silence after which we send a heartbeat (participant) or probe (venue).
+
+        Only the participant keeps an idle link alive, each beat after a random
+        ``(1 - heartbeat_jitter) .. 1`` of the interval so that thousands of
+        sessions spread out; the venue answers, and probes only a participant
+        that stayed silent half-way from the interval to the timeout.  That
+        halves idle traffic and keeps timers off the venue.
+        """
+        iv, timeout = self.heartbeat_interval, self.heartbeat_timeout
+        if self.role is Role.VENUE:
+            return iv + (timeout - iv) / 2
+        j = min(self.config.heartbeat_jitter, 0.99)
+        if j <= 0:
+            return iv
+        # Not from self._rng: jitter needs no secrecy, and keeping it out of
+        # the handshake's random stream keeps the spec's vectors reproducible.
+        return iv * (1 - j * random.random())
 
     def _build_control(self, out: list[bytes]) -> None:
         s = self.session
@@ -876,10 +899,10 @@ class Connection(abc.ABC):
             out.append(self._control(FrameType.CLOSE, encode_body(close)))
             return
         now = self._clock()
-        iv = self.heartbeat_interval
+        iv = self._hb_after
         if not self._probe_outstanding and now >= self._last_rx + iv:
             self._build_heartbeat(out, now, probe=True)
-        elif now >= self._last_tx + iv and not out:
+        elif self.role is Role.PARTICIPANT and now >= self._last_tx + iv and not out:
             self._build_heartbeat(out, now, probe=False)
         if not out and (self._ack_due() or self._confirm_owed):
             ack, window = self._grant()
@@ -904,6 +927,7 @@ class Connection(abc.ABC):
             self._probe_outstanding = True
             self.stats.probes_sent += 1
         self.stats.heartbeats_sent += 1
+        self._hb_after = self._beat_interval()
 
     def _build_retransmit(self, out: list[bytes]) -> None:
         s = self.session
@@ -1267,6 +1291,7 @@ class ClientConnection(Connection):
         new_resume = self._install_keys(kx_c2v, kx_v2c, th, resume_k)
         self.heartbeat_interval = m2.heartbeat_ms / 1000
         self.heartbeat_timeout = max(m2.heartbeat_timeout_ms / 1000, self.heartbeat_interval * 1.5)
+        self._hb_after = self._beat_interval()
         # Validate the venue's resume position before anything is committed or sent.
         retrans = self._after_handshake(m2.resumed, m2.next_rx_seq, m2.window)
         if m2.resumed and m2.resume_gen is not None:
