@@ -7,6 +7,7 @@ import logging
 
 import pytest
 import trio
+import trio.testing
 
 import trio_session as ts
 
@@ -362,3 +363,41 @@ async def test_per_message_reject_reaches_sender_with_seq_and_session_continues(
             assert refused.value.retry_after == 0.5 and "qty too large" in str(refused.value)
             assert msgspec.msgpack.decode(await session.receive(), type=Order) == Order(3)
             assert session.state is ts.State.LIVE
+
+
+async def test_reject_never_overtakes_replies_queued_before_it() -> None:
+    # The participant grants credit for 2 messages, so the venue's replies to
+    # message 0 are still queued (one in the outbound channel, one blocked on it)
+    # when it rejects message 1: the participant must see the replies first,
+    # then the rejection, in call order.
+    p_cfg = ts.SessionConfig(inbound_capacity=2)
+    v_cfg = ts.SessionConfig(outbound_capacity=1)
+    rejected = trio.Event()
+
+    async def handler(session: ts.Session) -> None:
+        await session.receive()
+        await session.send_many([b"r0", b"r1"])  # uses up the credit
+        await session.send(b"r2")  # waits in the outbound channel
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.send, b"r3")  # blocks: channel full
+            await trio.testing.wait_all_tasks_blocked()
+            await session.receive()
+            session.reject(session.last_seq, "no")
+            rejected.set()
+        await session.send(b"r4")
+        await trio.sleep_forever()
+
+    with trio.fail_after(20):
+        async with (
+            venue(handler, config=v_cfg) as server,
+            ts.connect(url(server), PARTICIPANT, VENUE.public_key, config=p_cfg) as session,
+        ):
+            await session.send(b"m0")
+            await session.send(b"m1")
+            await rejected.wait()  # read nothing before: r2 and r3 cannot leave
+            got = [await session.receive() for _ in range(4)]
+            assert got == [b"r0", b"r1", b"r2", b"r3"]
+            with pytest.raises(ts.MessageRejected) as info:
+                await session.receive()
+            assert info.value.ref_seq == 1
+            assert await session.receive() == b"r4"

@@ -71,6 +71,11 @@ class _Notices(list[bytes]):
     """An inbound batch of session-layer notices (FLAG_SYSTEM), kept in stream order."""
 
 
+class _OutNotice(bytes):
+    """An outbound notice (FLAG_SYSTEM) queued among lossless messages, so that a
+    reject() never overtakes replies the application sent before it."""
+
+
 class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """Puts the session id in every record: as ``record.session_id`` for
     structured handlers and as a ``[session …]`` prefix for plain ones."""
@@ -253,7 +258,6 @@ class Session:
         self._out_queued = 0  # messages in the outbound channel
         self._in_queued = 0  # messages in the inbound channel
         self._last_seq = -1
-        self._system_out: deque[bytes] = deque()
         self._pstate: SessionState | None = None
         #: The session state that consuming the next inbound messages credits.
         self._consume_target: SessionState | None = None
@@ -262,7 +266,11 @@ class Session:
         self._conn_scope: trio.CancelScope | None = None
         self._conn_error: SessionError | None = None
         self._close_sent = trio.Event()
-        self._writer_cs: trio.CancelScope | None = None
+        # The writer parks here when it has nothing to do.  Waking it is a plain
+        # reschedule: a cancel scope would raise and catch a Cancelled per wake-up,
+        # the venue's top idle cost with thousands of sessions (bench/README.md).
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._writer_parked = False
         self._hb_sleep: trio.CancelScope | None = None
         self._rot_sleep: trio.CancelScope | None = None
         self._wake_pending = False
@@ -551,7 +559,14 @@ class Session:
             return
         retry_ms = None if retry_after is None else max(0, min(int(retry_after * 1000), 2**32 - 1))
         notice = Notice(NOTICE_REJECT, seq, int(code), reason[:200], retry_ms)
-        self._system_out.append(encode_body(notice))
+        # Everything sent before this call goes first: stage the outbound
+        # channel's contents (and any sender blocked on it) ahead of the notice.
+        while True:
+            try:
+                self._stage(self._out_recv.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        self._pending.append(_OutNotice(encode_body(notice)))
         self._wake()
 
     def _take_inbound(self, item: Any) -> None:
@@ -805,13 +820,14 @@ class Session:
 
     def _wake(self) -> None:
         self._wake_pending = True
-        if self._writer_cs is not None:
-            self._writer_cs.cancel()
+        if self._writer_parked:
+            self._writer_parked = False
+            self._writer_lot.unpark()
 
     def _wake_for_data(self) -> None:
-        # The writer parked on the outbound channel wakes by itself for lossless
-        # data; wake it for conflated/lossy data or when it waits for credit.
-        if self._writer_cs is not None:
+        # A running writer takes new data before it parks (no checkpoint between
+        # its last look at the queues and parking): only a parked one needs waking.
+        if self._writer_parked:
             self._wake()
 
     def _has_outbound(self) -> bool:
@@ -884,6 +900,8 @@ class Session:
                     break
                 continue
             m = pending[0]
+            if type(m) is _OutNotice:
+                break  # notices travel in their own frame, in queue order
             lm = len(m)
             if size + lm > cap and (msgs or lm > budget):
                 return msgs
@@ -949,10 +967,11 @@ class Session:
                 await self._park(wait_for_data=False)
                 continue
             window = conn.send_window()
-            if window > 0 and self._system_out:
-                notices = [
-                    self._system_out.popleft() for _ in range(min(window, len(self._system_out)))
-                ]
+            pending = self._pending
+            if window > 0 and pending and type(pending[0]) is _OutNotice:
+                notices: list[bytes] = []
+                while pending and type(pending[0]) is _OutNotice and len(notices) < window:
+                    notices.append(bytes(pending.popleft()))
                 await send(conn.send_data(notices, system=True))
                 continue
             if window > 0:
@@ -979,21 +998,21 @@ class Session:
             await self._park(wait_for_data=window > 0 and not self._latest and not self._lossy)
 
     async def _park(self, *, wait_for_data: bool) -> None:
-        """Sleep until woken; when credit allows, also wake on new lossless data."""
-        with trio.CancelScope() as cs:
-            self._writer_cs = cs
-            self._writer_waits_for_credit = not wait_for_data
-            if self._wake_pending:
-                cs.cancel()
-            if wait_for_data:
-                try:
-                    self._stage(await self._out_recv.receive())
-                except trio.ClosedResourceError:  # the session finished
-                    await trio.sleep_forever()
-            else:
-                await trio.sleep_forever()
-        self._writer_cs = None
-        self._writer_waits_for_credit = False
+        """Sleep until woken: by :meth:`_wake`, or by new data of any policy.
+
+        ``wait_for_data=False`` records that only credit (or a control frame) can
+        let the writer make progress, so the reader wakes it when credit arrives.
+        """
+        if self._wake_pending:
+            await trio.lowlevel.checkpoint()
+            return
+        self._writer_waits_for_credit = not wait_for_data
+        self._writer_parked = True
+        try:
+            await self._writer_lot.park()
+        finally:
+            self._writer_parked = False
+            self._writer_waits_for_credit = False
 
     async def _heartbeat(self, conn: Connection) -> None:
         slow_limit = self.config.slow_consumer_timeout
