@@ -7,6 +7,7 @@ client process).  Both are run as scripts, so ``bench/`` is on ``sys.path``.
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import json
 import logging
@@ -31,6 +32,7 @@ except ImportError:  # pragma: no cover - depends on how the bench is run
 
 __all__ = [
     "BENCH_DIR",
+    "GC_WATCH",
     "PAYLOAD",
     "PAYLOAD_SIZE",
     "ROOT",
@@ -165,7 +167,63 @@ async def read_line() -> str:
     return await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
 
 
+class GcWatch:
+    """Counts the garbage collector's pauses (gc.callbacks), per generation.
+
+    In the ``many`` scenario the tail latency is set by full (generation 2)
+    collections, whose pause grows with the number of live objects.
+    """
+
+    def __init__(self) -> None:
+        self._t0 = 0.0
+        self.reset()
+        gc.callbacks.append(self._callback)
+
+    def reset(self) -> None:
+        self.gen2 = 0
+        self.max_ms = 0.0
+        self.max_gen2_ms = 0.0
+        self.total_ms = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        import time
+
+        if phase == "start":
+            self._t0 = time.perf_counter()
+            return
+        ms = (time.perf_counter() - self._t0) * 1e3
+        self.total_ms += ms
+        self.max_ms = max(self.max_ms, ms)
+        if info["generation"] == 2:
+            self.gen2 += 1
+            self.max_gen2_ms = max(self.max_gen2_ms, ms)
+
+    def snapshot(self) -> dict[str, float]:
+        return {
+            "gc_gen2": float(self.gen2),
+            "gc_max_pause_ms": round(self.max_ms, 2),
+            "gc_max_gen2_pause_ms": round(self.max_gen2_ms, 2),
+            "gc_total_pause_ms": round(self.total_ms, 2),
+            "gc_tracked_objects": float(len(gc.get_objects())),
+        }
+
+
+#: Every worker process watches its collector (a few hundred ns per collection).
+GC_WATCH = GcWatch()
+
+
 async def stdin_eof() -> None:
-    """Return when stdin reaches EOF: the orchestrator closed it (or died)."""
-    while await read_line():
-        pass
+    """Return when stdin reaches EOF: the orchestrator closed it (or died).
+
+    Servers also obey two commands on the way: ``gc`` (print ``GC {...}``, the
+    collector's pauses since the last ``gc``, and reset) and ``freeze``
+    (``gc.freeze()``: move every object alive now out of the collector's reach).
+    """
+    while line := await read_line():
+        command = line.strip()
+        if command == "gc":
+            emit("GC", GC_WATCH.snapshot())
+            GC_WATCH.reset()
+        elif command == "freeze":
+            gc.collect()
+            gc.freeze()

@@ -13,6 +13,7 @@ A session that sends nothing stays idle (heartbeats only).
 
 from __future__ import annotations
 
+import gc
 import random
 import resource
 import time
@@ -22,6 +23,7 @@ from typing import Any
 
 import trio
 from _common import (
+    GC_WATCH,
     PAYLOAD,
     PAYLOAD_SIZE,
     emit,
@@ -342,8 +344,13 @@ async def many(params: dict[str, Any]) -> None:
         sampled = sessions[:sample]
         for s in sampled:
             await s.send(b"echo")
-        emit("READY", {"n": len(sessions), "failed": failed, "ramp_s": time.perf_counter() - t0})
+        ramp_s = time.perf_counter() - t0
+        if params.get("gc_freeze"):
+            gc.collect()
+            gc.freeze()
+        emit("READY", {"n": len(sessions), "failed": failed, "ramp_s": ramp_s})
         window = float(await read_line())
+        GC_WATCH.reset()
         hb_us: list[float] = []
         echo_us: list[float] = []
         cpu0 = time.process_time()
@@ -385,6 +392,7 @@ async def many(params: dict[str, Any]) -> None:
                 "resumes": sum(s.stats.resumes for s in sessions),
                 "client_cpu_share": (time.process_time() - cpu0) / window,
                 "client_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "gc": GC_WATCH.snapshot(),
             },
         )
         stop.set()

@@ -8,6 +8,7 @@ library answers pings by itself).
 
 from __future__ import annotations
 
+import gc
 import random
 import resource
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 import trio
 import trio_websocket
-from _common import PAYLOAD, emit, raise_nofile, read_line, stdin_eof
+from _common import GC_WATCH, PAYLOAD, emit, raise_nofile, read_line, stdin_eof
 
 _CLOSED = (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -123,8 +124,13 @@ async def many(params: dict[str, Any]) -> None:
         sampled = conns[:sample]
         for ws in sampled:
             await ws.send_message(b"echo")
-        emit("READY", {"n": len(conns), "failed": failed, "ramp_s": time.perf_counter() - t0})
+        ramp_s = time.perf_counter() - t0
+        if params.get("gc_freeze"):
+            gc.collect()
+            gc.freeze()
+        emit("READY", {"n": len(conns), "failed": failed, "ramp_s": ramp_s})
         window = float(await read_line())
+        GC_WATCH.reset()
         ping_us: list[float] = []
         echo_us: list[float] = []
         incomplete = 0
@@ -174,6 +180,7 @@ async def many(params: dict[str, Any]) -> None:
                 "incomplete": incomplete,
                 "client_cpu_share": (time.process_time() - cpu0) / window,
                 "client_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "gc": GC_WATCH.snapshot(),
             },
         )
         nursery.cancel_scope.cancel()

@@ -236,7 +236,15 @@ def kill_all() -> None:
 
 
 class Bench:
-    def __init__(self, sizes: Sizes, runs: int, profile: tuple[Path, str] | None) -> None:
+    def __init__(
+        self,
+        sizes: Sizes,
+        runs: int,
+        profile: tuple[Path, str] | None,
+        *,
+        gc_freeze: bool = False,
+    ) -> None:
+        self.gc_freeze = gc_freeze
         self.sizes = sizes
         self.runs = runs
         self.profile = profile
@@ -500,7 +508,10 @@ class Bench:
                 log(
                     f"many n={n} run {run + 1} {stack}: rtt p99 {m['rtt_p99_ms']:.1f} ms, "
                     f"venue cpu {m['venue_cpu_share']:.0%}, "
-                    f"{m['rss_per_session_kb']:.1f} KB/session"
+                    f"{m['rss_per_session_kb']:.1f} KB/session, "
+                    f"gen2 collections venue/client {m['venue_gc_gen2']:.0f}/"
+                    f"{m['client_gc_gen2']:.0f}, longest GC pause venue/client "
+                    f"{m['venue_gc_max_pause_ms']:.0f}/{m['client_gc_max_pause_ms']:.0f} ms"
                 )
         raw_m, ours_m = _medians(rows["raw"]), _medians(rows["ours"])
         held_all = ours_m["sessions"] >= n and raw_m["sessions"] >= n
@@ -516,7 +527,12 @@ class Bench:
                 "idle sessions, 1 s heartbeats (raw: ws.ping once a second); rtt = ours "
                 "heartbeat RTT (stats.rtt) vs raw ping RTT; echo = explicit ping-pong on a sample"
             ),
-            "params": {"n": n, "window_s": z.many_window, "client_processes": _client_procs(n)},
+            "params": {
+                "n": n,
+                "window_s": z.many_window,
+                "client_processes": _client_procs(n),
+                "gc_freeze": self.gc_freeze,
+            },
             "raw": raw_m,
             "ours": ours_m,
             # Comparing RTTs is meaningless when one side could not even hold N sessions.
@@ -548,18 +564,25 @@ class Bench:
                         "concurrency": 16,
                         "config": config,
                         "ramp_timeout": z.many_ramp_timeout,
+                        "gc_freeze": self.gc_freeze,
                     }
                     clients.append(Proc(f"{stack}-many", params))
                 ready = [c.expect("READY", z.many_ramp_timeout + 60) for c in clients]
                 held = sum(r["n"] for r in ready)
+                if self.gc_freeze:
+                    srv.send_line("freeze")
                 time.sleep(z.many_settle)
                 rss1 = proc_rss_bytes(srv.pid)
+                srv.send_line("gc")
+                srv.expect("GC", 30)  # resets the venue's pause counters
                 cpu0, t0 = proc_cpu_seconds(srv.pid), time.monotonic()
                 for c in clients:
                     c.send_line(str(z.many_window))
                 time.sleep(z.many_window)
                 cpu_share = (proc_cpu_seconds(srv.pid) - cpu0) / (time.monotonic() - t0)
                 results = [c.expect("RESULT", 60) for c in clients]
+                srv.send_line("gc")
+                venue_gc = srv.expect("GC", 30)
             finally:
                 for c in clients:
                     c.kill()
@@ -584,6 +607,12 @@ class Bench:
             "rss_per_session_kb": (rss1 - rss0) / max(1, held) / 1024,
             "client_cpu_share": sum(r["client_cpu_share"] for r in results),
             "ramp_s": max(r["ramp_s"] for r in ready),
+            # Full collections pause a whole process; their length sets the tail.
+            "venue_gc_gen2": venue_gc["gc_gen2"],
+            "venue_gc_max_pause_ms": venue_gc["gc_max_pause_ms"],
+            "venue_gc_tracked_objects": venue_gc["gc_tracked_objects"],
+            "client_gc_gen2": sum(r["gc"]["gc_gen2"] for r in results),
+            "client_gc_max_pause_ms": max(r["gc"]["gc_max_pause_ms"] for r in results),
             **extra,
         }
 
@@ -669,6 +698,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="write a pyinstrument (or cProfile) report per process into this directory",
     )
     parser.add_argument("--profiler", choices=("pyinstrument", "cprofile"), default="pyinstrument")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="many: gc.freeze() in every process (both stacks) once the sessions are up",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.many_n:
@@ -679,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
         profile = (args.profile.resolve(), args.profiler)
     raise_nofile()
-    bench = Bench(sizes, runs, profile)
+    bench = Bench(sizes, runs, profile, gc_freeze=args.gc_freeze)
     info = machine_info()
     log(f"machine: {info}")
     chosen = args.scenario or list(SCENARIOS)
