@@ -198,13 +198,15 @@ class GcWatch:
             self.gen2 += 1
             self.max_gen2_ms = max(self.max_gen2_ms, ms)
 
-    def snapshot(self) -> dict[str, float]:
+    def snapshot(self, *, count_objects: bool = True) -> dict[str, float]:
+        """The pauses so far; ``count_objects`` walks every tracked object (slow:
+        only outside a measurement window)."""
         return {
             "gc_gen2": float(self.gen2),
             "gc_max_pause_ms": round(self.max_ms, 2),
             "gc_max_gen2_pause_ms": round(self.max_gen2_ms, 2),
             "gc_total_pause_ms": round(self.total_ms, 2),
-            "gc_tracked_objects": float(len(gc.get_objects())),
+            "gc_tracked_objects": float(len(gc.get_objects())) if count_objects else -1.0,
         }
 
 
@@ -215,14 +217,15 @@ GC_WATCH = GcWatch()
 async def stdin_eof() -> None:
     """Return when stdin reaches EOF: the orchestrator closed it (or died).
 
-    Servers also obey two commands on the way: ``gc`` (print ``GC {...}``, the
-    collector's pauses since the last ``gc``, and reset) and ``freeze``
+    Servers also obey commands on the way: ``gc`` (print ``GC {...}``, the
+    collector's pauses since the last ``gc``, and reset; ``gc-reset`` skips the
+    slow count of tracked objects, for use right before a window) and ``freeze``
     (``gc.freeze()``: move every object alive now out of the collector's reach).
     """
     while line := await read_line():
         command = line.strip()
-        if command == "gc":
-            emit("GC", GC_WATCH.snapshot())
+        if command in ("gc", "gc-reset"):
+            emit("GC", GC_WATCH.snapshot(count_objects=command == "gc"))
             GC_WATCH.reset()
         elif command == "freeze":
             gc.collect()

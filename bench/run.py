@@ -573,7 +573,7 @@ class Bench:
                     srv.send_line("freeze")
                 time.sleep(z.many_settle)
                 rss1 = proc_rss_bytes(srv.pid)
-                srv.send_line("gc")
+                srv.send_line("gc-reset")
                 srv.expect("GC", 30)  # resets the venue's pause counters
                 cpu0, t0 = proc_cpu_seconds(srv.pid), time.monotonic()
                 for c in clients:
