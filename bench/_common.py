@@ -15,6 +15,7 @@ import math
 import os
 import resource
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ __all__ = [
     "PAYLOAD_SIZE",
     "ROOT",
     "emit",
+    "freeze_gc",
     "identities",
     "median",
     "payload",
@@ -168,7 +170,7 @@ async def read_line() -> str:
 
 
 class GcWatch:
-    """Counts the garbage collector's pauses (gc.callbacks), per generation.
+    """Counts the garbage collector's pauses (gc.callbacks).
 
     In the ``many`` scenario the tail latency is set by full (generation 2)
     collections, whose pause grows with the number of live objects.
@@ -182,21 +184,14 @@ class GcWatch:
     def reset(self) -> None:
         self.gen2 = 0
         self.max_ms = 0.0
-        self.max_gen2_ms = 0.0
-        self.total_ms = 0.0
 
     def _callback(self, phase: str, info: dict[str, int]) -> None:
-        import time
-
         if phase == "start":
             self._t0 = time.perf_counter()
             return
-        ms = (time.perf_counter() - self._t0) * 1e3
-        self.total_ms += ms
-        self.max_ms = max(self.max_ms, ms)
+        self.max_ms = max(self.max_ms, (time.perf_counter() - self._t0) * 1e3)
         if info["generation"] == 2:
             self.gen2 += 1
-            self.max_gen2_ms = max(self.max_gen2_ms, ms)
 
     def snapshot(self, *, count_objects: bool = True) -> dict[str, float]:
         """The pauses so far; ``count_objects`` walks every tracked object (slow:
@@ -204,10 +199,14 @@ class GcWatch:
         return {
             "gc_gen2": float(self.gen2),
             "gc_max_pause_ms": round(self.max_ms, 2),
-            "gc_max_gen2_pause_ms": round(self.max_gen2_ms, 2),
-            "gc_total_pause_ms": round(self.total_ms, 2),
             "gc_tracked_objects": float(len(gc.get_objects())) if count_objects else -1.0,
         }
+
+
+def freeze_gc() -> None:
+    """Collect, then move every object alive now out of the collector's reach."""
+    gc.collect()
+    gc.freeze()
 
 
 #: Every worker process watches its collector (a few hundred ns per collection).
@@ -228,5 +227,4 @@ async def stdin_eof() -> None:
             emit("GC", GC_WATCH.snapshot(count_objects=command == "gc"))
             GC_WATCH.reset()
         elif command == "freeze":
-            gc.collect()
-            gc.freeze()
+            freeze_gc()

@@ -13,7 +13,6 @@ A session that sends nothing stays idle (heartbeats only).
 
 from __future__ import annotations
 
-import gc
 import random
 import resource
 import time
@@ -27,6 +26,7 @@ from _common import (
     PAYLOAD,
     PAYLOAD_SIZE,
     emit,
+    freeze_gc,
     identities,
     payload,
     raise_nofile,
@@ -346,8 +346,7 @@ async def many(params: dict[str, Any]) -> None:
             await s.send(b"echo")
         ramp_s = time.perf_counter() - t0
         if params.get("gc_freeze"):
-            gc.collect()
-            gc.freeze()
+            freeze_gc()
         emit("READY", {"n": len(sessions), "failed": failed, "ramp_s": ramp_s})
         window = float(await read_line())
         GC_WATCH.reset()

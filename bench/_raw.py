@@ -8,7 +8,6 @@ library answers pings by itself).
 
 from __future__ import annotations
 
-import gc
 import random
 import resource
 import time
@@ -17,7 +16,7 @@ from typing import Any
 
 import trio
 import trio_websocket
-from _common import GC_WATCH, PAYLOAD, emit, raise_nofile, read_line, stdin_eof
+from _common import GC_WATCH, PAYLOAD, emit, freeze_gc, raise_nofile, read_line, stdin_eof
 
 _CLOSED = (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -126,8 +125,7 @@ async def many(params: dict[str, Any]) -> None:
             await ws.send_message(b"echo")
         ramp_s = time.perf_counter() - t0
         if params.get("gc_freeze"):
-            gc.collect()
-            gc.freeze()
+            freeze_gc()
         emit("READY", {"n": len(conns), "failed": failed, "ramp_s": ramp_s})
         window = float(await read_line())
         GC_WATCH.reset()

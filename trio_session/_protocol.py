@@ -857,7 +857,7 @@ class Connection(abc.ABC):
         iv, timeout = self.heartbeat_interval, self.heartbeat_timeout
         if self.role is Role.VENUE:
             return iv + (timeout - iv) / 2
-        j = min(self.config.heartbeat_jitter, 0.99)
+        j = self.config.heartbeat_jitter  # validated: 0 <= j < 1
         if j <= 0:
             return iv
         # Not from self._rng: jitter needs no secrecy, and keeping it out of

@@ -438,20 +438,18 @@ class Session:
         # of the next one (one pass less per message on the latency path).
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            self._out_send.send_nowait(item)
-        except trio.WouldBlock:
             try:
+                self._out_send.send_nowait(item)
+                blocked = False
+            except trio.WouldBlock:  # full: wait like MemorySendChannel.send
                 await self._out_send.send(item)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise self._final_error()  # noqa: B904 - keeps the error's own cause
-            self._out_queued += count
-            self._wake_for_data()
-            return
+                blocked = True
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise self._final_error()  # noqa: B904 - keeps the error's own cause
         self._out_queued += count
         self._wake_for_data()
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        if not blocked:
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def send_latest(self, key: Hashable, message: Any) -> None:
         """Queue ``message`` as the latest value for ``key`` (``conflate`` policy).
