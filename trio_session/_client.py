@@ -292,18 +292,20 @@ class _Participant:
             else:
                 self.backoff.connected(trio.current_time())
                 if first:
-                    link.start_soon(self._report_started, task_status)
+                    # connect() returns only once the venue confirmed our
+                    # ClientFinish (its first authenticated frame), so refused
+                    # credentials fail connect() itself.  The reader reports it
+                    # directly: a waiting task would cost a scheduling round.
+                    def report_started() -> None:
+                        self._started = True
+                        task_status.started(None)
+
+                    self.session._on_confirmed = report_started
                 err = await self._attach(transport, conn, done)
+                self.session._on_confirmed = None
                 connected = self._started
             link.cancel_scope.cancel()
         return err, connected
-
-    async def _report_started(self, task_status: trio.TaskStatus[SessionError | None]) -> None:
-        # connect() returns only once the venue confirmed our ClientFinish (its
-        # first authenticated frame), so refused credentials fail connect() itself.
-        await self.session._confirmed.wait()
-        self._started = True
-        task_status.started(None)
 
     async def _handshake(
         self, link: trio.Nursery
@@ -333,6 +335,13 @@ class _Participant:
                 for frame in conn.data_to_send():
                     await transport.send(frame)
                 events = conn.receive_data(await transport.receive())
+                if type(events[0]) is HandshakeComplete and not events[0].resumed:
+                    # Send ClientFinish now, not from the session's writer once
+                    # its tasks are up: that is a scheduling round off the
+                    # connect path.  (After a resume the writer sends it, with
+                    # the retransmission that must follow it.)
+                    for frame in conn.data_to_send():
+                        await transport.send(frame)
         except trio.TooSlowError:
             if transport is not None:
                 await _close_forcefully(transport)

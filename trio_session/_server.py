@@ -247,6 +247,13 @@ class _Venue:
                 events = conn.receive_data(await transport.receive())
                 done = events[0]  # type: ignore[assignment]
                 assert isinstance(done, HandshakeComplete)
+                if not done.resumed:
+                    # A new session has nothing to retransmit: confirm the
+                    # handshake now, rather than once the session's tasks are
+                    # up, to take that scheduling off the participant's connect
+                    # path.  A resume's writer sends its retransmission first.
+                    for out in conn.data_to_send():
+                        await transport.send(out)
         except trio.TooSlowError:
             logger.debug("handshake from %s timed out", transport.remote_address)
             await self._reject(transport, conn, CloseCode.HANDSHAKE_TIMEOUT)

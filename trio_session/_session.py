@@ -290,6 +290,8 @@ class Session:
         #: Set by the first authenticated frame from the peer on a connection
         #: (the venue's confirmation that our ClientFinish verified).
         self._confirmed = trio.Event()
+        #: Called once, by the reader, when the venue confirms the handshake.
+        self._on_confirmed: Callable[[], None] | None = None
         self._attach_lock = trio.Lock()
         #: Runner-owned scope (supervisor / server) to stop reconnecting on close.
         self._runner_scope: trio.CancelScope | None = None
@@ -860,6 +862,9 @@ class Session:
             events = conn.receive_data(frame)
             if not self._confirmed.is_set() and conn._rx_authenticated:
                 self._confirmed.set()
+                confirmed, self._on_confirmed = self._on_confirmed, None
+                if confirmed is not None:
+                    confirmed()
             if self._state is not State.LIVE and self._caught_up(conn):
                 self._set_state(State.LIVE)
             for ev in events:
