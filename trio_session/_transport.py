@@ -456,55 +456,21 @@ async def connect_transport(
         ValueError: malformed URL, or ``ssl_context`` given for ``ws://``.
     """
     host, port, host_header, resource, context = _parse_url(url, ssl_context)
-    started: list[WebSocketTransport] = []
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | None = None
     with trio.move_on_after(connect_timeout) as timeout_scope:
         try:
-            transport: WebSocketTransport = await nursery.start(
-                _run_client_connection,
-                host,
-                port,
-                host_header,
-                resource,
-                context,
-                max_message_size,
-                close_timeout,
-                started,
-            )
-        except BaseException:
-            # If started() ran but start() still raised (the deadline or a
-            # cancellation raced it), nobody else holds the transport: close it.
-            if started:
-                await trio.aclose_forcefully(started[0])
-            raise
-        return transport
-    assert timeout_scope.cancelled_caught
-    logger.debug("connect to %s:%s timed out after %ss", host, port, connect_timeout)
-    raise HandshakeTimeout(f"connect to {host}:{port} timed out after {connect_timeout}s")
-
-
-async def _run_client_connection(
-    host: str,
-    port: int,
-    host_header: str,
-    resource: str,
-    context: ssl.SSLContext | None,
-    max_message_size: int,
-    close_timeout: float,
-    started: list[WebSocketTransport],
-    *,
-    task_status: trio.TaskStatus[WebSocketTransport],
-) -> None:
-    """Connect, then host the reader until the connection ends (runs via nursery.start)."""
-    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | None = None
-    try:
-        with _map_errors(remote=True):
-            tcp = await trio.open_tcp_stream(host, port)
-            stream = tcp
-            if context is not None:
-                stream = trio.SSLStream(tcp, context, server_hostname=host, https_compatible=True)
-                await stream.do_handshake()
-        async with trio.open_nursery() as reader_nursery:
-            reader = _ReaderSupervisor(reader_nursery, stream)
+            with _map_errors(remote=True):
+                tcp = await trio.open_tcp_stream(host, port)
+                stream = tcp
+                if context is not None:
+                    stream = trio.SSLStream(
+                        tcp, context, server_hostname=host, https_compatible=True
+                    )
+                    await stream.do_handshake()
+            # The upgrade runs in this task and the reader goes straight into
+            # ``nursery``: no task of our own in between, which would cost a
+            # spawn and scheduling rounds on every connect.
+            reader = _ReaderSupervisor(nursery, stream)
             ws: trio_websocket.WebSocketConnection | None = None
             with reader.handshake_scope:
                 ws = await trio_websocket.wrap_client_stream(
@@ -516,26 +482,27 @@ async def _run_client_connection(
                     max_message_size=max_message_size,
                     receive_buffer_size=RECEIVE_BUFFER_SIZE,
                 )
-            if ws is not None:
-                transport = WebSocketTransport(ws, stream, reader, close_timeout=close_timeout)
-                logger.debug("connected to %s", transport.remote_address)
-                started.append(transport)
-                task_status.started(transport)
-            # else: the reader ended before the upgrade finished; it is done.
-        if ws is None:
-            # Raised outside the reader nursery, so it is not wrapped in a group.
-            error = reader.error
-            if isinstance(error, trio_websocket.ConnectionRejected):
+            if ws is None:
+                # The reader ended before the upgrade finished (it recorded why).
+                error = reader.error
+                if isinstance(error, trio_websocket.ConnectionRejected):
+                    raise ConnectionLost(
+                        f"WebSocket upgrade rejected: HTTP {error.status_code}", remote=True
+                    ) from error
                 raise ConnectionLost(
-                    f"WebSocket upgrade rejected: HTTP {error.status_code}", remote=True
+                    "connection closed during the WebSocket upgrade", remote=True
                 ) from error
-            raise ConnectionLost(
-                "connection closed during the WebSocket upgrade", remote=True
-            ) from error
-    except BaseException:
-        if stream is not None:
-            await trio.aclose_forcefully(stream)
-        raise
+        except BaseException:
+            # The reader, if it started, ends on its own once the stream is closed.
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+            raise
+        transport = WebSocketTransport(ws, stream, reader, close_timeout=close_timeout)
+        logger.debug("connected to %s", transport.remote_address)
+        return transport
+    assert timeout_scope.cancelled_caught  # and the stream was closed on the way out
+    logger.debug("connect to %s:%s timed out after %ss", host, port, connect_timeout)
+    raise HandshakeTimeout(f"connect to {host}:{port} timed out after {connect_timeout}s")
 
 
 # ---------------------------------------------------------------------------
