@@ -287,10 +287,8 @@ class Session:
         self._counters = _Counters()
         self._connection_done = trio.Event()
         self._connection_done.set()
-        #: Set by the first authenticated frame from the peer on a connection
-        #: (the venue's confirmation that our ClientFinish verified).
-        self._confirmed = trio.Event()
-        #: Called once, by the reader, when the venue confirms the handshake.
+        #: Called once, by the reader, on the first authenticated frame from the
+        #: peer on a connection (the venue's confirmation that ClientFinish verified).
         self._on_confirmed: Callable[[], None] | None = None
         self._attach_lock = trio.Lock()
         #: Runner-owned scope (supervisor / server) to stop reconnecting on close.
@@ -736,7 +734,6 @@ class Session:
         self._conn_error = None
         self._close_sent = trio.Event()
         self._connection_done = trio.Event()
-        self._confirmed = trio.Event()
         self._counters.connections += 1
         self._replay_until = replay_until
         # The venue is LIVE once it verified ClientFinish.  A participant is LIVE
@@ -860,11 +857,9 @@ class Session:
         while True:
             frame = await transport.receive()
             events = conn.receive_data(frame)
-            if not self._confirmed.is_set() and conn._rx_authenticated:
-                self._confirmed.set()
+            if self._on_confirmed is not None and conn._rx_authenticated:
                 confirmed, self._on_confirmed = self._on_confirmed, None
-                if confirmed is not None:
-                    confirmed()
+                confirmed()
             if self._state is not State.LIVE and self._caught_up(conn):
                 self._set_state(State.LIVE)
             for ev in events:
