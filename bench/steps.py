@@ -22,17 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 import trio_websocket
-from _common import BENCH_DIR, PAYLOAD, identities, session_config, ts
+from _common import PAYLOAD, identities, session_config, ts
+from run import QUICK, Bench
 
 from trio_session import _client, _protocol
 from trio_session._protocol import ClientConnection, HelloReceived, Role, VenueConnection
@@ -63,20 +61,8 @@ class StepTracer(trio.abc.Instrument):
             self.passes += 1
 
 
-@contextmanager
-def server(stack: str) -> Iterator[int]:
-    cmd = [sys.executable, str(BENCH_DIR / "worker.py"), f"{stack}-server", "{}"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        yield int(proc.stdout.readline().split()[1])
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+#: Starts and stops the worker servers exactly as run.py does.
+_SERVERS = Bench(QUICK, runs=1, profile=None)
 
 
 def _trace_rtt(stack: str, n: int) -> dict[str, Any]:
@@ -105,8 +91,8 @@ def _trace_rtt(stack: str, n: int) -> dict[str, Any]:
             await s.send(b"echo")
             return await loop(s.send, s.receive)
 
-    with server(stack) as port:
-        wall = trio.run(main, port, instruments=[tracer])
+    with _SERVERS.server(stack) as srv:
+        wall = trio.run(main, srv.port, instruments=[tracer])
     return {
         "wall_us_per_rt": wall / n * 1e6,
         "passes_per_rt": tracer.passes / n,
@@ -171,8 +157,8 @@ def _trace_establish(connects: int) -> dict[str, Any]:
     setattr(_client, "connect_transport", traced_connect_transport)  # noqa: B010
     setattr(_protocol.ClientConnection, "receive_data", traced_receive_data)  # noqa: B010
     try:
-        with server("ours") as ours, server("raw") as raw:
-            return trio.run(main, ours, raw)
+        with _SERVERS.server("ours") as ours, _SERVERS.server("raw") as raw:
+            return trio.run(main, ours.port, raw.port)
     finally:
         setattr(_client, "connect_transport", connect_transport)  # noqa: B010
         setattr(_protocol.ClientConnection, "receive_data", receive_data)  # noqa: B010
