@@ -445,6 +445,8 @@ class Connection(abc.ABC):
         # Participant: REJECT is still understood until the first authenticated
         # frame from the venue (the venue may refuse our ClientFinish).
         self._rx_authenticated = False
+        # The handshake resumed an existing logical session (set once it is accepted).
+        self._resumed = False
         # Participant after a resume: keep the previous resume secret until the
         # venue proves (by any authenticated frame) that it processed our M3.
         self._confirm_resume_on_rx = False
@@ -462,6 +464,21 @@ class Connection(abc.ABC):
     @property
     def session_id(self) -> bytes | None:
         return self.session.session_id if self.session else None
+
+    @property
+    def authenticated(self) -> bool:
+        """True once an authenticated frame from the peer arrived on this connection.
+
+        For a participant this is the venue's confirmation that it verified
+        ClientFinish; before it, a REJECT from the venue is still understood.
+        """
+        return self._rx_authenticated
+
+    @property
+    def resumed(self) -> bool:
+        """True when this connection's handshake resumes an existing logical session
+        (venue: from :meth:`VenueConnection.accept`; participant: from ServerHello)."""
+        return self._resumed
 
     @property
     def epochs(self) -> tuple[int, int]:
@@ -1305,6 +1322,7 @@ class ClientConnection(Connection):
             self.session.install_resume_secret(new_gen, new_resume, keep_previous=False)
         self.session.spent_secrets.clear()
         self._out.append(m3)
+        self._resumed = m2.resumed
         return [
             HandshakeComplete(
                 m2.session_id, m2.resumed, requested, abandoned, retrans, m2.next_tx_seq
@@ -1356,7 +1374,6 @@ class VenueConnection(Connection):
         self._binders: list[tuple[int, bytes]] = []
         self._peer_pk = b""
         self._pending_session: SessionState | None = None
-        self._resumed = False
         self._resume_gen: int | None = None
         self._resume_k: bytes | None = None
         self._kx: tuple[bytes, bytes] = (b"", b"")

@@ -242,7 +242,7 @@ class _Venue:
                     raise
                 for out in conn.data_to_send():
                     await transport.send(out)
-                if not conn._resumed:
+                if not conn.resumed:
                     existing = None
                 events = conn.receive_data(await transport.receive())
                 done = events[0]  # type: ignore[assignment]

@@ -770,7 +770,7 @@ class Session:
 
     def _caught_up(self, conn: Connection) -> bool:
         s = conn.session
-        return conn._rx_authenticated and s is not None and s.next_rx_seq >= self._replay_until
+        return conn.authenticated and s is not None and s.next_rx_seq >= self._replay_until
 
     def _absorb_stats(self, conn: Connection) -> None:
         s, c = conn.stats, self._counters
@@ -857,7 +857,7 @@ class Session:
         while True:
             frame = await transport.receive()
             events = conn.receive_data(frame)
-            if self._on_confirmed is not None and conn._rx_authenticated:
+            if self._on_confirmed is not None and conn.authenticated:
                 confirmed, self._on_confirmed = self._on_confirmed, None
                 confirmed()
             if self._state is not State.LIVE and self._caught_up(conn):
