@@ -508,6 +508,7 @@ async def test_dead_mans_switch_fires_once_after_resume_ttl(
     assert logouts == []
     assert vs.state is ts.State.CLOSED
     assert vs.error is not None and vs.error.code is ts.CloseCode.SESSION_EXPIRED
+    assert isinstance(vs.error, ts.SessionExpired) and not vs.error.remote
     assert len(handler.ended) == 1
     ended = handler.ended[0]
     assert isinstance(ended, ts.SessionError)

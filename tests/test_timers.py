@@ -342,6 +342,7 @@ async def test_venue_closes_slow_consumer_and_participant_gets_typed_error(
             with pytest.raises(ts.SessionClosed) as info:
                 await session.receive()
             err = info.value
+            assert isinstance(err, ts.SlowConsumer)
             assert err.code is ts.CloseCode.SLOW_CONSUMER
             assert err.remote
             assert err.category is ts.Category.REAUTHENTICATE
@@ -351,6 +352,7 @@ async def test_venue_closes_slow_consumer_and_participant_gets_typed_error(
             # handler blocked in send() is released with that error (no orphan).
             assert vs.state is ts.State.CLOSED
             assert vs.error is not None and vs.error.code is ts.CloseCode.SLOW_CONSUMER
+            assert isinstance(vs.error, ts.SlowConsumer) and not vs.error.remote
             with trio.move_on_after(cfg_v.close_timeout):
                 await handler_done.wait()
             assert handler_done.is_set(), "venue handler still blocked in send() after close"

@@ -30,6 +30,7 @@ from ._errors import FrameError as FrameError
 from ._errors import HandshakeTimeout as HandshakeTimeout
 from ._errors import HeartbeatTimeout as HeartbeatTimeout
 from ._errors import IntegrityError as IntegrityError
+from ._errors import InvalidMessage as InvalidMessage
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import MessageRejected as MessageRejected
 from ._errors import ProtocolError as ProtocolError
@@ -41,12 +42,13 @@ from ._errors import ResumeRefused as ResumeRefused
 from ._errors import SequenceError as SequenceError
 from ._errors import SessionClosed as SessionClosed
 from ._errors import SessionError as SessionError
+from ._errors import SessionExpired as SessionExpired
 from ._errors import SessionReset as SessionReset
+from ._errors import SlowConsumer as SlowConsumer
 from ._identity import Identity as Identity
 from ._identity import KeyRegistry as KeyRegistry
 from ._server import VenueServer as VenueServer
 from ._server import serve as serve
-from ._session import InvalidMessage as InvalidMessage
 from ._session import Session as Session
 from ._session import SessionStats as SessionStats
 from ._session import State as State
@@ -86,8 +88,10 @@ __all__ = [
     "SessionClosed",
     "SessionConfig",
     "SessionError",
+    "SessionExpired",
     "SessionReset",
     "SessionStats",
+    "SlowConsumer",
     "State",
     "Validate",
     "VenueServer",

@@ -30,9 +30,9 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from ._errors import MessageRejected, RejectCode, SessionError
+from ._errors import InvalidMessage, MessageRejected, RejectCode, SessionError, is_clean_close
 from ._server import _TokenBuckets
-from ._session import InvalidMessage, Session, State, _is_clean_close
+from ._session import Session, State
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -209,7 +209,7 @@ class Router:
                         continue
                     await self._dispatch(session, active, message)
             except SessionError as exc:
-                error = None if _is_clean_close(exc) else exc
+                error = None if is_clean_close(exc) else exc
             finally:
                 nursery.cancel_scope.cancel()
         for plugin in active:

@@ -24,6 +24,7 @@ __all__ = [
     "HandshakeTimeout",
     "HeartbeatTimeout",
     "IntegrityError",
+    "InvalidMessage",
     "LocalProtocolError",
     "MessageRejected",
     "ProtocolError",
@@ -35,7 +36,9 @@ __all__ = [
     "SequenceError",
     "SessionClosed",
     "SessionError",
+    "SessionExpired",
     "SessionReset",
+    "SlowConsumer",
 ]
 
 
@@ -63,6 +66,9 @@ class CloseCode(enum.IntEnum):
     """
 
     NORMAL = 0
+    #: Reserved: this implementation never sends it (a venue that stops just drops
+    #: its connections, and participants try to resume); received, it means
+    #: "reauthenticate".
     GOING_AWAY = 1
 
     PROTOCOL_ERROR = 100
@@ -74,6 +80,8 @@ class CloseCode(enum.IntEnum):
     HANDSHAKE_TIMEOUT = 106
 
     RESUME_REFUSED = 200
+    #: Reserved: never sent; a sender's window stops at its replay limits
+    #: (``replay_max_messages``, ``replay_max_bytes``) instead of overflowing.
     REPLAY_OVERFLOW = 201
     SLOW_CONSUMER = 202
     HANDLER_ERROR = 203
@@ -85,6 +93,7 @@ class CloseCode(enum.IntEnum):
     KEY_REVOKED = 302
     VERSION_MISMATCH = 303
     BINDER_REUSED = 304
+    #: Reserved: never sent (identities are not role-restricted in protocol version 1).
     WRONG_ROLE = 305
 
     RATE_LIMITED = 400
@@ -145,7 +154,15 @@ class SessionError(Exception):
 
 class AuthenticationError(SessionError):
     """A handshake failed to authenticate a peer: bad signature or finish MAC,
-    unknown or revoked key, wrong pinned venue key.  Never retried."""
+    unknown or revoked key, wrong pinned venue key, reused resume binder.
+
+    Fatal (:attr:`Category.FATAL`) with one exception: ``AUTH_FAILED`` on a
+    *reconnect* of an established session may be line damage rather than bad
+    credentials, so a supervised participant retries it up to
+    :attr:`RestartPolicy.auth_retries` times in a row.  The first connect never
+    retries, and ``UNKNOWN_KEY``, ``KEY_REVOKED``, ``VERSION_MISMATCH`` and
+    ``BINDER_REUSED`` end the session at once.
+    """
 
     default_code = CloseCode.AUTH_FAILED
 
@@ -259,6 +276,21 @@ class MessageRejected(SessionError):
         self.retry_after = retry_after
 
 
+class InvalidMessage(SessionError):
+    """A received message did not match the declared ``messages=`` schema.
+
+    Only that message is rejected (the peer gets :class:`MessageRejected` with
+    ``RejectCode.INVALID``); the session continues.  ``seq`` is the data
+    sequence number of the offending message.
+    """
+
+    default_code = CloseCode.PROTOCOL_ERROR
+
+    def __init__(self, message: str, *, seq: int) -> None:
+        super().__init__(message, remote=True)
+        self.seq = seq
+
+
 class SessionReset(SessionError):
     """The logical session was replaced by a new one: continuity is broken.
 
@@ -307,6 +339,38 @@ class SessionClosed(SessionError):
         self.reason = reason
 
 
+class SlowConsumer(SessionClosed):
+    """The venue closed the session because the participant stopped consuming
+    (``SLOW_CONSUMER``): its outbound queue stayed full, or a write to it stayed
+    blocked, for ``slow_consumer_timeout``.
+
+    Raised on both sides: on the venue (``remote=False``) to the handler and its
+    pending :meth:`~Session.send`, on the participant (``remote=True``) after
+    every message received before the close.  A supervised participant starts a
+    new session (:class:`SessionReset`); it is a :class:`SessionClosed`, so code
+    that catches that keeps working.
+    """
+
+    default_code = CloseCode.SLOW_CONSUMER
+
+
+class SessionExpired(SessionClosed):
+    """The logical session reached its end (``SESSION_EXPIRED``).
+
+    On the venue: the participant did not resume within ``resume_ttl`` (the dead
+    man's switch, ``on_session_lost``, fires with it), or the key epoch space
+    ran out.  A participant that receives it starts a new session.  It is a
+    :class:`SessionClosed`, so code that catches that keeps working.
+    """
+
+    default_code = CloseCode.SESSION_EXPIRED
+
+
+def is_clean_close(err: SessionError) -> bool:
+    """True for a graceful close (``NORMAL``), by either side: not a failure."""
+    return isinstance(err, SessionClosed) and err.code is CloseCode.NORMAL
+
+
 def error_for_code(
     code: CloseCode, reason: str, *, remote: bool, retry_after: float | None = None
 ) -> SessionError:
@@ -321,4 +385,8 @@ def error_for_code(
         return AuthenticationError(msg, code=code, remote=remote)
     if code is CloseCode.RESUME_REFUSED:
         return ResumeRefused(msg, code=code, remote=remote)
+    if code is CloseCode.SLOW_CONSUMER:
+        return SlowConsumer(msg, code=code, remote=remote, reason=reason)
+    if code is CloseCode.SESSION_EXPIRED:
+        return SessionExpired(msg, code=code, remote=remote, reason=reason)
     return SessionClosed(msg, code=code, remote=remote, reason=reason)

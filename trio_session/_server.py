@@ -32,10 +32,12 @@ from ._errors import (
     CloseCode,
     ConnectionLost,
     SessionError,
+    SessionExpired,
+    is_clean_close,
 )
 from ._identity import Identity, KeyRegistry
 from ._protocol import HandshakeComplete, HelloReceived, Role, VenueConnection
-from ._session import Session, State, _close_forcefully, _is_clean_close, _new_session
+from ._session import Session, State, _close_forcefully, _new_session
 from ._transport import Transport, TransportServer, serve_transport
 
 __all__ = ["VenueServer", "serve"]
@@ -326,10 +328,7 @@ class _Venue:
                 self.config.resume_ttl,
             )
             session._finish(
-                SessionError(
-                    f"participant did not resume within {self.config.resume_ttl}s",
-                    code=CloseCode.SESSION_EXPIRED,
-                )
+                SessionExpired(f"participant did not resume within {self.config.resume_ttl}s")
             )
             self._ttl_scopes.pop(sid, None)
 
@@ -344,7 +343,7 @@ class _Venue:
         """
         await session._finished.wait()
         err = session._error
-        if err is not None and _is_clean_close(err):
+        if err is not None and is_clean_close(err):
             if err.remote:
                 await self._hook(self.on_logout, session)
             else:

@@ -38,12 +38,15 @@ from ._config import SessionConfig
 from ._errors import (
     CloseCode,
     ConnectionLost,
+    InvalidMessage,
     LocalProtocolError,
     MessageRejected,
     RejectCode,
     SessionClosed,
     SessionError,
     SessionReset,
+    SlowConsumer,
+    is_clean_close,
 )
 from ._protocol import (
     CloseReceived,
@@ -99,20 +102,6 @@ class State(enum.Enum):
     RESUMING = "resuming"
     #: Ended for good (see :attr:`Session.error`).
     CLOSED = "closed"
-
-
-class InvalidMessage(SessionError):
-    """A received message did not match the declared ``messages=`` schema.
-
-    Only that message is rejected; the session continues.  ``seq`` is the data
-    sequence number of the offending message.
-    """
-
-    default_code = CloseCode.PROTOCOL_ERROR
-
-    def __init__(self, message: str, *, seq: int) -> None:
-        super().__init__(message, remote=True)
-        self.seq = seq
 
 
 @attrs.frozen
@@ -312,7 +301,7 @@ class Session:
     @property
     def error(self) -> SessionError | None:
         """Why the session ended (None while it runs, or after a clean close)."""
-        if self._error is not None and _is_clean_close(self._error):
+        if self._error is not None and is_clean_close(self._error):
             return None
         return self._error
 
@@ -612,7 +601,7 @@ class Session:
         try:
             return await self.receive()
         except SessionClosed as exc:
-            if _is_clean_close(exc):
+            if is_clean_close(exc):
                 raise StopAsyncIteration from None
             raise
 
@@ -667,7 +656,7 @@ class Session:
         # Wake tasks blocked in send() on a full queue: they get the session's error.
         self._out_recv.close()
         self._drained.set()
-        lvl = logging.DEBUG if _is_clean_close(self._error) else logging.INFO
+        lvl = logging.DEBUG if is_clean_close(self._error) else logging.INFO
         self._log.log(lvl, "session ended: %s", self._error)
 
     def _final_error(self) -> SessionError:
@@ -792,7 +781,8 @@ class Session:
             if (
                 err is not None
                 and not err.remote
-                and not isinstance(err, (ConnectionLost, SessionClosed))
+                and not isinstance(err, ConnectionLost)
+                and type(err) is not SessionClosed
                 and not transport.closed
             ):
                 try:
@@ -813,7 +803,7 @@ class Session:
     def _end_connection(self, error: SessionError) -> None:
         if self._conn_error is None:
             self._conn_error = error
-            if not _is_clean_close(error):
+            if not is_clean_close(error):
                 self._log.info("connection ended: %s: %s", type(error).__name__, error)
         if self._conn_scope is not None:
             self._conn_scope.cancel()
@@ -956,9 +946,7 @@ class Session:
                 with trio.move_on_after(limit) as scope:
                     await transport.send(frame)
                 if scope.cancelled_caught:
-                    raise SessionError(
-                        f"participant did not read for {limit}s", code=CloseCode.SLOW_CONSUMER
-                    )
+                    raise SlowConsumer(f"participant did not read for {limit}s")
 
             send = bounded_send
 
@@ -1050,9 +1038,8 @@ class Session:
                 and stalled is not None
                 and trio.current_time() - stalled >= slow_limit
             ):
-                raise SessionError(
-                    f"participant consumed nothing for {slow_limit}s while messages waited",
-                    code=CloseCode.SLOW_CONSUMER,
+                raise SlowConsumer(
+                    f"participant consumed nothing for {slow_limit}s while messages waited"
                 )
 
     async def _rotation(self, conn: Connection) -> None:
@@ -1080,10 +1067,6 @@ class Session:
 
 
 _CREATE: Final = object()
-
-
-def _is_clean_close(err: SessionError) -> bool:
-    return isinstance(err, SessionClosed) and err.code is CloseCode.NORMAL
 
 
 def _new_session(role: Role, config: SessionConfig, messages: Any | None, key_id: str) -> Session:
