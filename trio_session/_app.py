@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
+from ._admission import TokenBuckets
 from ._errors import InvalidMessage, MessageRejected, RejectCode, SessionError, is_clean_close
-from ._server import _TokenBuckets
 from ._session import Session, State
 
 __all__ = [
@@ -49,10 +49,11 @@ logger = logging.getLogger("trio_session.app")
 
 ENTRY_POINT_GROUP = "trio_session.plugins"
 
-Handler = Callable[["Context", Any], Awaitable[None]]
+#: A route handler: called with the message's context and the message.
+RouteHandler = Callable[["Context", Any], Awaitable[None]]
 CallNext = Callable[[], Awaitable[None]]
 Middleware = Callable[["Context", Any, CallNext], Awaitable[None]]
-H = TypeVar("H", bound=Handler)
+H = TypeVar("H", bound=RouteHandler)
 
 
 @attrs.define(eq=False)
@@ -163,9 +164,9 @@ class Router:
         *,
         middleware: Iterable[Middleware] = (),
         plugins: Iterable[Plugin] = (),
-        fallback: Handler | None = None,
+        fallback: RouteHandler | None = None,
     ) -> None:
-        self._routes: dict[type, Handler] = {}
+        self._routes: dict[type, RouteHandler] = {}
         self.middleware: list[Middleware] = list(middleware)
         self.plugins: list[Plugin] = list(plugins)
         self.fallback = fallback
@@ -229,7 +230,7 @@ class Router:
 
         chain: CallNext = endpoint
         for mw in reversed(self.middleware):
-            chain = _bind(mw, ctx, message, chain)
+            chain = _wrap_middleware(mw, ctx, message, chain)
         try:
             await chain()
         except SessionError:
@@ -259,7 +260,7 @@ class Router:
                 await _call_hook(plugin, hook, session)
 
 
-def _bind(mw: Middleware, ctx: Context, message: Any, nxt: CallNext) -> CallNext:
+def _wrap_middleware(mw: Middleware, ctx: Context, message: Any, nxt: CallNext) -> CallNext:
     async def call() -> None:
         await mw(ctx, message, nxt)
 
@@ -302,7 +303,7 @@ class RateLimit:
             raise ValueError("rate must be > 0")
         self.rate = rate
         self.only = only
-        self._buckets = _TokenBuckets(
+        self._buckets = TokenBuckets(
             rate, clock, burst=float(burst if burst is not None else max(1, round(rate)))
         )
         self.rejected = 0

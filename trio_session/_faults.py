@@ -184,7 +184,7 @@ def _flip_bits(data: bytes, flips: int, rng: random.Random) -> bytes:
     return bytes(buf)
 
 
-class _Connection:
+class _ProxiedConnection:
     """One proxied client connection: two readers, two writers and a timer task."""
 
     def __init__(
@@ -496,7 +496,7 @@ class FaultyProxy:
         self.port = 0
         self._rules: list[_Rule] = []
         self._next_rule = 0
-        self._connections: dict[int, _Connection] = {}
+        self._connections: dict[int, _ProxiedConnection] = {}
         self._next_conn = 0
         self._black_holed: set[_Stream] = set()
         self._delay: dict[_Stream, float] = dict.fromkeys(_STREAMS, 0.0)
@@ -551,7 +551,7 @@ class FaultyProxy:
             _set_rst(client)  # the client sees a reset, as if the server refused
             client.socket.close()
             return
-        conn = _Connection(self, cid, client, server)
+        conn = _ProxiedConnection(self, cid, client, server)
         self._connections[cid] = conn
         try:
             await conn.run()
