@@ -12,8 +12,8 @@ from typing import Any
 import trio
 
 import trio_session as ts
+from trio_session._control import SessionControl, open_session
 from trio_session._protocol import ClientConnection, Role, VenueConnection
-from trio_session._session import Session, _new_session
 from trio_session._transport import MemoryTransport, memory_transport_pair
 
 from .protocol_helpers import OTHER, PARTICIPANT, VENUE
@@ -85,8 +85,10 @@ async def memory_pair(
     nursery: trio.Nursery,
     config_p: ts.SessionConfig,
     config_v: ts.SessionConfig | None = None,
-) -> tuple[Session, Session, MemoryTransport, MemoryTransport]:
-    """Handshake over an in-memory transport pair and run both sessions in ``nursery``.
+) -> tuple[SessionControl, SessionControl, MemoryTransport, MemoryTransport]:
+    """Handshake over an in-memory transport pair and attach one connection to a
+    participant and a venue session, without supervisor or venue runner: each
+    session finishes with the error that ended its connection.
 
     Deterministic under MockClock: no sockets, no real time.
     """
@@ -105,14 +107,15 @@ async def memory_pair(
         await tp.send(frame)
     v_conn.receive_data(await tv.receive())
     assert p_conn.session is not None and v_conn.session is not None
-    ps = _new_session(Role.PARTICIPANT, config_p, None, PARTICIPANT.key_id)
-    vs = _new_session(Role.VENUE, cfg_v, None, PARTICIPANT.key_id)
-    ps._bind(p_conn.session)
-    vs._bind(v_conn.session)
+    ps = open_session(Role.PARTICIPANT, config_p, None, PARTICIPANT.key_id)
+    vs = open_session(Role.VENUE, cfg_v, None, PARTICIPANT.key_id)
+    ps.bind(p_conn.session)
+    vs.bind(v_conn.session)
 
-    async def run(s: Session, t: MemoryTransport, c: ClientConnection | VenueConnection) -> None:
-        err = await s._run_connection(t, c)
-        s._finish(err)
+    async def run(
+        s: SessionControl, t: MemoryTransport, c: ClientConnection | VenueConnection
+    ) -> None:
+        s.finish(await s.attach(t, c))
 
     nursery.start_soon(run, ps, tp, p_conn)
     nursery.start_soon(run, vs, tv, v_conn)

@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 import trio_session as ts
-from trio_session._session import MIN_TIMER_STEP
+from trio_session._link import MIN_TIMER_STEP
 from trio_session._transport import MemoryTransport, Transport
 from trio_session.testing import MemoryVenue, memory_venue
 

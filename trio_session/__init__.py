@@ -18,8 +18,6 @@ from ._app import RateLimit as RateLimit
 from ._app import Router as Router
 from ._app import Validate as Validate
 from ._app import load_plugins as load_plugins
-from ._client import Backoff as Backoff
-from ._client import RestartPolicy as RestartPolicy
 from ._client import connect as connect
 from ._config import SessionConfig as SessionConfig
 from ._errors import AuthenticationError as AuthenticationError
@@ -47,6 +45,8 @@ from ._errors import SessionReset as SessionReset
 from ._errors import SlowConsumer as SlowConsumer
 from ._identity import Identity as Identity
 from ._identity import KeyRegistry as KeyRegistry
+from ._policy import Backoff as Backoff
+from ._policy import RestartPolicy as RestartPolicy
 from ._server import VenueServer as VenueServer
 from ._server import serve as serve
 from ._session import Session as Session

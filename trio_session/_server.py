@@ -1,4 +1,4 @@
-"""Venue side: ``ts.serve``.
+"""Venue side: ``ts.serve``, and the runner that keeps the venue's sessions.
 
 One logical session can span several connections: when a participant's
 connection breaks, the session is *detached* (STALE) and kept for
@@ -8,8 +8,8 @@ resumes it in time, the dead man's switch fires (``on_session_lost``) so the
 venue can cancel the participant's resting orders; a graceful logout fires
 ``on_logout`` instead — the two are never confused.
 
-Cheap checks come before expensive crypto (research/crypto.md §4.3): per-address
-and per-key token buckets, then the registry lookup, then signatures.
+Every handshake is admitted cheapest check first (``_admission.py``), then
+driven by the shared handshake loop (``_driver.py``).
 """
 
 from __future__ import annotations
@@ -17,71 +17,43 @@ from __future__ import annotations
 import inspect
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import Any, final
 
 import attrs
 import trio
 
+from ._admission import Admission
 from ._config import SessionConfig
+from ._control import SessionControl, open_session
+from ._driver import run_handshake
 from ._errors import (
     AuthenticationError,
     Category,
     CloseCode,
     ConnectionLost,
+    RateLimited,
     SessionError,
     SessionExpired,
     is_clean_close,
 )
 from ._identity import Identity, KeyRegistry
-from ._protocol import HandshakeComplete, HelloReceived, Role, VenueConnection
-from ._session import Session, State, _close_forcefully, _new_session
+from ._lifecycle import State
+from ._link import close_forcefully
+from ._protocol import HandshakeComplete, HelloReceived, Role, SessionState, VenueConnection
+from ._session import Session
 from ._transport import Transport, TransportServer, serve_transport
 
 __all__ = ["VenueServer", "serve"]
 
 logger = logging.getLogger("trio_session.server")
 
-Handler = Callable[[Session], Awaitable[None]]
+#: The application's venue handler: called once per logical session.
+SessionHandler = Callable[[Session], Awaitable[None]]
+#: ``on_session_lost`` / ``on_logout``: a plain or async callable.
 Hook = Callable[[Session], Awaitable[None] | None]
-
-
-class _TokenBuckets:
-    """Per-key token buckets: ``rate`` per second, bursts of ``burst`` (default:
-    one second's worth).  Idle full buckets are pruned past ``max_keys`` keys."""
-
-    def __init__(
-        self,
-        rate: float,
-        clock: Callable[[], float],
-        *,
-        burst: float | None = None,
-        max_keys: int = 100_000,
-    ) -> None:
-        self.rate = rate
-        self.burst = max(1.0, rate if burst is None else burst)
-        self._clock = clock
-        self._buckets: dict[Hashable, tuple[float, float]] = {}
-        self._max_keys = max_keys
-
-    def take(self, key: Hashable) -> float:
-        """0.0 when allowed (a token was taken), else seconds until one is available."""
-        now = self._clock()
-        tokens, last = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
-            self._prune(now)
-            return 0.0
-        self._buckets[key] = (tokens, now)
-        return (1.0 - tokens) / self.rate
-
-    def _prune(self, now: float) -> None:
-        if len(self._buckets) > self._max_keys:
-            full_after = self.burst / self.rate
-            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}
 
 
 @attrs.define(eq=False)
@@ -92,16 +64,16 @@ class VenueServer:
     #: The bound port (useful with port 0).
     port: int
     listeners: list[Any]
-    _venue: _Venue = attrs.field(repr=False, alias="venue")
+    _venue: VenueRunner = attrs.field(repr=False, alias="venue")
 
     @property
     def sessions(self) -> list[Session]:
         """Sessions alive now (LIVE or detached awaiting resume)."""
-        return [s for s in self._venue.sessions.values() if s.state is not State.CLOSED]
+        return self._venue.live_sessions()
 
 
 async def serve(
-    handler: Handler,
+    handler: SessionHandler,
     identity: Identity,
     registry: KeyRegistry,
     host: str,
@@ -127,7 +99,7 @@ async def serve(
     gracefully.  Runs until cancelled.
     """
     cfg = config or SessionConfig()
-    venue = _Venue(handler, identity, registry, cfg, messages, on_session_lost, on_logout)
+    venue = VenueRunner(handler, identity, registry, cfg, messages, on_session_lost, on_logout)
     async with venue.running() as nursery:
         tserver: TransportServer = await nursery.start(
             partial(
@@ -147,10 +119,17 @@ async def serve(
         await trio.sleep_forever()
 
 
-class _Venue:
+@final
+class VenueRunner:
+    """The venue's sessions and what happens to them: admission and handshake of
+    each connection, new sessions and their handlers, resume and takeover, the
+    resume TTL and the end hooks.  Transport-agnostic: :func:`serve` feeds it
+    WebSocket connections, :func:`trio_session.testing.memory_venue` memory ones.
+    """
+
     def __init__(
         self,
-        handler: Handler,
+        handler: SessionHandler,
         identity: Identity,
         registry: KeyRegistry,
         config: SessionConfig,
@@ -165,13 +144,17 @@ class _Venue:
         self.messages = messages
         self.on_session_lost = on_session_lost
         self.on_logout = on_logout
-        self.sessions: dict[bytes, Session] = {}
-        self.nursery: trio.Nursery | None = None
-        self.addr_buckets = _TokenBuckets(config.handshake_rate_per_address, trio.current_time)
-        self.key_buckets = _TokenBuckets(config.handshake_rate_per_key, trio.current_time)
+        #: Sessions by session id, kept until they end.
+        self.sessions: dict[bytes, SessionControl] = {}
+        self.admission = Admission(config, trio.current_time)
+        self._nursery: trio.Nursery | None = None
         self._ttl_scopes: dict[bytes, trio.CancelScope] = {}
         self._takeover: set[bytes] = set()
         self._hooked: set[bytes] = set()
+
+    def live_sessions(self) -> list[Session]:
+        """Sessions alive now (LIVE or detached awaiting resume)."""
+        return [c.session for c in self.sessions.values() if c.session.state is not State.CLOSED]
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[trio.Nursery]:
@@ -181,7 +164,7 @@ class _Venue:
         """
         failure: BaseException | None = None
         async with trio.open_nursery() as nursery:
-            self.nursery = nursery
+            self._nursery = nursery
             self.registry.add_revocation_listener(self.on_revoked)
             try:
                 yield nursery
@@ -193,72 +176,40 @@ class _Venue:
         if failure is not None:
             raise failure
 
-    # -- revocation ----------------------------------------------------------------------
+    def _start(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
 
     def on_revoked(self, key_id: str) -> None:
-        assert self.nursery is not None
-        for session in list(self.sessions.values()):
+        """A key was revoked: end its sessions (KEY_REVOKED)."""
+        for control in list(self.sessions.values()):
+            session = control.session
             if session.key_id == key_id and session.state is not State.CLOSED:
                 logger.warning("key %s revoked: ending session %s", key_id, session.session_id)
-                self.nursery.start_soon(session.aclose, CloseCode.KEY_REVOKED, "key revoked")
+                self._start(session.aclose, CloseCode.KEY_REVOKED, "key revoked")
 
     # -- one connection ------------------------------------------------------------------
 
     async def on_transport(self, transport: Transport) -> None:
+        """Admit, authenticate and run one participant connection."""
         cfg = self.config
         conn = VenueConnection(self.identity, cfg, clock=trio.current_time)
-        existing: Session | None = None
-        done: HandshakeComplete | None = None
+        resuming: list[SessionControl] = []
         try:
             # One deadline from TCP accept: upgrade and authentication together.
             with trio.fail_at(transport.opened_at + cfg.handshake_timeout):
-                frame = await transport.receive()
-                addr = transport.remote_address.rsplit(":", 1)[0]
-                wait = self.addr_buckets.take(addr)
-                if wait:
-                    await self._reject(transport, conn, CloseCode.RATE_LIMITED, wait)
-                    return
-                (hello,) = conn.receive_data(frame)
-                assert isinstance(hello, HelloReceived)
-                wait = self.key_buckets.take(hello.key_id)
-                if wait:
-                    await self._reject(transport, conn, CloseCode.RATE_LIMITED, wait)
-                    return
-                public_key = self.registry.lookup(hello.key_id)
-                sid = hello.resume_session_id
-                if sid is not None:
-                    existing = self.sessions.get(sid)
-                    if existing is not None and (
-                        existing.state is State.CLOSED or existing.key_id != hello.key_id
-                    ):
-                        existing = None
-                try:
-                    conn.accept(public_key, existing._pstate if existing else None)
-                except AuthenticationError as exc:
-                    if exc.code is CloseCode.BINDER_REUSED and existing is not None:
-                        logger.error(
-                            "resume binder reused for session %s (replayed ClientHello?)",
-                            existing.session_id,
-                        )
-                        pass  # the session is left alone: a replay cannot complete M3
-                    raise
-                for out in conn.data_to_send():
-                    await transport.send(out)
-                if not conn.resumed:
-                    existing = None
-                events = conn.receive_data(await transport.receive())
-                done = events[0]  # type: ignore[assignment]
-                assert isinstance(done, HandshakeComplete)
-                if not done.resumed:
-                    # A new session has nothing to retransmit: confirm the
-                    # handshake now, rather than once the session's tasks are
-                    # up, to take that scheduling off the participant's connect
-                    # path.  A resume's writer sends its retransmission first.
-                    for out in conn.data_to_send():
-                        await transport.send(out)
+                done = await run_handshake(
+                    transport,
+                    conn,
+                    admit=partial(self.admission.admit_address, transport.remote_address),
+                    on_hello=partial(self._accept, conn, resuming),
+                )
         except trio.TooSlowError:
             logger.debug("handshake from %s timed out", transport.remote_address)
             await self._reject(transport, conn, CloseCode.HANDSHAKE_TIMEOUT)
+            return
+        except RateLimited as exc:
+            await self._reject(transport, conn, exc.code, exc.retry_after)
             return
         except AuthenticationError as exc:
             logger.warning("handshake from %s refused: %s", transport.remote_address, exc)
@@ -270,69 +221,121 @@ class _Venue:
                 await self._reject(transport, conn, exc.code)
             return
         assert conn.session is not None
-        if existing is not None:
-            session = existing
-            self._take_over(session)
+        if done.resumed:
+            control = resuming[0]
+            self._take_over(control)
         else:
-            session = _new_session(Role.VENUE, cfg, self.messages, conn.session.key_id)
-            session._bind(conn.session)
-            self.sessions[conn.session.session_id] = session
-            self.nursery_start(self._run_handler, session)
-            self.nursery_start(self._watch_end, session)
-        await self._run(session, transport, conn, resumed=done.resumed)
+            control = self._new_session(conn.session)
+        await self._run(control, transport, conn, done)
 
-    def _take_over(self, session: Session) -> None:
-        assert session._pstate is not None
-        sid = session._pstate.session_id
+    def _accept(
+        self, conn: VenueConnection, resuming: list[SessionControl], hello: HelloReceived
+    ) -> None:
+        """ClientHello: key rate, registry, the session to resume, then accept()."""
+        self.admission.admit_key(hello.key_id)
+        public_key = self.registry.lookup(hello.key_id)
+        existing = self._resumable(hello)
+        try:
+            conn.accept(public_key, existing.record if existing else None)
+        except AuthenticationError as exc:
+            if exc.code is CloseCode.BINDER_REUSED and existing is not None:
+                # The session is left alone: a replayed ClientHello cannot complete M3.
+                logger.error(
+                    "resume binder reused for session %s (replayed ClientHello?)",
+                    existing.session.session_id,
+                )
+            raise
+        if conn.resumed and existing is not None:
+            resuming.append(existing)
+
+    def _resumable(self, hello: HelloReceived) -> SessionControl | None:
+        sid = hello.resume_session_id
+        existing = self.sessions.get(sid) if sid is not None else None
+        if existing is None or existing.finished or existing.session.key_id != hello.key_id:
+            return None
+        return existing
+
+    def _new_session(self, record: SessionState) -> SessionControl:
+        control = open_session(Role.VENUE, self.config, self.messages, record.key_id)
+        control.bind(record)
+        self.sessions[record.session_id] = control
+        self._start(self._run_handler, control.session)
+        self._start(self._watch_end, control)
+        return control
+
+    def _take_over(self, control: SessionControl) -> None:
+        """A resume arrived: drop the old connection (if any) and stop the TTL."""
+        sid = _sid(control)
         self._takeover.add(sid)
-        session._preempt()
+        control.preempt()
         scope = self._ttl_scopes.pop(sid, None)
         if scope is not None:
             scope.cancel()
 
     async def _run(
-        self, session: Session, transport: Transport, conn: VenueConnection, *, resumed: bool
+        self,
+        control: SessionControl,
+        transport: Transport,
+        conn: VenueConnection,
+        done: HandshakeComplete,
     ) -> None:
-        assert session._pstate is not None
-        sid = session._pstate.session_id
-        async with session._attach_lock:
+        sid = _sid(control)
+        async with control.attach_lock:
             self._takeover.discard(sid)
-            if session.state is State.CLOSED:
-                await _close_forcefully(transport)
+            if control.finished:
+                await close_forcefully(transport)
                 return
-            if resumed:
-                session._counters.resumes += 1
+            if done.resumed:
                 logger.info(
-                    "session %s resumed from %s", session.session_id, transport.remote_address
+                    "session %s resumed from %s",
+                    control.session.session_id,
+                    transport.remote_address,
                 )
-            err = await session._run_connection(transport, conn)
-            if sid in self._takeover or session._finished.is_set():
+            err = await control.attach(transport, conn, resumed=done.resumed)
+            if sid in self._takeover or control.finished:
                 return
-            if err.category is Category.RESUMABLE and not session._closing:
-                session._mark_disconnected(State.STALE)
-                self.nursery_start(self._expire, session)
+            if err.category is Category.RESUMABLE and not control.closing:
+                control.detach(State.STALE)
+                self._start(self._expire, control)
                 return
-            session._finish(err)
+            control.finish(err)
 
-    async def _expire(self, session: Session) -> None:
-        assert session._pstate is not None
-        sid = session._pstate.session_id
+    async def _reject(
+        self,
+        transport: Transport,
+        conn: VenueConnection,
+        code: CloseCode,
+        retry_after: float | None = None,
+    ) -> None:
+        with trio.move_on_after(self.config.close_timeout):
+            try:
+                conn.close(code, code.name.lower(), retry_after=retry_after)
+                for out in conn.data_to_send():
+                    await transport.send(out)
+            except SessionError:
+                pass
+        await close_forcefully(transport)
+
+    # -- the end of a session --------------------------------------------------------------
+
+    async def _expire(self, control: SessionControl) -> None:
+        """The dead man's switch timer: end the session unless resumed within the TTL."""
+        sid = _sid(control)
+        ttl = self.config.resume_ttl
         with trio.CancelScope() as scope:
             self._ttl_scopes[sid] = scope
-            await trio.sleep(self.config.resume_ttl)
-            if session.state is State.CLOSED or sid in self._takeover:
+            await trio.sleep(ttl)
+            if control.finished or sid in self._takeover:
                 return
             logger.warning(
                 "session %s not resumed within %ss: dead man's switch",
-                session.session_id,
-                self.config.resume_ttl,
+                control.session.session_id,
+                ttl,
             )
-            session._finish(
-                SessionExpired(f"participant did not resume within {self.config.resume_ttl}s")
-            )
+            control.finish(SessionExpired(f"participant did not resume within {ttl}s"))
             self._ttl_scopes.pop(sid, None)
 
-    async def _watch_end(self, session: Session) -> None:
+    async def _watch_end(self, control: SessionControl) -> None:
         """Call exactly one end hook per session, once it is over.
 
         ``on_logout``: the participant closed gracefully.  ``on_session_lost``
@@ -341,27 +344,23 @@ class _Venue:
         key, handler failure, a fatal error.  A graceful close by the venue's
         handler (it returned) calls neither: the venue decided.
         """
-        await session._finished.wait()
-        err = session._error
+        await control.wait_finished()
+        err = control.error
         if err is not None and is_clean_close(err):
             if err.remote:
-                await self._hook(self.on_logout, session)
+                await self._hook(self.on_logout, control)
             else:
-                self._forget(session)
+                self.sessions.pop(_sid(control), None)
             return
-        await self._hook(self.on_session_lost, session)
+        await self._hook(self.on_session_lost, control)
 
-    def _forget(self, session: Session) -> None:
-        if session._pstate is not None:
-            self.sessions.pop(session._pstate.session_id, None)
-
-    async def _hook(self, hook: Hook | None, session: Session) -> None:
-        assert session._pstate is not None
-        sid = session._pstate.session_id
-        self._forget(session)
+    async def _hook(self, hook: Hook | None, control: SessionControl) -> None:
+        sid = _sid(control)
+        self.sessions.pop(sid, None)
         if hook is None or sid in self._hooked:
             return
         self._hooked.add(sid)
+        session = control.session
         try:
             result = hook(session)
             if inspect.isawaitable(result):
@@ -382,22 +381,8 @@ class _Venue:
         else:
             await session.aclose()
 
-    async def _reject(
-        self,
-        transport: Transport,
-        conn: VenueConnection,
-        code: CloseCode,
-        retry_after: float | None = None,
-    ) -> None:
-        with trio.move_on_after(self.config.close_timeout):
-            try:
-                conn.close(code, code.name.lower(), retry_after=retry_after)
-                for out in conn.data_to_send():
-                    await transport.send(out)
-            except SessionError:
-                pass
-        await _close_forcefully(transport)
 
-    def nursery_start(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        assert self.nursery is not None
-        self.nursery.start_soon(fn, *args)
+def _sid(control: SessionControl) -> bytes:
+    record = control.record
+    assert record is not None  # venue sessions are bound when created
+    return record.session_id

@@ -27,7 +27,7 @@ The mock-clock recipe::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -40,8 +40,8 @@ from ._faults import Fault as Fault
 from ._faults import FaultyProxy as FaultyProxy
 from ._faults import ProxyStats as ProxyStats
 from ._identity import Identity, KeyRegistry
-from ._server import Hook, _Venue
-from ._session import Session, State
+from ._server import Hook, SessionHandler, VenueRunner
+from ._session import Session
 from ._transport import MemoryTransport, Transport, memory_transport_pair
 
 __all__ = ["Fault", "FaultyProxy", "MemoryVenue", "ProxyStats", "identities", "memory_venue"]
@@ -60,7 +60,7 @@ def identities() -> tuple[Identity, Identity, KeyRegistry]:
 class MemoryVenue:
     """A running in-memory venue (see :func:`memory_venue`)."""
 
-    _venue: _Venue = attrs.field(alias="venue")
+    _venue: VenueRunner = attrs.field(alias="venue")
     _nursery: trio.Nursery = attrs.field(alias="nursery")
     #: Client ends of every connection made so far.
     transports: list[MemoryTransport] = attrs.Factory(list)
@@ -71,7 +71,7 @@ class MemoryVenue:
     @property
     def sessions(self) -> list[Session]:
         """Venue-side sessions alive now (LIVE or detached awaiting resume)."""
-        return [s for s in self._venue.sessions.values() if s.state is not State.CLOSED]
+        return self._venue.live_sessions()
 
     async def connector(self, nursery: trio.Nursery) -> Transport:
         """Pass as ``transport_factory=`` to :func:`trio_session.connect`."""
@@ -113,7 +113,7 @@ class MemoryVenue:
 
 @asynccontextmanager
 async def memory_venue(
-    handler: Callable[[Session], Awaitable[None]],
+    handler: SessionHandler,
     identity: Identity,
     registry: KeyRegistry,
     *,
@@ -124,6 +124,6 @@ async def memory_venue(
 ) -> AsyncIterator[MemoryVenue]:
     """Run a venue over in-memory transports for the duration of the block."""
     cfg = config or SessionConfig()
-    venue = _Venue(handler, identity, registry, cfg, messages, on_session_lost, on_logout)
+    venue = VenueRunner(handler, identity, registry, cfg, messages, on_session_lost, on_logout)
     async with venue.running() as nursery:
         yield MemoryVenue(venue=venue, nursery=nursery)

@@ -1,0 +1,184 @@
+"""The runner's interface to a session: everything a supervisor or venue may do.
+
+A session is driven from outside by a *runner*: the participant's supervisor
+(``_client.py``) or the venue (``_server.py``).  The runner owns the
+decisions (reconnect or not, resume or start afresh, expire, take over); the
+session owns its queues, state and tasks.  The two meet only here:
+:func:`open_session` returns a :class:`SessionControl` whose methods are the
+whole contract, so neither side reaches into the other.
+
+The life of a session as the runner sees it::
+
+    control = open_session(role, config, messages, key_id)
+    control.bind(record)                 # after the first handshake
+    err = await control.attach(transport, conn)   # until the connection ends
+    control.detach(State.STALE)          # connection lost, session kept
+    ...                                  # a new handshake (resume or not)
+    control.detach(State.RESUMING)       # reconnecting
+    err = await control.attach(...)      # resumed on a new connection
+    control.finish(err)                  # ended for good (CLOSED)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, final
+
+import trio
+
+from ._config import SessionConfig
+from ._core import SessionCore
+from ._errors import ConnectionLost, SessionError
+from ._lifecycle import State
+from ._link import Link
+from ._protocol import Connection, Role, SessionState
+from ._session import Session, new_session
+from ._transport import Transport
+
+__all__ = ["SessionControl", "open_session"]
+
+
+def open_session(
+    role: Role, config: SessionConfig, messages: Any | None, key_id: str
+) -> SessionControl:
+    """Create a session (state CONNECTING) and the runner's handle on it."""
+    core = SessionCore(role, config, messages, key_id)
+    return SessionControl(core, new_session(core))
+
+
+@final
+class SessionControl:
+    """The runner's handle on one session (see the module docstring).
+
+    One connection at a time: :meth:`attach` runs it to its end.  The venue
+    holds :attr:`attach_lock` across an attach and what follows it, so that a
+    connection taking the session over attaches only once the previous one's
+    aftermath (STALE or finished) has been decided.
+    """
+
+    def __init__(self, core: SessionCore, session: Session) -> None:
+        self._core = core
+        #: The application's side of this session.
+        self.session = session
+        self.attach_lock = trio.Lock()
+        self._link: Link | None = None
+
+    # -- facts ------------------------------------------------------------------------
+
+    @property
+    def record(self) -> SessionState | None:
+        """The logical-session record (None before the first handshake)."""
+        return self._core.record
+
+    @property
+    def resumable_record(self) -> SessionState | None:
+        """The record to offer for resume, or None to start a new session."""
+        record = self._core.record
+        return None if record is None or record.compromised else record
+
+    @property
+    def finished(self) -> bool:
+        """The session ended for good (CLOSED)."""
+        return self._core.finished.is_set()
+
+    @property
+    def closing(self) -> bool:
+        """The application is closing the session: do not reconnect."""
+        return self._core.closing
+
+    @property
+    def error(self) -> SessionError | None:
+        """Why the session ended, a clean close included (None while it runs)."""
+        return self._core.error
+
+    async def wait_finished(self) -> None:
+        await self._core.finished.wait()
+
+    # -- the logical session ----------------------------------------------------------
+
+    def bind(self, record: SessionState) -> None:
+        """The first handshake established ``record``: the session runs on it."""
+        self._core.bind(record)
+
+    def reset_to(self, record: SessionState) -> None:
+        """A resume was refused and ``record`` is a new logical session.
+
+        Messages of the old session still queued are delivered first (and
+        credited to the old session); then ``receive()`` raises
+        :class:`~trio_session.SessionReset` once, and messages of the new one follow.
+        """
+        core = self._core
+        old_target = core.inbound.consume_target
+        core.bind(record)
+        core.inbound.consume_target = old_target
+        core.inbound.put_reset(record)
+
+    def discard_resume(self) -> None:
+        """The logical session is gone: the next handshake starts a new one."""
+        if self._core.record is not None:
+            self._core.record.compromised = True
+
+    # -- connections ------------------------------------------------------------------
+
+    async def attach(
+        self,
+        transport: Transport,
+        conn: Connection,
+        *,
+        replay_until: int = 0,
+        resumed: bool = False,
+        on_confirmed: Callable[[], None] | None = None,
+    ) -> SessionError:
+        """Run the session on ``conn`` (handshake complete) until the connection ends.
+
+        Returns why it ended (a SessionClosed for a clean close); raises only
+        Cancelled from an enclosing scope.  The venue is LIVE at once (it
+        verified ClientFinish); a participant is LIVE once the venue confirmed
+        the handshake (its first authenticated frame, which also calls
+        ``on_confirmed``) and the peer's replay up to ``replay_until`` arrived.
+        """
+        core = self._core
+        assert conn.session is not None
+        link = Link(core, transport, conn, replay_until=replay_until, on_confirmed=on_confirmed)
+        self._link = core.link = link
+        core.connection_done = trio.Event()
+        core.counters.connections += 1
+        if resumed:
+            core.counters.resumes += 1
+        if core.role is Role.VENUE:
+            core.set_state(State.LIVE)
+        elif core.states.state is not State.CONNECTING:
+            core.set_state(State.RESUMING)
+        core.log.debug("connection up (%s)", transport.remote_address)
+        try:
+            return await link.run()
+        finally:
+            self._link = None
+
+    def detach(self, state: State) -> None:
+        """No connection now: STALE (lost) or RESUMING (reconnecting).  Ignored
+        once the session finished."""
+        assert state in (State.STALE, State.RESUMING), state
+        if not self._core.finished.is_set():
+            self._core.set_state(state)
+
+    def preempt(self) -> None:
+        """Drop the attached connection: a resume on a new one is taking over."""
+        if self._link is not None:
+            self._link.end(ConnectionLost("replaced by a resumed connection"))
+
+    def finish(self, error: SessionError) -> None:
+        """End the session for good with ``error`` (the first one wins)."""
+        self._core.finish(error)
+
+    @contextmanager
+    def supervising(self) -> Iterator[trio.CancelScope]:
+        """A cancel scope for the runner's loop that :meth:`finish` cancels, so a
+        closed session stops reconnecting (or sleeping before it)."""
+        with trio.CancelScope() as scope:
+            self._core.runner_scope = scope
+            try:
+                yield scope
+            finally:
+                self._core.runner_scope = None

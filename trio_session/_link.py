@@ -1,0 +1,362 @@
+"""One attached connection: four tasks in one nursery, one typed error out.
+
+While a connection is attached to a session, a :class:`Link` runs exactly:
+
+* the **reader**: feeds each received frame to the sans-IO connection and puts
+  message batches on the inbound queue.  Credit flow control guarantees that
+  queue has room, so the reader never blocks on the application, and
+  heartbeats, acks and rekeys keep flowing while the application is busy;
+* the **writer**: the only task that builds frames, so sequence numbers and
+  key epochs follow wire order.  Control frames (acks, heartbeats, rekeys,
+  close) first, always; then queued notices; then as many queued messages as
+  credit allows, coalesced into one frame;
+* the **heartbeat** task: sleeps until the protocol's next heartbeat deadline
+  (an adjustable sleep: the reader pulls it in when received data makes an
+  acknowledgement due sooner);
+* the **key-rotation** task: sleeps until the next ratchet/rekey deadline.
+
+Any task failure or connection break cancels the nursery; :meth:`Link.run`
+returns the first typed error (never an exception group) after closing the
+transport, telling the peer why when we detected the problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Final, final
+
+import trio
+
+from ._core import SessionCore
+from ._errors import (
+    CloseCode,
+    ConnectionLost,
+    SessionClosed,
+    SessionError,
+    SlowConsumer,
+    is_clean_close,
+)
+from ._lifecycle import State
+from ._protocol import (
+    CloseReceived,
+    Connection,
+    ConnectionState,
+    HeartbeatAcked,
+    MessagesReceived,
+    Role,
+)
+from ._queues import OutNotice
+from ._transport import Transport
+
+__all__ = ["MIN_TIMER_STEP", "Link", "close_forcefully"]
+
+#: Timer tasks never re-check more often than this when a deadline is already
+#: due but waits on another task (e.g. the writer is blocked on a full socket).
+MIN_TIMER_STEP: Final = 0.005
+
+
+@final
+class Link:
+    """The tasks of one connection attached to a session (see the module docstring)."""
+
+    def __init__(
+        self,
+        core: SessionCore,
+        transport: Transport,
+        conn: Connection,
+        *,
+        replay_until: int = 0,
+        on_confirmed: Callable[[], None] | None = None,
+    ) -> None:
+        self._core = core
+        self.transport = transport
+        self.conn = conn
+        #: Why the connection ended (the first error wins).
+        self.error: SessionError | None = None
+        #: Set once our CLOSE frame was written (or the connection is gone).
+        self.close_sent = trio.Event()
+        self._scope: trio.CancelScope | None = None
+        #: The peer's data seq that ends the replay: LIVE once it was received.
+        self._replay_until = replay_until
+        #: Called once, on the first authenticated frame from the peer.
+        self._on_confirmed = on_confirmed
+        self._hb_sleep: trio.CancelScope | None = None
+        self._rot_sleep: trio.CancelScope | None = None
+        #: Venue: since when queued messages wait for credit the peer does not grant.
+        self._stalled_since: float | None = None
+
+    async def run(self) -> SessionError:
+        """Run the four tasks until the connection ends; returns why it ended (a
+        SessionClosed for a clean close).  Raises only Cancelled from outside."""
+        core = self._core
+        try:
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                if core.finished.is_set():
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(self._guard, self._reader, name="reader")
+                nursery.start_soon(self._guard, self._writer, name="writer")
+                nursery.start_soon(self._guard, self._heartbeat, name="heartbeat")
+                nursery.start_soon(self._guard, self._rotation, name="key-rotation")
+        finally:
+            self._scope = None
+            core.link = None
+            self._absorb_stats()
+            await self._close_transport()
+            # Release anyone waiting on this connection's progress.
+            core.drained.set()
+            self.close_sent.set()
+            core.connection_done.set()
+        if self.error is not None:
+            return self.error
+        return core.error if core.error is not None else ConnectionLost("connection ended")
+
+    def end(self, error: SessionError) -> None:
+        """End the connection with ``error`` (ignored if it already has one)."""
+        if self.error is None:
+            self.error = error
+            if not is_clean_close(error):
+                self._core.log.info("connection ended: %s: %s", type(error).__name__, error)
+        self.cancel()
+
+    def cancel(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        """Queue our CLOSE and wait until the writer sent it (aclose())."""
+        self.conn.close(code, reason)
+        self._core.outbound.wake()
+        await self.close_sent.wait()
+
+    # -- lifecycle helpers ----------------------------------------------------------------
+
+    def _caught_up(self) -> bool:
+        """The peer confirmed this connection and its replay has been received."""
+        conn = self.conn
+        s = conn.session
+        return conn.authenticated and s is not None and s.next_rx_seq >= self._replay_until
+
+    def _absorb_stats(self) -> None:
+        s, c = self.conn.stats, self._core.counters
+        c.rekeys += s.rekeys
+        c.ratchets += s.ratchets
+        c.retransmitted += s.retransmitted
+        c.heartbeats_sent += s.heartbeats_sent
+        if s.last_rtt is not None:
+            c.rtt = s.last_rtt
+
+    async def _close_transport(self) -> None:
+        err, transport = self.error, self.transport
+        # Cancelled from outside (err is None): the connection simply drops.  A
+        # cancelled participant is indistinguishable from a lost one on purpose:
+        # the venue keeps the session for resume, then its dead man's switch
+        # fires.  A clean logout is aclose() (or leaving ``connect()`` normally).
+        with trio.CancelScope(shield=True):
+            # Tell the peer why, when we detected the problem and still hold keys
+            # (not for a plain close: that one was exchanged already, or received).
+            if (
+                err is not None
+                and not err.remote
+                and not isinstance(err, ConnectionLost)
+                and type(err) is not SessionClosed
+                and not transport.closed
+            ):
+                await self._send_close(err)
+            if err is None:
+                await close_forcefully(transport)  # cancelled: drop, do not linger
+                return
+            with trio.move_on_after(self._core.config.close_timeout) as scope:
+                await transport.aclose()
+            if scope.cancelled_caught:
+                await close_forcefully(transport)
+
+    async def _send_close(self, err: SessionError) -> None:
+        try:
+            self.conn.close(err.code, type(err).__name__)
+            with trio.move_on_after(min(0.5, self._core.config.close_timeout)):
+                for frame in self.conn.data_to_send():
+                    await self.transport.send(frame)
+        except SessionError:
+            pass
+
+    async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Turn a task's failure into the connection's one typed error."""
+        try:
+            await task()
+        except SessionError as exc:
+            self.end(exc)
+        except Exception as exc:
+            self._core.log.exception("internal error in the %s task", task.__name__)
+            err = SessionError(
+                f"internal error: {type(exc).__name__}", code=CloseCode.INTERNAL_ERROR
+            )
+            err.__cause__ = exc
+            self.end(err)
+
+    # -- reader ------------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        transport, conn, core = self.transport, self.conn, self._core
+        counters, out = core.counters, core.outbound
+        while True:
+            events = conn.receive_data(await transport.receive())
+            self._note_authenticated()
+            for ev in events:
+                if type(ev) is MessagesReceived:
+                    if not self._deliver(ev):
+                        return  # session finished; messages after close are not delivered
+                elif type(ev) is HeartbeatAcked:
+                    counters.rtt = ev.rtt
+                elif type(ev) is CloseReceived:
+                    await self._on_peer_close(ev)
+                    return
+            if conn.has_pending_control() or (out.waits_for_credit and conn.send_window() > 0):
+                out.wake()
+            elif core.record is not None and not core.record.replay_messages:
+                core.drained.set()
+
+    def _note_authenticated(self) -> None:
+        if self._on_confirmed is not None and self.conn.authenticated:
+            confirmed, self._on_confirmed = self._on_confirmed, None
+            confirmed()
+        if self._core.states.state is not State.LIVE and self._caught_up():
+            self._core.set_state(State.LIVE)
+
+    def _deliver(self, ev: MessagesReceived) -> bool:
+        core = self._core
+        if not core.inbound.put(ev.payloads, ev.system):
+            return False
+        core.counters.received += len(ev.payloads)
+        hb = self._hb_sleep
+        if hb is not None:
+            due = self.conn.heartbeat_deadline()
+            if due < hb.deadline:
+                hb.deadline = due
+        if core.states.state is not State.LIVE and self._caught_up():
+            core.set_state(State.LIVE)
+        return True
+
+    async def _on_peer_close(self, ev: CloseReceived) -> None:
+        err = ev.to_error()
+        if self.error is None:
+            self.error = err
+        self.conn.close(CloseCode.NORMAL if ev.code is CloseCode.NORMAL else ev.code)
+        self._core.outbound.wake()
+        with trio.move_on_after(self._core.config.close_timeout):
+            await self.close_sent.wait()
+        self.end(err)
+
+    # -- writer ------------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        conn, out = self.conn, self._core.outbound
+        send: Callable[[bytes], Awaitable[None]] = self.transport.send
+        if self._core.role is Role.VENUE:
+            send = self._bounded_send
+        while True:
+            out.wake_pending = False
+            rot = self._rot_sleep
+            if rot is not None:
+                due = conn.rotation_deadline()
+                if due < rot.deadline:
+                    rot.deadline = due
+            for frame in conn.data_to_send():
+                await send(frame)
+            if conn.state is not ConnectionState.OPEN:
+                if conn.state in (ConnectionState.CLOSING, ConnectionState.ERROR) and (
+                    not conn.has_pending_control()
+                ):
+                    self.close_sent.set()
+                await out.park(wait_for_data=False)
+                continue
+            window = conn.send_window()
+            data = self._next_data_frame(window)
+            if data is not None:
+                await send(data)
+                continue
+            if out.wake_pending:
+                continue
+            await out.park(wait_for_data=window > 0 and not out.latest and not out.lossy)
+
+    def _next_data_frame(self, window: int) -> bytes | None:
+        """The next notice or message frame the window allows, or None (idle or stalled)."""
+        conn, core = self.conn, self._core
+        out = core.outbound
+        if window > 0:
+            pending = out.pending
+            if pending and type(pending[0]) is OutNotice:
+                return conn.send_data(out.take_notices(window), system=True)
+            batch = out.take(window, conn.send_bytes_budget())
+            if batch:
+                self._stalled_since = None
+                core.counters.sent += len(batch)  # in the replay buffer from here: sent
+                return conn.send_data(batch)
+        if out.has_data():
+            if self._stalled_since is None:
+                self._stalled_since = trio.current_time()
+                hb = self._hb_sleep
+                if hb is not None and core.role is Role.VENUE:
+                    due = self._stalled_since + core.config.slow_consumer_timeout
+                    hb.deadline = min(hb.deadline, due)
+        else:
+            self._stalled_since = None
+            if core.record is not None and not core.record.replay_messages:
+                core.drained.set()
+        return None
+
+    async def _bounded_send(self, frame: bytes) -> None:
+        # Venue: a participant that stops reading its socket fills TCP buffers and
+        # blocks us here rather than in credit, so every write is bounded.
+        limit = self._core.config.slow_consumer_timeout
+        with trio.move_on_after(limit) as scope:
+            await self.transport.send(frame)
+        if scope.cancelled_caught:
+            raise SlowConsumer(f"participant did not read for {limit}s")
+
+    # -- timers ------------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        conn, core = self.conn, self._core
+        venue = core.role is Role.VENUE
+        slow_limit = core.config.slow_consumer_timeout
+        while True:
+            now = trio.current_time()
+            deadline = conn.heartbeat_deadline()
+            if venue and self._stalled_since is not None:
+                deadline = min(deadline, self._stalled_since + slow_limit)
+            # An adjustable sleep: the reader pulls the deadline in when received
+            # data makes a (delayed) acknowledgement due sooner.
+            with trio.move_on_at(max(deadline, now + MIN_TIMER_STEP)) as sleep:
+                self._hb_sleep = sleep
+                await trio.sleep_forever()
+            self._hb_sleep = None
+            conn.handle_heartbeat_timer()
+            if conn.has_pending_control():
+                core.outbound.wake()
+            stalled = self._stalled_since
+            if venue and stalled is not None and trio.current_time() - stalled >= slow_limit:
+                raise SlowConsumer(
+                    f"participant consumed nothing for {slow_limit}s while messages waited"
+                )
+
+    async def _rotation(self) -> None:
+        conn = self.conn
+        while True:
+            now = trio.current_time()
+            # Adjustable: once a due ratchet step rides on an outgoing frame, the
+            # writer pulls this deadline in to the new epoch's schedule.
+            with trio.move_on_at(max(conn.rotation_deadline(), now + MIN_TIMER_STEP)) as sleep:
+                self._rot_sleep = sleep
+                await trio.sleep_forever()
+            self._rot_sleep = None
+            conn.handle_rotation_timer()
+            if conn.has_pending_control():
+                self._core.outbound.wake()
+
+
+async def close_forcefully(transport: Transport) -> None:
+    """Like :func:`trio.aclose_forcefully`, for our Transport protocol."""
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await transport.aclose()

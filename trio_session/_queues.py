@@ -1,0 +1,334 @@
+"""The session's two queues: what waits to be sent, and what waits to be read.
+
+Both outlive connections: messages queued during an outage go out after the
+resume, and messages received before a connection broke are still delivered.
+
+:class:`Outbound` holds the three send policies and the notices (rejections)
+in stream order, and is where the writer task waits for work.  Waking it is a
+plain reschedule of a parked task (a :class:`trio.lowlevel.ParkingLot`): a
+cancel scope would raise and catch a ``Cancelled`` per wake-up, which was the
+venue's largest idle cost with thousands of sessions.
+
+:class:`Inbound` is fed by the reader task and drained by ``receive()``.  Its
+channel is unbounded on purpose: the credit window (``inbound_capacity``
+messages, enforced by the peer's protocol state machine) bounds it, so the
+reader can never block on the application and heartbeats, acks and rekeys keep
+flowing while the application is busy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Hashable
+from typing import Any, final
+
+import trio
+
+from ._errors import MessageRejected, RejectCode, SessionError
+from ._protocol import SessionState
+from ._wire import NOTICE_REJECT, Notice, decode_notice, encode_body
+
+__all__ = ["Inbound", "Notices", "OutNotice", "Outbound", "notice_error", "reject_notice"]
+
+
+class OutNotice(bytes):
+    """An outbound notice (FLAG_SYSTEM) queued among lossless messages, so that a
+    ``reject()`` never overtakes replies the application sent before it."""
+
+
+class Notices(list[bytes]):
+    """An inbound batch of session-layer notices (FLAG_SYSTEM), kept in stream order."""
+
+
+@final
+class _Reset:
+    """Inbound marker: the logical session was replaced by ``record``."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: SessionState) -> None:
+        self.record = record
+
+
+@final
+class Outbound:
+    """Messages waiting to be sent, by policy, and the writer's wake-up.
+
+    * ``block`` (lossless): a channel of ``capacity`` items (a message or a
+      ``send_many`` list); senders wait while it is full.  The writer stages
+      items into ``pending``, where notices keep their place in the stream.
+    * ``conflate``: the latest message per key, FIFO by last update.
+    * ``drop_oldest``: a deque of at most ``capacity`` messages.
+
+    The writer takes lossless messages first, then conflated, then lossy ones.
+    """
+
+    def __init__(self, capacity: int, max_batch_bytes: int) -> None:
+        self.capacity = capacity
+        self.max_batch_bytes = max_batch_bytes
+        self._send, self._recv = trio.open_memory_channel[bytes | list[bytes]](capacity)
+        self.pending: deque[bytes] = deque()
+        self.latest: OrderedDict[Hashable, bytes] = OrderedDict()
+        self.lossy: deque[bytes] = deque()
+        #: Messages in the channel (not yet staged into ``pending``).
+        self.queued = 0
+        #: Messages discarded by the ``drop_oldest`` / ``conflate`` policies.
+        self.dropped = 0
+        self.conflated = 0
+        # The writer's wake-up.
+        self._lot = trio.lowlevel.ParkingLot()
+        self._parked = False
+        #: Set by every wake-up; the writer clears it when it looks for work.
+        self.wake_pending = False
+        #: The parked writer waits for credit (or a control frame), not for data.
+        self.waits_for_credit = False
+
+    # -- producers (the application) ---------------------------------------------
+
+    def put_nowait(self, item: bytes | list[bytes], count: int) -> bool:
+        """Queue a lossless item if there is room (False when full).
+
+        Raises ``trio.BrokenResourceError`` once the session has finished.
+        """
+        try:
+            self._send.send_nowait(item)
+        except trio.WouldBlock:
+            return False
+        self.queued += count
+        self.wake_for_data()
+        return True
+
+    async def put(self, item: bytes | list[bytes], count: int) -> None:
+        """Queue a lossless item, waiting while the queue is full."""
+        await self._send.send(item)
+        self.queued += count
+        self.wake_for_data()
+
+    def put_latest(self, key: Hashable, payload: bytes) -> None:
+        latest = self.latest
+        if key in latest:
+            latest.move_to_end(key)  # FIFO by last update
+            self.conflated += 1
+        latest[key] = payload
+        self.wake_for_data()
+
+    def put_lossy(self, payload: bytes) -> None:
+        if len(self.lossy) >= self.capacity:
+            self.lossy.popleft()
+            self.dropped += 1
+        self.lossy.append(payload)
+        self.wake_for_data()
+
+    def put_notice(self, notice: Notice) -> None:
+        """Queue a notice behind everything sent before it (even senders still
+        blocked on the full channel were staged first: their call came earlier)."""
+        self._stage_all()
+        self.pending.append(OutNotice(encode_body(notice)))
+        self.wake()
+
+    def close(self) -> None:
+        """The session finished: senders blocked on a full queue wake with an error."""
+        self._recv.close()
+
+    # -- the consumer (the writer task) ------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        return self.queued + len(self.pending) + len(self.latest) + len(self.lossy)
+
+    def has_data(self) -> bool:
+        return bool(
+            self.pending or self.latest or self.lossy or self._recv.statistics().current_buffer_used
+        )
+
+    def take_notices(self, window: int) -> list[bytes]:
+        """Notices at the head of the stream (up to ``window``); they travel in their
+        own frame, in queue order."""
+        pending = self.pending
+        notices: list[bytes] = []
+        while pending and type(pending[0]) is OutNotice and len(notices) < window:
+            notices.append(bytes(pending.popleft()))
+        return notices
+
+    def take(self, window: int, budget: int) -> list[bytes]:
+        """Up to ``window`` messages within the batch and byte budgets: lossless
+        ones first (stopping at a notice), then conflated, then lossy ones."""
+        cap = min(self.max_batch_bytes, budget)
+        msgs: list[bytes] = []
+        size = 0
+        pending = self.pending
+        recv = self._recv
+        while len(msgs) < window:
+            if not pending:
+                try:
+                    self._stage(recv.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+                continue
+            m = pending[0]
+            if type(m) is OutNotice:
+                break  # notices travel in their own frame, in queue order
+            lm = len(m)
+            if size + lm > cap and (msgs or lm > budget):
+                return msgs
+            msgs.append(pending.popleft())
+            size += lm
+        latest, lossy = self.latest, self.lossy
+        while (latest or lossy) and len(msgs) < window:
+            m = next(iter(latest.values())) if latest else lossy[0]
+            lm = len(m)
+            if size + lm > cap and (msgs or lm > budget):
+                break
+            if latest:
+                latest.popitem(last=False)
+            else:
+                lossy.popleft()
+            msgs.append(m)
+            size += lm
+        return msgs
+
+    def _stage(self, item: bytes | list[bytes]) -> None:
+        """Move one channel item into ``pending``."""
+        if isinstance(item, bytes):
+            self.pending.append(item)
+            self.queued -= 1
+        else:
+            self.pending.extend(item)
+            self.queued -= len(item)
+
+    def _stage_all(self) -> None:
+        while True:
+            try:
+                self._stage(self._recv.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+
+    # -- waking the writer ----------------------------------------------------------
+
+    def wake(self) -> None:
+        """The writer has something to do (data, a control frame, credit)."""
+        self.wake_pending = True
+        if self._parked:
+            self._parked = False
+            self._lot.unpark()
+
+    def wake_for_data(self) -> None:
+        # A running writer takes new data before it parks (no checkpoint between
+        # its last look at the queues and parking): only a parked one needs waking.
+        if self._parked:
+            self.wake()
+
+    async def park(self, *, wait_for_data: bool) -> None:
+        """The writer sleeps until :meth:`wake` (returns at once if one is pending).
+
+        ``wait_for_data=False`` records that only credit (or a control frame)
+        can let the writer make progress, so the reader wakes it when credit
+        arrives.
+        """
+        if self.wake_pending:
+            await trio.lowlevel.checkpoint()
+            return
+        self.waits_for_credit = not wait_for_data
+        self._parked = True
+        try:
+            await self._lot.park()
+        finally:
+            self._parked = False
+            self.waits_for_credit = False
+
+
+@final
+class Inbound:
+    """Received messages and notices, in stream order, until the application reads them.
+
+    The reader puts whole batches on the channel; ``receive()`` moves them into
+    ``buf`` with :meth:`take`.  A reset marker (:meth:`put_reset`) sits between
+    the last message of a replaced logical session and the first of the new
+    one, and switches which session consumption credits.
+    """
+
+    def __init__(self) -> None:
+        self._send, self._recv = trio.open_memory_channel[Any](math.inf)
+        #: Payloads (bytes) and decoded notices (a Notice, or the error a bad one made).
+        self.buf: deque[Any] = deque()
+        #: Data seq of the next message handed to the application.
+        self.rx_seq = 0
+        self.reset_pending = False
+        #: Messages in the channel (not yet in ``buf``).
+        self.queued = 0
+        #: The logical session that consuming the next messages credits.
+        self.consume_target: SessionState | None = None
+        #: The next channel item (``EndOfChannel`` once the session finished and
+        #: everything was read).  The channel's own methods: no wrapper on the hot path.
+        self.get = self._recv.receive
+        self.get_nowait = self._recv.receive_nowait
+
+    @property
+    def depth(self) -> int:
+        return len(self.buf) + self.queued
+
+    # -- the reader ---------------------------------------------------------------
+
+    def put(self, payloads: list[bytes], system: bool) -> bool:
+        """Queue a received batch; False once the session finished (not delivered)."""
+        try:
+            self._send.send_nowait(Notices(payloads) if system else payloads)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        self.queued += len(payloads)
+        return True
+
+    def put_reset(self, record: SessionState) -> None:
+        """Everything queued so far belongs to the old session; ``record`` follows."""
+        self._send.send_nowait(_Reset(record))
+
+    def close(self) -> None:
+        self._send.close()
+
+    # -- the application -------------------------------------------------------------
+
+    def take(self, item: Any) -> int:
+        """Move one channel item into ``buf``; returns how many messages to credit."""
+        if type(item) is _Reset:
+            # From here on: the new session's messages, numbered and credited there.
+            self.reset_pending = True
+            self.rx_seq = 0
+            self.consume_target = item.record
+            return 0
+        n = len(item)
+        self.queued -= n
+        if type(item) is Notices:
+            self.buf.extend(_decode_notice_safely(p) for p in item)
+        else:
+            self.buf.extend(item)
+        return n
+
+
+def reject_notice(seq: int, reason: str, code: RejectCode, retry_after: float | None) -> Notice:
+    """The notice that tells the peer its message ``seq`` was not accepted."""
+    retry_ms = None if retry_after is None else max(0, min(int(retry_after * 1000), 2**32 - 1))
+    return Notice(NOTICE_REJECT, seq, int(code), reason[:200], retry_ms)
+
+
+def _decode_notice_safely(payload: bytes) -> Notice | Exception:
+    try:
+        return decode_notice(payload)
+    except SessionError as exc:
+        return exc
+
+
+def notice_error(item: Any) -> SessionError:
+    """What ``receive()`` raises for a notice in the stream."""
+    if isinstance(item, SessionError):
+        return item
+    n: Notice = item
+    retry = None if n.retry_after_ms is None else n.retry_after_ms / 1000
+    try:
+        name = RejectCode(n.code).name
+    except ValueError:
+        name = str(n.code)
+    text = f"peer rejected our message {n.ref_seq}: {name}" + (f" ({n.reason})" if n.reason else "")
+    return MessageRejected(
+        text, ref_seq=n.ref_seq, reason_code=n.code, reason=n.reason, retry_after=retry
+    )
