@@ -33,8 +33,8 @@ from _common import PAYLOAD, identities, session_config, ts
 from run import QUICK, Bench
 
 from trio_session import _client, _protocol
+from trio_session._control import open_session
 from trio_session._protocol import ClientConnection, HelloReceived, Role, VenueConnection
-from trio_session._session import _new_session
 
 
 class StepTracer(trio.abc.Instrument):
@@ -177,7 +177,7 @@ def _handshake_cpu(rounds: int = 300) -> dict[str, float]:
 
     for _ in range(rounds):
         t0 = now()
-        _new_session(Role.PARTICIPANT, cfg, None, participant.key_id)
+        open_session(Role.PARTICIPANT, cfg, None, participant.key_id)
         t0 = timed("participant: Session object", t0)
         c = ClientConnection(participant, venue.public_key, cfg, resume=None, clock=time.monotonic)
         (m1,) = c.data_to_send()

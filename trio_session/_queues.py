@@ -96,7 +96,8 @@ class Outbound:
         except trio.WouldBlock:
             return False
         self.queued += count
-        self.wake_for_data()
+        if self._parked:  # wake_for_data(), inline on the hot path
+            self.wake()
         return True
 
     async def put(self, item: bytes | list[bytes], count: int) -> None:

@@ -156,9 +156,9 @@ class Session:
 
     async def _enqueue(self, item: bytes | list[bytes], count: int, fail_fast: bool) -> None:
         """The lossless path shared by send() and send_many()."""
-        state = self._core.states.state
-        if fail_fast and state is not State.LIVE:
-            raise ConnectionLost(f"session is {state.value}, not sending (fail_fast)")
+        if fail_fast and self._core.states.state is not State.LIVE:
+            state = self._core.states.state.value
+            raise ConnectionLost(f"session is {state}, not sending (fail_fast)")
         # What MemorySendChannel.send does, with the writer woken *before* we
         # yield: it then runs in the same scheduler batch as our caller instead
         # of the next one (one pass less per message on the latency path).
