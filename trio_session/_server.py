@@ -93,10 +93,14 @@ async def serve(
     gracefully; when it raises, the error is logged, the participant receives
     CLOSE(HANDLER_ERROR), and the server keeps serving everyone else.
 
-    ``on_session_lost(session)`` — the dead man's switch — is called exactly
-    once when a session whose connection broke was not resumed within
-    ``resume_ttl``; ``on_logout(session)`` when the participant closed it
-    gracefully.  Runs until cancelled.
+    At most one end hook runs per session.  ``on_session_lost(session)`` — the
+    dead man's switch — when it ended without a graceful close: usually its
+    connection broke and it was not resumed within ``resume_ttl``
+    (:class:`~trio_session.SessionExpired`), but also a handler failure, a
+    revoked key, a slow consumer or a fatal error.  ``on_logout(session)`` when
+    it ended with a graceful close from the participant (a logout, or its
+    answer to the venue's close once the handler returned).  Runs until
+    cancelled.
     """
     cfg = config or SessionConfig()
     venue = VenueRunner(handler, identity, registry, cfg, messages, on_session_lost, on_logout)
@@ -336,13 +340,14 @@ class VenueRunner:
             self._ttl_scopes.pop(sid, None)
 
     async def _watch_end(self, control: SessionControl) -> None:
-        """Call exactly one end hook per session, once it is over.
+        """Call at most one end hook per session, once it is over.
 
-        ``on_logout``: the participant closed gracefully.  ``on_session_lost``
-        (the dead man's switch): it ended in any other way that the venue's own
-        handler did not choose — not resumed in time, slow consumer, revoked
-        key, handler failure, a fatal error.  A graceful close by the venue's
-        handler (it returned) calls neither: the venue decided.
+        ``on_logout``: it ended with a graceful close from the participant (a
+        logout, or the participant's answer to the venue's close after the
+        handler returned).  ``on_session_lost`` (the dead man's switch): it
+        ended with an error — not resumed in time, slow consumer, revoked key,
+        handler failure, a fatal error.  Neither: the venue closed gracefully
+        and the participant did not answer within ``close_timeout``.
         """
         await control.wait_finished()
         err = control.error
