@@ -41,7 +41,8 @@ def _positive_int(inst: Any, attr: attrs.Attribute[Any], value: int) -> None:
 class SessionConfig:
     """Timers, limits and capacities of a session.  All times are in seconds.
 
-    Defaults follow research/crypto.md §4.10 (WireGuard timers) and FIX practice.
+    Key timers follow WireGuard's (a new DH key every 120 s, keys refused after
+    180 s); heartbeats follow FIX practice.
     Invalid values raise :class:`ValueError`/:class:`TypeError` naming the field.
     """
 

@@ -2,7 +2,7 @@
 
 Why Ed25519 key pairs instead of API secrets: both ends prove who they are by
 signing the handshake transcript, so nothing reusable ever crosses the wire and
-the venue stores only public keys (research/crypto.md §4).  A participant's key
+the venue stores only public keys (docs/security.md).  A participant's key
 is registered with the venue under a short ``key_id`` (as Ed25519 API keys are
 at Binance and Deribit); the venue looks the key up by that id before doing any
 crypto, and revoking the id must end live sessions, hence revocation listeners.
