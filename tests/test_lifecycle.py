@@ -16,6 +16,11 @@ def _state(h: StateHistory) -> State:
     return h.state  # a call: type checkers do not narrow it
 
 
+async def _follow(h: StateHistory, seen: list[State]) -> None:
+    async for state in h.transitions():
+        seen.append(state)
+
+
 def test_enter_records_changes_only_and_closed_is_final() -> None:
     h = StateHistory()
     assert h.state is State.CONNECTING
@@ -30,14 +35,9 @@ def test_enter_records_changes_only_and_closed_is_final() -> None:
 async def test_transitions_see_a_one_round_spell_and_end_with_closed() -> None:
     h = StateHistory()
     seen: list[State] = []
-
-    async def follow() -> None:
-        async for state in h.transitions():
-            seen.append(state)
-
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(follow)
+            nursery.start_soon(_follow, h, seen)
             await trio.testing.wait_all_tasks_blocked()
             # No checkpoint in between: the follower wakes once and sees them all.
             h.enter(State.LIVE)
@@ -76,14 +76,9 @@ async def test_wait_is_level_at_first_then_edge_triggered() -> None:
 async def test_a_follower_more_than_history_behind_skips_the_oldest() -> None:
     h = StateHistory()
     seen: list[State] = []
-
-    async def follow() -> None:
-        async for state in h.transitions():
-            seen.append(state)
-
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(follow)
+            nursery.start_soon(_follow, h, seen)
             await trio.testing.wait_all_tasks_blocked()
             for _ in range(HISTORY):  # 2 * HISTORY transitions while it does not run
                 h.enter(State.STALE)
