@@ -100,7 +100,8 @@ class Link:
                 nursery.start_soon(self._guard, self._rotation, name="key-rotation")
         finally:
             self._scope = None
-            core.link = None
+            if core.link is self:
+                core.link = None
             self._absorb_stats()
             await self._close_transport()
             # Release anyone waiting on this connection's progress.
