@@ -30,6 +30,7 @@ __all__ = [
     "assert_clean",
     "cli_env",
     "keys",
+    "logging_restored",
     "running",
 ]
 
@@ -196,3 +197,19 @@ def keys(directory: Path) -> Keys:
         carol=directory / "carol.key",
         registry=directory / "registry.json",
     )
+
+
+@contextmanager
+def logging_restored() -> Iterator[None]:
+    """Undo what an in-process ``main()`` does to logging (handlers and levels)."""
+    import logging
+
+    names = ("", "trio_session", "trio_session.cli")
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [(lg, lg.level, list(lg.handlers)) for lg in loggers]
+    try:
+        yield
+    finally:
+        for lg, level, handlers in saved:
+            lg.setLevel(level)
+            lg.handlers[:] = handlers

@@ -161,8 +161,12 @@ def progress_stream(args: Any) -> TextIO:
 
 
 def wants_live(args: Any) -> bool:
-    """A live view is wanted: not ``--plain`` and the progress stream is a terminal."""
-    return not getattr(args, "plain", False) and progress_stream(args).isatty()
+    """A live view it is: not ``--plain``, progress goes to a terminal, rich is installed."""
+    from .live import rich_available
+
+    return (
+        not getattr(args, "plain", False) and progress_stream(args).isatty() and rich_available()
+    )
 
 
 def start_logging(args: Any, *, live: bool) -> None:

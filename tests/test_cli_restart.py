@@ -1,0 +1,115 @@
+"""``connect`` survives what the library survives: a venue killed and restarted, and
+reports a venue that stays down until the session gives up.
+
+Real processes: a ``serve`` killed with SIGKILL (no goodbye, as in a crash) and a
+``connect`` trading against it.  The venue keeps sessions in memory, so after its
+restart the session cannot be resumed: the participant must report the reset with
+what was in doubt and carry on with a new session.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from pathlib import Path
+
+from .cli_helpers import Cli, Keys, assert_clean, keys
+
+#: The scenario's downtime (the acceptance criterion says 2 s).
+DOWNTIME = 2.0
+
+
+def _serve(k: Keys, port: int) -> Cli:
+    venue = Cli(
+        "serve",
+        "--identity",
+        str(k.venue),
+        "--registry",
+        str(k.registry),
+        "--port",
+        str(port),
+        "--plain",
+        "--log-level",
+        "warning",
+    )
+    venue.wait_for(r"listening on ws://127\.0\.0\.1:\d+/")
+    return venue
+
+
+def _connect(k: Keys, port: int, *extra: str) -> Cli:
+    return Cli(
+        "connect",
+        f"ws://127.0.0.1:{port}/",
+        "--identity",
+        str(k.alice),
+        "--venue-key",
+        str(k.venue_pub),
+        "--max-delay",
+        "0.25",
+        "--plain",
+        *extra,
+    )
+
+
+def _port_of(venue: Cli) -> int:
+    return int(venue.wait_for(r"listening on ws://127\.0\.0\.1:(\d+)/")[1])
+
+
+def test_connect_keeps_trading_across_a_venue_restart(tmp_path: Path) -> None:
+    k = keys(tmp_path)
+    venue = _serve(k, 0)
+    port = _port_of(venue)
+    participant = _connect(k, port, "--seconds", "5")
+    try:
+        participant.wait_for(r"orders \d+ acked \d+")  # a second of trading
+        venue.signal(signal.SIGKILL)
+        venue.finish()
+        participant.wait_for("event=stale", stream="stderr")
+        time.sleep(DOWNTIME)  # the scenario: the venue is down for 2 s
+        venue = _serve(k, port)
+        code = participant.finish(timeout=30)
+    finally:
+        participant.stop()
+        venue.stop()
+    text = participant.dump()
+    assert_clean(text)
+    assert code == 0, text
+    summary = participant.out[-1]
+    assert summary.startswith("OK: "), text
+    assert "lost=0 dup=0 reordered=0" in summary and "resets=1" in summary, summary
+    (reset,) = [line for line in participant.err if "event=reset" in line]
+    # The reset names what was in doubt: unacknowledged messages and unanswered orders.
+    assert re.search(r"unacked_at_loss=\d+", reset) and "orders_unanswered=" in reset, reset
+    assert "in doubt" in reset and "reconcile" in reset, reset
+    live = [line for line in participant.err if "event=live" in line]
+    assert live and "new session" in live[-1], text
+
+
+def test_connect_reports_a_venue_that_stays_down_then_gives_up(tmp_path: Path) -> None:
+    k = keys(tmp_path)
+    venue = _serve(k, 0)
+    port = _port_of(venue)
+    participant = _connect(k, port, "--seconds", "60", "--max-outage", "3")
+    try:
+        participant.wait_for(r"orders \d+ acked \d+")
+        venue.signal(signal.SIGKILL)
+        venue.finish()
+        started = time.monotonic()
+        participant.wait_for("event=stale", stream="stderr")
+        # While it lasts, the outage is reported (every 2 s) with the attempts so far.
+        outage = participant.wait_for(
+            r"event=outage .*no connection to the venue for", stream="stderr"
+        )
+        assert time.monotonic() - started < 3.0, participant.dump()
+        code = participant.finish(timeout=20)
+    finally:
+        participant.stop()
+        venue.stop()
+    text = participant.dump()
+    assert_clean(text)
+    assert code == 1, text
+    assert "attempts" in outage.string
+    last = participant.err[-1]
+    assert last.startswith("trio-session: error: the session ended: ConnectionLost: "), text
+    assert "no connection for 3" in last and "connection refused" in last, last
