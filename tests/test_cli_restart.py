@@ -113,3 +113,37 @@ def test_connect_reports_a_venue_that_stays_down_then_gives_up(tmp_path: Path) -
     last = participant.err[-1]
     assert last.startswith("trio-session: error: the session ended: ConnectionLost: "), text
     assert "no connection for 3" in last and "connection refused" in last, last
+
+
+def test_serve_logs_a_vanished_participant_and_its_dead_mans_switch(tmp_path: Path) -> None:
+    """A participant killed mid-session: the venue reports it STALE, then, after
+    ``--resume-ttl``, fires the dead man's switch (on_session_lost) and says so."""
+    k = keys(tmp_path)
+    venue = Cli(
+        "serve",
+        "--identity",
+        str(k.venue),
+        "--registry",
+        str(k.registry),
+        "--port",
+        "0",
+        "--resume-ttl",
+        "1",
+        "--plain",
+    )
+    try:
+        port = _port_of(venue)
+        participant = _connect(k, port, "--seconds", "30")
+        login = venue.wait_for(r"event=login session=(\w+) .*key_id=alice", stream="stderr")
+        participant.wait_for(r"orders \d+ acked \d+")
+        participant.signal(signal.SIGKILL)
+        participant.finish()
+        venue.wait_for(rf"event=stale session={login[1]} ", stream="stderr")
+        lost = venue.wait_for(rf"event=dead_mans_switch session={login[1]} ", stream="stderr")
+        venue.signal(signal.SIGINT)
+        assert venue.finish() == 130
+    finally:
+        venue.stop()
+    assert "SESSION_EXPIRED" in lost.string or "did not resume" in lost.string, lost.string
+    assert re.search(r" received=[1-9]\d* ", lost.string), lost.string  # its final counters
+    assert_clean(venue.dump())

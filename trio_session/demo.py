@@ -145,12 +145,20 @@ async def _publish(session: ts.Session, subscriptions: set[str]) -> None:
 
 
 async def venue_handler(session: ts.Session) -> None:
-    """The demo venue's session handler: quotes + order acknowledgements."""
+    """The demo venue's session handler: quotes + order acknowledgements.
+
+    When the session ends for good (the participant vanished and the dead man's
+    switch fired, or the venue closed it), the router's SessionError is the
+    normal end of the handler: it returns, rather than raising that error out of
+    its nursery as an exception group the server would log as a failure.
+    """
     subscriptions: set[str] = set()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_publish, session, subscriptions)
         try:
             await make_router(subscriptions)(session)
+        except ts.SessionError:
+            pass  # the session is over; the server's hooks report why
         finally:
             nursery.cancel_scope.cancel()
 

@@ -49,6 +49,18 @@ COUNTERS = (
 _DOWN = (ts.State.STALE, ts.State.RESUMING)
 
 
+def final_counts(stats: ts.SessionStats) -> dict[str, Any]:
+    """The counters worth a field on a session's last log line."""
+    return {
+        "sent": stats.sent,
+        "received": stats.received,
+        "resumes": stats.resumes,
+        "stale_spells": stats.stale_spells,
+        "rekeys": stats.rekeys,
+        "ratchets": stats.ratchets,
+    }
+
+
 @attrs.frozen
 class Event:
     """One lifecycle event, as the live view lists it."""
@@ -186,7 +198,13 @@ class Monitor:
     def on_logout(self, session: ts.Session) -> None:
         """``serve(on_logout=…)``: the participant closed its session gracefully."""
         self.totals["logouts"] += 1
-        self.emit("logout", None, f"participant {session.key_id} logged out", session=session)
+        self.emit(
+            "logout",
+            None,
+            f"participant {session.key_id} logged out",
+            session=session,
+            **final_counts(session.stats),
+        )
 
     def on_session_lost(self, session: ts.Session) -> None:
         """``serve(on_session_lost=…)``: the dead man's switch fired."""
@@ -198,6 +216,7 @@ class Monitor:
             f"participant {session.key_id} lost: {reason}; cancel its orders",
             level=logging.WARNING,
             session=session,
+            **final_counts(session.stats),
         )
 
     # -- events ------------------------------------------------------------------------
@@ -284,12 +303,14 @@ class Monitor:
         if err is not None and err.code is ts.CloseCode.SLOW_CONSUMER:
             self.totals["slow_consumers"] += 1
             self.emit("slow_consumer", t, describe(err), level=logging.WARNING)
+        counts = final_counts(t.session.stats)
         if t.role == "venue":  # the hooks report logouts and losses
-            self.emit("closed", t, describe(err) if err else "closed", level=logging.DEBUG)
+            text = describe(err) if err else "closed"
+            self.emit("closed", t, text, level=logging.DEBUG, **counts)
         elif err is None:
-            self.emit("closed", t, "session closed (logged out)")
+            self.emit("closed", t, "session closed (logged out)", **counts)
         else:
-            self.emit("closed", t, describe(err), level=logging.WARNING)
+            self.emit("closed", t, describe(err), level=logging.WARNING, **counts)
 
     def _retire(self, t: Tracked) -> None:
         if self.sessions.pop(id(t.session), None) is None:

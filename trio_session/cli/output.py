@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from .errors import sanitize
+from .errors import leaves, sanitize
 
 __all__ = ["LEVELS", "EventLog", "LogfmtFormatter", "emit_json", "event_log", "setup_logging"]
 
@@ -64,8 +64,8 @@ class LogfmtFormatter(logging.Formatter):
         if message:
             pairs.append(("msg", message))
         if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            pairs.append(("error", f"{type(exc).__name__}: {exc}"))
+            causes = leaves(record.exc_info[1])  # never "ExceptionGroup: …"
+            pairs.append(("error", "; ".join(f"{type(e).__name__}: {e}" for e in causes)))
         line = " ".join(f"{k}={_quote(v)}" for k, v in pairs)
         if self.tracebacks and record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
@@ -164,9 +164,7 @@ def wants_live(args: Any) -> bool:
     """A live view it is: not ``--plain``, progress goes to a terminal, rich is installed."""
     from .live import rich_available
 
-    return (
-        not getattr(args, "plain", False) and progress_stream(args).isatty() and rich_available()
-    )
+    return not getattr(args, "plain", False) and progress_stream(args).isatty() and rich_available()
 
 
 def start_logging(args: Any, *, live: bool) -> None:
