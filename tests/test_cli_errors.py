@@ -10,6 +10,7 @@ and for exception groups, which no command may show.
 from __future__ import annotations
 
 import errno
+import json
 import signal
 import socket
 import threading
@@ -426,3 +427,14 @@ def test_sanitize_drops_group_links() -> None:
         " <- OSError: y"
     )
     assert errors.sanitize(text) == "connection lost: OSError: x failed <- OSError: y"
+
+
+def test_json_mode_reports_a_failure_as_one_json_object(world: World) -> None:
+    cli = Cli(*_connect(world, "--json", url=f"ws://127.0.0.1:{world.free_port}/"))
+    assert cli.finish() == 1
+    assert_clean(cli.dump())
+    (line,) = cli.out
+    data = json.loads(line)
+    assert data["ok"] is False and data["exit_code"] == 1
+    assert "connection refused" in data["error"]
+    assert len(cli.err) == 1

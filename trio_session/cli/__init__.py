@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from .args import Parser
-from .errors import EXIT_INTERRUPTED, EXIT_SOFTWARE, report
+from .errors import EXIT_INTERRUPTED, EXIT_SOFTWARE, EXIT_TERMINATED, EXIT_UNAVAILABLE, report
 from .output import LEVELS, emit_json, setup_logging
 
 __all__ = ["EXIT_CODES", "build_parser", "main"]
@@ -85,13 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     except BaseException as exc:
         lines, code = report(exc)
-        prefix = (
-            "trio-session: " if code == EXIT_INTERRUPTED or code > 128 else "trio-session: error: "
-        )
+        stopped = code in (EXIT_INTERRUPTED, EXIT_TERMINATED)
+        prefix = "trio-session: " if stopped else "trio-session: error: "
         for line in lines:
             print(prefix + line, file=sys.stderr, flush=True)
         if code == EXIT_SOFTWARE:
             logging.getLogger("trio_session.cli").debug("internal error", exc_info=exc)
-        if args is not None and getattr(args, "json", False) and code <= 3:
+        if args is not None and getattr(args, "json", False) and code <= EXIT_UNAVAILABLE:
             emit_json({"ok": False, "error": lines[0], "exit_code": code})
         return code
