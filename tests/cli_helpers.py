@@ -32,6 +32,8 @@ __all__ = [
     "keys",
     "logging_restored",
     "running",
+    "serving",
+    "start_serve",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -213,3 +215,30 @@ def logging_restored() -> Iterator[None]:
         for lg, level, handlers in saved:
             lg.setLevel(level)
             lg.handlers[:] = handlers
+
+
+def start_serve(k: Keys, *extra: str, port: int = 0) -> tuple[Cli, int]:
+    """``serve`` for ``k``'s venue and registry on loopback, once it listens: (it, its port)."""
+    venue = Cli(
+        "serve",
+        "--identity",
+        str(k.venue),
+        "--registry",
+        str(k.registry),
+        "--port",
+        str(port),
+        "--plain",
+        *extra,
+    )
+    bound = int(venue.wait_for(r"listening on ws://127\.0\.0\.1:(\d+)/")[1])
+    return venue, bound
+
+
+@contextmanager
+def serving(k: Keys, *extra: str) -> Iterator[tuple[Cli, int]]:
+    """:func:`start_serve` for the block; the venue is killed when it ends."""
+    venue, port = start_serve(k, *extra)
+    try:
+        yield venue, port
+    finally:
+        venue.stop()

@@ -24,7 +24,7 @@ import trio
 import trio_session as ts
 from trio_session.cli import errors
 
-from .cli_helpers import Cli, Keys, assert_clean, keys, running
+from .cli_helpers import Cli, Keys, assert_clean, keys, serving
 
 # -- fixtures: a venue, a port that never answers ---------------------------------------
 
@@ -52,19 +52,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)  # the kernel accepts; nobody ever answers
-    with running(
-        "serve",
-        "--identity",
-        str(k.venue),
-        "--registry",
-        str(k.registry),
-        "--port",
-        "0",
-        "--plain",
-        "--log-level",
-        "info",
-    ) as venue:
-        port = int(venue.wait_for(r"listening on ws://127\.0\.0\.1:(\d+)/")[1])
+    with serving(k, "--log-level", "info") as (venue, port):
         yield World(k, port, silent.getsockname()[1], _free_port(), venue)
     silent.close()
 

@@ -16,7 +16,7 @@ import pytest
 
 from trio_session.cli import main
 
-from .cli_helpers import Cli, assert_clean, keys, logging_restored, running
+from .cli_helpers import Cli, assert_clean, keys, logging_restored, running, serving
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -35,19 +35,7 @@ def scrape(url: str) -> dict[str, float]:
 
 def test_serve_metrics_count_sessions_messages_logouts_and_refusals(tmp_path: Path) -> None:
     k = keys(tmp_path)
-    with running(
-        "serve",
-        "--identity",
-        str(k.venue),
-        "--registry",
-        str(k.registry),
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--plain",
-    ) as venue:
-        port = venue.wait_for(r"listening on ws://127\.0\.0\.1:(\d+)/")[1]
+    with serving(k, "--metrics-port", "0") as (venue, port):
         url = venue.wait_for(r"metrics on (http://127\.0\.0\.1:\d+/metrics)")[1]
         connect = Cli(
             "connect",

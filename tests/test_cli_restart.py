@@ -14,27 +14,10 @@ import signal
 import time
 from pathlib import Path
 
-from .cli_helpers import Cli, Keys, assert_clean, keys
+from .cli_helpers import Cli, Keys, assert_clean, keys, serving, start_serve
 
 #: The scenario's downtime (the acceptance criterion says 2 s).
 DOWNTIME = 2.0
-
-
-def _serve(k: Keys, port: int) -> Cli:
-    venue = Cli(
-        "serve",
-        "--identity",
-        str(k.venue),
-        "--registry",
-        str(k.registry),
-        "--port",
-        str(port),
-        "--plain",
-        "--log-level",
-        "warning",
-    )
-    venue.wait_for(r"listening on ws://127\.0\.0\.1:\d+/")
-    return venue
 
 
 def _connect(k: Keys, port: int, *extra: str) -> Cli:
@@ -52,22 +35,25 @@ def _connect(k: Keys, port: int, *extra: str) -> Cli:
     )
 
 
-def _port_of(venue: Cli) -> int:
-    return int(venue.wait_for(r"listening on ws://127\.0\.0\.1:(\d+)/")[1])
+def _crash_while_trading(venue: Cli, participant: Cli) -> float:
+    """SIGKILL the venue after a second of trading; return when (monotonic) it died,
+    once the participant has reported the connection lost."""
+    participant.wait_for(r"orders \d+ acked \d+")
+    venue.signal(signal.SIGKILL)
+    venue.finish()
+    died = time.monotonic()
+    participant.wait_for("event=stale", stream="stderr")
+    return died
 
 
 def test_connect_keeps_trading_across_a_venue_restart(tmp_path: Path) -> None:
     k = keys(tmp_path)
-    venue = _serve(k, 0)
-    port = _port_of(venue)
+    venue, port = start_serve(k, "--log-level", "warning")
     participant = _connect(k, port, "--seconds", "5")
     try:
-        participant.wait_for(r"orders \d+ acked \d+")  # a second of trading
-        venue.signal(signal.SIGKILL)
-        venue.finish()
-        participant.wait_for("event=stale", stream="stderr")
+        _crash_while_trading(venue, participant)
         time.sleep(DOWNTIME)  # the scenario: the venue is down for 2 s
-        venue = _serve(k, port)
+        venue, _ = start_serve(k, "--log-level", "warning", port=port)
         code = participant.finish(timeout=30)
     finally:
         participant.stop()
@@ -88,15 +74,10 @@ def test_connect_keeps_trading_across_a_venue_restart(tmp_path: Path) -> None:
 
 def test_connect_reports_a_venue_that_stays_down_then_gives_up(tmp_path: Path) -> None:
     k = keys(tmp_path)
-    venue = _serve(k, 0)
-    port = _port_of(venue)
+    venue, port = start_serve(k, "--log-level", "warning")
     participant = _connect(k, port, "--seconds", "60", "--max-outage", "3")
     try:
-        participant.wait_for(r"orders \d+ acked \d+")
-        venue.signal(signal.SIGKILL)
-        venue.finish()
-        started = time.monotonic()
-        participant.wait_for("event=stale", stream="stderr")
+        started = _crash_while_trading(venue, participant)
         # While it lasts, the outage is reported (every 2 s) with the attempts so far.
         outage = participant.wait_for(
             r"event=outage .*no connection to the venue for", stream="stderr"
@@ -119,20 +100,7 @@ def test_serve_logs_a_vanished_participant_and_its_dead_mans_switch(tmp_path: Pa
     """A participant killed mid-session: the venue reports it STALE, then, after
     ``--resume-ttl``, fires the dead man's switch (on_session_lost) and says so."""
     k = keys(tmp_path)
-    venue = Cli(
-        "serve",
-        "--identity",
-        str(k.venue),
-        "--registry",
-        str(k.registry),
-        "--port",
-        "0",
-        "--resume-ttl",
-        "1",
-        "--plain",
-    )
-    try:
-        port = _port_of(venue)
+    with serving(k, "--resume-ttl", "1") as (venue, port):
         participant = _connect(k, port, "--seconds", "30")
         login = venue.wait_for(r"event=login session=(\w+) .*key_id=alice", stream="stderr")
         participant.wait_for(r"orders \d+ acked \d+")
@@ -142,8 +110,6 @@ def test_serve_logs_a_vanished_participant_and_its_dead_mans_switch(tmp_path: Pa
         lost = venue.wait_for(rf"event=dead_mans_switch session={login[1]} ", stream="stderr")
         venue.signal(signal.SIGINT)
         assert venue.finish() == 130
-    finally:
-        venue.stop()
     assert "SESSION_EXPIRED" in lost.string or "did not resume" in lost.string, lost.string
     assert re.search(r" received=[1-9]\d* ", lost.string), lost.string  # its final counters
     assert_clean(venue.dump())

@@ -15,6 +15,8 @@ import ssl
 from functools import partial
 from typing import TextIO
 
+import attrs
+
 import trio_session as ts
 
 from .. import demo
@@ -106,22 +108,16 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK if result.board.ok else EXIT_FAILED
 
 
+@attrs.frozen
 class _Participant:
-    def __init__(
-        self,
-        url: Url,
-        identity: ts.Identity,
-        venue_key: bytes,
-        config: ts.SessionConfig,
-        policy: ts.RestartPolicy,
-        ssl_context: ssl.SSLContext | None,
-    ) -> None:
-        self.url = url
-        self.identity = identity
-        self.venue_key = venue_key
-        self.config = config
-        self.policy = policy
-        self.ssl_context = ssl_context
+    """A checked ``connect`` command line, ready to run."""
+
+    url: Url
+    identity: ts.Identity
+    venue_key: bytes
+    config: ts.SessionConfig
+    policy: ts.RestartPolicy
+    ssl_context: ssl.SSLContext | None
 
     async def run(self, seconds: float, out: TextIO, live: bool) -> demo.DemoResult:
         board = demo.Scoreboard()

@@ -14,6 +14,7 @@ import ssl
 import typing
 from functools import partial
 
+import attrs
 import msgspec
 import trio
 
@@ -116,22 +117,16 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@attrs.frozen
 class _Venue:
-    def __init__(
-        self,
-        args: argparse.Namespace,
-        identity: ts.Identity,
-        registry: ts.KeyRegistry,
-        config: ts.SessionConfig,
-        ssl_context: ssl.SSLContext | None,
-        live: bool,
-    ) -> None:
-        self.args = args
-        self.identity = identity
-        self.registry = registry
-        self.config = config
-        self.ssl_context = ssl_context
-        self.live = live
+    """A checked ``serve`` command line, ready to run."""
+
+    args: argparse.Namespace
+    identity: ts.Identity
+    registry: ts.KeyRegistry
+    config: ts.SessionConfig
+    ssl_context: ssl.SSLContext | None
+    live: bool
 
     async def run(self) -> None:
         args = self.args
