@@ -59,6 +59,7 @@ def _under_pty(argv: list[str], timeout: float = 30.0) -> tuple[int, str]:
 
 
 def test_demo_with_faults_shows_stale_and_resuming_on_a_terminal() -> None:
+    pytest.importorskip("rich")  # the cli extra (part of the test extra)
     code, screen = _under_pty(
         [sys.executable, "-m", "trio_session", "demo", "--seconds", "2", "--faults", "3"]
     )

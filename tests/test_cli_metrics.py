@@ -6,6 +6,7 @@ Plain HTTP GETs (``urllib``) on 127.0.0.1 against a real ``serve`` with a real
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import sys
 import urllib.error
@@ -17,6 +18,11 @@ import pytest
 from trio_session.cli import main
 
 from .cli_helpers import Cli, assert_clean, keys, logging_restored, running, serving
+
+needs_prometheus = pytest.mark.skipif(
+    importlib.util.find_spec("prometheus_client") is None,
+    reason="needs the metrics extra (part of the test extra)",
+)
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -33,6 +39,7 @@ def scrape(url: str) -> dict[str, float]:
     return samples
 
 
+@needs_prometheus
 def test_serve_metrics_count_sessions_messages_logouts_and_refusals(tmp_path: Path) -> None:
     k = keys(tmp_path)
     with serving(k, "--metrics-port", "0") as (venue, port):
@@ -81,6 +88,7 @@ def test_serve_metrics_count_sessions_messages_logouts_and_refusals(tmp_path: Pa
     assert after['trio_session_handshake_refusals_total{reason="UNKNOWN_KEY"}'] == 1
 
 
+@needs_prometheus
 def test_demo_metrics_show_both_ends() -> None:
     with running("demo", "--seconds", "3", "--metrics-port", "0", "--plain") as demo:
         url = demo.wait_for(r"metrics on (http://127\.0\.0\.1:\d+/metrics)")[1]

@@ -35,15 +35,13 @@ def _connect(k: Keys, port: int, *extra: str) -> Cli:
     )
 
 
-def _crash_while_trading(venue: Cli, participant: Cli) -> float:
-    """SIGKILL the venue after a second of trading; return when (monotonic) it died,
-    once the participant has reported the connection lost."""
+def _crash_while_trading(venue: Cli, participant: Cli) -> None:
+    """SIGKILL the venue after a second of trading; return once the participant has
+    reported the connection lost."""
     participant.wait_for(r"orders \d+ acked \d+")
     venue.signal(signal.SIGKILL)
     venue.finish()
-    died = time.monotonic()
     participant.wait_for("event=stale", stream="stderr")
-    return died
 
 
 def test_connect_keeps_trading_across_a_venue_restart(tmp_path: Path) -> None:
@@ -77,12 +75,11 @@ def test_connect_reports_a_venue_that_stays_down_then_gives_up(tmp_path: Path) -
     venue, port = start_serve(k, "--log-level", "warning")
     participant = _connect(k, port, "--seconds", "60", "--max-outage", "3")
     try:
-        started = _crash_while_trading(venue, participant)
+        _crash_while_trading(venue, participant)
         # While it lasts, the outage is reported (every 2 s) with the attempts so far.
         outage = participant.wait_for(
             r"event=outage .*no connection to the venue for", stream="stderr"
         )
-        assert time.monotonic() - started < 3.0, participant.dump()
         code = participant.finish(timeout=20)
     finally:
         participant.stop()
@@ -91,6 +88,7 @@ def test_connect_reports_a_venue_that_stays_down_then_gives_up(tmp_path: Path) -
     assert_clean(text)
     assert code == 1, text
     assert "attempts" in outage.string
+    assert participant.err.index(outage.string) < len(participant.err) - 1  # before the end
     last = participant.err[-1]
     assert last.startswith("trio-session: error: the session ended: ConnectionLost: "), text
     assert "no connection for 3" in last and "connection refused" in last, last

@@ -105,13 +105,15 @@ def non_negative_int(text: str) -> int:
 # -- files -------------------------------------------------------------------------------
 
 
-def check_file(path: str, option: str, what: str) -> Path:
-    """``path`` exists, is a regular file and is readable; else a CliError naming it."""
+def check_file(path: str, option: str, what: str, *, create: str = "") -> Path:
+    """``path`` exists, is a regular file and is readable; else a CliError naming it
+    (``create``: the command that makes such a file, suggested when it is missing)."""
     p = Path(path)
     try:
         st = p.stat()
     except FileNotFoundError:
-        raise CliError(f"{option} {path}: no such file (expected {what})") from None
+        hint = f"; create one with `{create}`" if create else ""
+        raise CliError(f"{option} {path}: no such file (expected {what}){hint}") from None
     except OSError as exc:
         raise CliError(f"{option} {path}: cannot read it ({exc.strerror})") from None
     if stat.S_ISDIR(st.st_mode):
@@ -153,7 +155,7 @@ def _wrong_kind(option: str, path: str, found: str | None, wanted: str, fix: str
 def load_identity(path: str, option: str = "--identity") -> ts.Identity:
     """Load an identity file, telling a wrong kind of file or open permissions apart."""
     wanted = "an identity file"
-    p = check_file(path, option, wanted)
+    p = check_file(path, option, wanted, create=f"trio-session keygen {path}")
     found = _sniff(p)
     if found != _IDENTITY:
         fix = "pass the file written by `trio-session keygen`"
@@ -177,7 +179,8 @@ def load_registry(
     wanted = "a key registry file"
     if missing_ok and not os.path.lexists(path):
         return ts.KeyRegistry()
-    p = check_file(path, option, wanted)
+    create = f"trio-session registry add {path} KEY_ID PUBLIC_KEY"
+    p = check_file(path, option, wanted, create=create)
     found = _sniff(p)
     if found != _REGISTRY:
         fix = "pass the file written by `trio-session registry add`"

@@ -315,6 +315,7 @@ class Monitor:
     def _retire(self, t: Tracked) -> None:
         if self.sessions.pop(id(t.session), None) is None:
             return
+        t.sent_rate = t.received_rate = 0.0
         self.ended.append(t)
         final = t.session.stats
         retired = self.retired[t.role]
