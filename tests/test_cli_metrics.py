@@ -90,7 +90,7 @@ def test_serve_metrics_count_sessions_messages_logouts_and_refusals(tmp_path: Pa
 
 @needs_prometheus
 def test_demo_metrics_show_both_ends() -> None:
-    with running("demo", "--seconds", "3", "--metrics-port", "0", "--plain") as demo:
+    with running("demo", "--seconds", "2", "--metrics-port", "0", "--plain") as demo:
         url = demo.wait_for(r"metrics on (http://127\.0\.0\.1:\d+/metrics)")[1]
         demo.wait_for(r"orders \d+ acked \d+")
         samples = scrape(url)
