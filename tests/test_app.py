@@ -1,12 +1,12 @@
-"""Application layer: router, middleware, plugins (entry points), the demo and the CLI."""
+"""Application layer: router, middleware, plugins (entry points) and the demo application.
+
+The command line has its own tests (tests/test_cli_*.py)."""
 
 from __future__ import annotations
 
 import io
-import json
-import subprocess
-import sys
 import textwrap
+from decimal import Decimal
 from pathlib import Path
 
 import msgspec
@@ -15,7 +15,7 @@ import trio
 
 import trio_session as ts
 from trio_session import demo
-from trio_session.__main__ import main as cli_main
+from trio_session.cli.demo import run_demo
 
 from .runtime_helpers import PARTICIPANT, VENUE, url, venue
 
@@ -216,53 +216,34 @@ def test_broken_entry_point_is_skipped(tmp_path: Path, monkeypatch: pytest.Monke
 
 async def test_demo_runs_clean_without_faults() -> None:
     with trio.fail_after(60):
-        result = await demo.run_demo(1.5, 0, live=False, out=io.StringIO())
+        result = await run_demo(1.5, 0, live=False, out=io.StringIO())
     data = result.to_json()
     assert data["ok"] and data["lost"] == 0 and data["duplicated"] == 0 and data["reordered"] == 0
     assert data["sent"] > 100 and data["received"] == data["sent"] and data["quotes"] > 100
+    assert data["in_doubt"] == 0 and data["resets"] == 0
 
 
-def test_cli_keygen_registry_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    key = tmp_path / "alice.key"
-    assert cli_main(["keygen", str(key), "--key-id", "alice"]) == 0
-    out = capsys.readouterr().out
-    pub = out.split("public_key")[1].split()[0]
-    assert (key.stat().st_mode & 0o777) == 0o600
-    assert cli_main(["keygen", str(key)]) == 2  # refuses to overwrite
-    assert "exists" in capsys.readouterr().err
-    reg = tmp_path / "registry.json"
-    assert cli_main(["registry", str(reg), "alice", pub]) == 0
-    assert ts.KeyRegistry.load(reg).lookup("alice") == bytes.fromhex(pub)
-    assert cli_main(["registry", str(reg), "bob", "zz"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("trio-session: error:")
-    assert cli_main(["serve", "--identity", str(tmp_path / "missing"), "--registry", str(reg)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "missing" in err and "Traceback" not in err
+def test_scoreboard_counts_orders_a_reset_left_in_doubt() -> None:
+    """Unanswered orders at a reset are in doubt, not lost; answered later, they are acked."""
 
+    async def scenario() -> demo.Scoreboard:
+        board = demo.Scoreboard()
+        for i in range(4):
+            board.order_sent(i)
+        board.report(demo.ExecutionReport(0, 1, "filled", 1, Decimal("1")))
+        assert (board.lost, board.settled) == (3, False)
+        assert board.session_reset() == [1, 2, 3]
+        assert (board.lost, board.settled, board.in_doubt) == (0, True, 3)
+        # Order 3 had been queued, not sent: the new session answers it (seq from 0 again).
+        board.report(demo.ExecutionReport(3, 0, "filled", 1, Decimal("1")))
+        board.order_sent(4)
+        assert (board.lost, board.settled) == (1, False)
+        board.report(demo.ExecutionReport(4, 1, "filled", 1, Decimal("1")))
+        return board
 
-def test_cli_demo_json_exit_code() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "trio_session", "demo", "--seconds", "1", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
-    for field in (
-        "sent",
-        "received",
-        "lost",
-        "duplicated",
-        "reordered",
-        "resumes",
-        "rekeys",
-        "rtt_p50_us",
-    ):
-        assert field in data
-    assert data["lost"] == 0 and data["duplicated"] == 0 and data["reordered"] == 0
+    board = trio.run(scenario)
+    assert (board.acked, board.in_doubt, board.lost, board.reordered) == (3, 2, 0, 0)
+    assert board.ok and board.resets == 1
 
 
 async def test_memory_venue_reraises_user_errors_unwrapped() -> None:

@@ -6,45 +6,44 @@ freshest price wins) and accepts orders losslessly, answering each with an
 participant subscribes, trades, and checks every acknowledgement: each order
 acknowledged exactly once, in order; each instrument's quotes never go back.
 
+When the venue cannot resume the session (it restarted and lost it), the
+participant's ``receive`` raises :class:`~trio_session.SessionReset`: every
+order not answered by then is *in doubt* (the venue may or may not have seen
+it).  The participant reports those orders, subscribes again on the new
+session and trades on; they are counted as in doubt, never as lost.
+
 Prices are :class:`decimal.Decimal` (msgspec encodes them as strings), so no
 float rounding ever touches a price; quantities are integers.
 
-``python -m trio_session demo`` runs both in one process on loopback, with an
-optional fault-injecting proxy between them (``--faults N`` abrupt drops).
+These are the messages of ``python -m trio_session serve`` and ``connect``;
+``python -m trio_session demo`` runs both ends in one process on loopback.
+Built on the public API only (``import trio_session as ts``).
 """
 
 from __future__ import annotations
 
-import json
 import statistics
-import sys
 from collections.abc import Callable
 from decimal import Decimal
-from functools import partial
-from typing import Any, Literal, TextIO
+from typing import Any, Literal
 
 import attrs
 import msgspec
 import trio
 
-from ._app import Context, Router
-from ._client import RestartPolicy, connect
-from ._config import SessionConfig
-from ._errors import MessageRejected, SessionError
-from ._identity import Identity, KeyRegistry
-from ._server import VenueServer, serve
-from ._session import Session, State
+import trio_session as ts
 
 __all__ = [
     "DEMO_CONFIG",
     "INSTRUMENTS",
+    "DemoResult",
     "ExecutionReport",
     "Message",
     "NewOrder",
     "Quote",
     "Scoreboard",
     "Subscribe",
-    "run_demo",
+    "make_router",
     "run_participant",
     "venue_handler",
 ]
@@ -52,7 +51,7 @@ __all__ = [
 INSTRUMENTS = ("BTC-EUR", "ETH-EUR", "SOL-EUR")
 
 #: Fast timers so a few seconds show heartbeats, ratchets and DH rekeys.
-DEMO_CONFIG = SessionConfig(
+DEMO_CONFIG = ts.SessionConfig(
     heartbeat_interval=0.5,
     heartbeat_timeout=2.0,
     ratchet_interval=0.5,
@@ -64,10 +63,14 @@ DEMO_CONFIG = SessionConfig(
 
 
 class Subscribe(msgspec.Struct, tag=True, frozen=True):
+    """Participant -> venue: stream quotes for these instruments."""
+
     instruments: list[str]
 
 
 class Quote(msgspec.Struct, tag=True, frozen=True):
+    """Venue -> participant, conflated per instrument (the latest wins)."""
+
     instrument: str
     bid: Decimal
     ask: Decimal
@@ -76,6 +79,8 @@ class Quote(msgspec.Struct, tag=True, frozen=True):
 
 
 class NewOrder(msgspec.Struct, tag=True, frozen=True):
+    """Participant -> venue, lossless; answered by one ExecutionReport (or a reject)."""
+
     client_id: int
     instrument: str
     side: Literal["buy", "sell"]
@@ -84,6 +89,8 @@ class NewOrder(msgspec.Struct, tag=True, frozen=True):
 
 
 class ExecutionReport(msgspec.Struct, tag=True, frozen=True):
+    """Venue -> participant: the order ``client_id`` (data seq ``ref_seq``) was filled."""
+
     client_id: int
     #: Data sequence number of the order this report answers.
     ref_seq: int
@@ -98,19 +105,19 @@ Message = Subscribe | Quote | NewOrder | ExecutionReport
 # -- venue ------------------------------------------------------------------------------
 
 
-def make_router(subscriptions: set[str]) -> Router:
+def make_router(subscriptions: set[str]) -> ts.Router:
     """Routes for one venue session; ``subscriptions`` is that session's quote set."""
-    router = Router()
+    router = ts.Router()
 
     @router.route(NewOrder)
-    async def on_order(ctx: Context, order: NewOrder) -> None:
+    async def on_order(ctx: ts.Context, order: NewOrder) -> None:
         if order.instrument not in INSTRUMENTS or order.qty <= 0:
             ctx.reject("unknown instrument or bad quantity")
             return
         await ctx.reply(ExecutionReport(order.client_id, ctx.seq, "filled", order.qty, order.price))
 
     @router.route(Subscribe)
-    async def on_subscribe(ctx: Context, sub: Subscribe) -> None:
+    async def on_subscribe(ctx: ts.Context, sub: Subscribe) -> None:
         unknown = [name for name in sub.instruments if name not in INSTRUMENTS]
         if unknown:
             ctx.reject(f"unknown instruments {unknown}")
@@ -120,7 +127,7 @@ def make_router(subscriptions: set[str]) -> Router:
     return router
 
 
-async def _publish(session: Session, subscriptions: set[str]) -> None:
+async def _publish(session: ts.Session, subscriptions: set[str]) -> None:
     """Stream quotes for subscribed instruments, conflated per instrument."""
     update = 0
     base = {name: Decimal(10_000 + 1_000 * i) for i, name in enumerate(INSTRUMENTS)}
@@ -133,17 +140,25 @@ async def _publish(session: Session, subscriptions: set[str]) -> None:
                     name, Quote(name, mid - Decimal("0.05"), mid + Decimal("0.05"), update)
                 )
             await trio.sleep(0.001)
-    except SessionError:
+    except ts.SessionError:
         return
 
 
-async def venue_handler(session: Session) -> None:
-    """The demo venue's session handler: quotes + order acknowledgements."""
+async def venue_handler(session: ts.Session) -> None:
+    """The demo venue's session handler: quotes + order acknowledgements.
+
+    When the session ends for good (the participant vanished and the dead man's
+    switch fired, or the venue closed it), the router's SessionError is the
+    normal end of the handler: it returns, rather than raising that error out of
+    its nursery as an exception group the server would log as a failure.
+    """
     subscriptions: set[str] = set()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_publish, session, subscriptions)
         try:
             await make_router(subscriptions)(session)
+        except ts.SessionError:
+            pass  # the session is over; the server's hooks report why
         finally:
             nursery.cancel_scope.cancel()
 
@@ -153,7 +168,11 @@ async def venue_handler(session: Session) -> None:
 
 @attrs.define
 class Scoreboard:
-    """What the participant checked.  lost/duplicated/reordered must all be 0."""
+    """What the participant checked.  lost/duplicated/reordered must all be 0.
+
+    An order is *in doubt* when a SessionReset came while it was unanswered:
+    the application was told, so it is reconciled, not lost.
+    """
 
     sent: int = 0
     acked: int = 0
@@ -162,20 +181,44 @@ class Scoreboard:
     rejected: int = 0
     quotes: int = 0
     quote_regressions: int = 0
+    resets: int = 0
     rtts: list[float] = attrs.Factory(list)
     _acked_ids: set[int] = attrs.Factory(set)
+    _in_doubt: set[int] = attrs.Factory(set)
     _last_ack: int = -1
     _last_ref_seq: int = -1
     _sent_at: dict[int, float] = attrs.Factory(dict)
     _last_update: dict[str, int] = attrs.Factory(dict)
 
     @property
+    def in_doubt(self) -> int:
+        return len(self._in_doubt)
+
+    @property
     def lost(self) -> int:
-        return self.sent - self.acked - self.rejected
+        """Orders never answered, not rejected and not reported in doubt."""
+        return max(0, len(self._sent_at.keys() - self._in_doubt) - self.rejected)
+
+    @property
+    def settled(self) -> bool:
+        return self.lost == 0
 
     def order_sent(self, client_id: int) -> None:
         self.sent += 1
         self._sent_at[client_id] = trio.current_time()
+
+    def session_reset(self) -> list[int]:
+        """A SessionReset arrived: the unanswered orders are now in doubt (returned).
+
+        The new session numbers its messages from 0 and its venue restarts its
+        quote updates, so those order checks start afresh too.
+        """
+        self.resets += 1
+        doubtful = sorted(self._sent_at.keys() - self._in_doubt)
+        self._in_doubt.update(doubtful)
+        self._last_ref_seq = -1
+        self._last_update.clear()
+        return doubtful
 
     def report(self, rep: ExecutionReport) -> None:
         if rep.client_id in self._acked_ids:
@@ -184,6 +227,7 @@ class Scoreboard:
         if rep.client_id < self._last_ack or rep.ref_seq <= self._last_ref_seq:
             self.reordered += 1
         self._acked_ids.add(rep.client_id)
+        self._in_doubt.discard(rep.client_id)  # it had been queued, not sent: answered after all
         self._last_ack = max(self._last_ack, rep.client_id)
         self._last_ref_seq = max(self._last_ref_seq, rep.ref_seq)
         self.acked += 1
@@ -206,68 +250,124 @@ class Scoreboard:
     def rtt_p50_us(self) -> float | None:
         return round(statistics.median(self.rtts) * 1e6, 1) if self.rtts else None
 
+    def recent_rtt_us(self, n: int = 200) -> float | None:
+        recent = self.rtts[-n:]
+        return round(statistics.median(recent) * 1e6, 1) if recent else None
+
+
+#: Called with the SessionReset and the client ids of the orders it left in doubt.
+ResetHook = Callable[[ts.SessionReset, list[int]], None]
+
 
 async def run_participant(
-    session: Session,
+    session: ts.Session,
     seconds: float,
     board: Scoreboard,
     *,
     order_interval: float = 0.0005,
     drain_timeout: float = 15.0,
+    on_reset: ResetHook | None = None,
 ) -> None:
-    """Subscribe, send orders for ``seconds``, then wait for every acknowledgement."""
-    await session.send(Subscribe(list(INSTRUMENTS)))
-    sending_done = trio.Event()
-    all_answered = trio.Event()
+    """Subscribe, send orders for ``seconds``, then wait for every acknowledgement.
 
-    async def receiver() -> None:
-        while True:
-            try:
-                batch = await session.receive_batch()
-            except MessageRejected:
-                board.rejected += 1
-                continue
-            for msg in batch:
-                if isinstance(msg, ExecutionReport):
-                    board.report(msg)
-                elif isinstance(msg, Quote):
-                    board.quote(msg)
-            if sending_done.is_set() and board.acked + board.rejected >= board.sent:
-                all_answered.set()
-                return
-
+    A SessionReset is absorbed (``on_reset`` gets the orders in doubt) and
+    trading continues on the new session; any other session error ends the run
+    and is raised as itself.
+    """
+    failure: list[ts.SessionError] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(receiver)
-        deadline = trio.current_time() + seconds
-        client_id = 0
-        while trio.current_time() < deadline:
-            name = INSTRUMENTS[client_id % len(INSTRUMENTS)]
-            order = NewOrder(
-                client_id,
-                name,
-                "buy" if client_id % 2 else "sell",
-                1 + client_id % 5,
-                Decimal("100.25"),
-            )
-            board.order_sent(client_id)
-            await session.send(order)
-            client_id += 1
-            await trio.sleep(order_interval)
-        sending_done.set()
-        with trio.move_on_after(drain_timeout):
-            await all_answered.wait()
+
+        def fail(exc: ts.SessionError) -> None:
+            if not failure:
+                failure.append(exc)
+            nursery.cancel_scope.cancel()
+
+        sending_done = trio.Event()
+        all_answered = trio.Event()
+
+        async def receiver() -> None:
+            try:
+                await _receive(session, board, sending_done, all_answered, on_reset)
+            except ts.SessionError as exc:
+                fail(exc)
+
+        try:
+            await session.send(Subscribe(list(INSTRUMENTS)))
+            nursery.start_soon(receiver)
+            await _send_orders(session, board, seconds, order_interval)
+            sending_done.set()
+            if not board.settled:
+                with trio.move_on_after(drain_timeout):
+                    await all_answered.wait()
+        except ts.SessionError as exc:
+            fail(exc)
         nursery.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
 
 
-# -- the whole demo in one process ---------------------------------------------------
+async def _send_orders(
+    session: ts.Session, board: Scoreboard, seconds: float, order_interval: float
+) -> None:
+    deadline = trio.current_time() + seconds
+    client_id = 0
+    while trio.current_time() < deadline:
+        name = INSTRUMENTS[client_id % len(INSTRUMENTS)]
+        order = NewOrder(
+            client_id,
+            name,
+            "buy" if client_id % 2 else "sell",
+            1 + client_id % 5,
+            Decimal("100.25"),
+        )
+        board.order_sent(client_id)
+        await session.send(order)
+        client_id += 1
+        await trio.sleep(order_interval)
+
+
+async def _receive(
+    session: ts.Session,
+    board: Scoreboard,
+    sending_done: trio.Event,
+    all_answered: trio.Event,
+    on_reset: ResetHook | None,
+) -> None:
+    while True:
+        try:
+            batch = await session.receive_batch()
+        except ts.MessageRejected:
+            board.rejected += 1
+            continue
+        except ts.SessionReset as exc:
+            doubtful = board.session_reset()
+            if on_reset is not None:
+                on_reset(exc, doubtful)
+            await session.send(Subscribe(list(INSTRUMENTS)))  # the new session knows nothing
+            continue
+        for msg in batch:
+            if isinstance(msg, ExecutionReport):
+                board.report(msg)
+            elif isinstance(msg, Quote):
+                board.quote(msg)
+        if sending_done.is_set() and board.settled:
+            all_answered.set()
+            return
+
+
+# -- results --------------------------------------------------------------------------
 
 
 @attrs.define
 class DemoResult:
+    """What a participant run checked, with its session's final counters."""
+
     board: Scoreboard
-    stats: Any
+    stats: ts.SessionStats
     faults: int
     seconds: float
+    #: (seconds since start, state) for each state the participant's session entered.
+    states: list[tuple[float, str]] = attrs.Factory(list)
 
     def to_json(self) -> dict[str, Any]:
         b, s = self.board, self.stats
@@ -280,117 +380,27 @@ class DemoResult:
             "duplicated": b.duplicated,
             "reordered": b.reordered + b.quote_regressions,
             "rejected": b.rejected,
+            "in_doubt": b.in_doubt,
+            "resets": b.resets,
             "quotes": b.quotes,
             "resumes": s.resumes,
+            "stale_spells": s.stale_spells,
             "rekeys": s.rekeys,
             "ratchets": s.ratchets,
             "rtt_p50_us": b.rtt_p50_us(),
+            "states": [{"at": round(at, 3), "state": state} for at, state in self.states],
             "ok": b.ok,
         }
 
-
-def _status_line(session: Session, board: Scoreboard, rate: float) -> str:
-    s = session.stats
-    recent = board.rtts[-200:]
-    rtt = f"{statistics.median(recent) * 1e6:.0f}us" if recent else "-"
-    return (
-        f"{session.state.value:<8} orders {board.sent:>6} acked {board.acked:>6} "
-        f"({rate:>6.0f}/s)  quotes {board.quotes:>6}  rtt {rtt:>7}  "
-        f"rekeys {s.rekeys:>3}  resumes {s.resumes:>2}  "
-        f"pending={board.lost} dup={board.duplicated} "
-        f"reord={board.reordered + board.quote_regressions}"
-    )
-
-
-async def run_demo(
-    seconds: float = 5.0,
-    faults: int = 0,
-    *,
-    seed: int = 1,
-    out: TextIO | None = None,
-    live: bool | None = None,
-    proxy_factory: Callable[..., Any] | None = None,
-) -> DemoResult:
-    """Run the demo venue and participant on loopback; return what was checked."""
-    out = out or sys.stdout
-    live = out.isatty() if live is None else live
-    venue_id = Identity.generate()
-    alice = Identity.generate()
-    registry = KeyRegistry()
-    registry.add(alice.key_id, alice.public_key)
-    board = Scoreboard()
-    async with trio.open_nursery() as nursery:
-        server: VenueServer = await nursery.start(
-            partial(
-                serve,
-                venue_handler,
-                venue_id,
-                registry,
-                "127.0.0.1",
-                0,
-                config=DEMO_CONFIG,
-                messages=Message,
-            )
+    def summary(self) -> str:
+        d = self.to_json()
+        verdict = "OK" if d["ok"] else "FAILED"
+        doubt = ""
+        if d["resets"]:
+            doubt = f", {d['in_doubt']} in doubt after {d['resets']} reset(s) (reported)"
+        return (
+            f"{verdict}: {d['sent']} orders, {d['received']} acknowledged exactly once in order"
+            f"{doubt}, {d['quotes']} quotes; lost={d['lost']} dup={d['duplicated']} "
+            f"reordered={d['reordered']}; resumes={d['resumes']} stale={d['stale_spells']} "
+            f"resets={d['resets']} rekeys={d['rekeys']} rtt p50={d['rtt_p50_us']}us"
         )
-        port = server.port
-        proxy = None
-        if faults:
-            if proxy_factory is None:
-                from ._faults import FaultyProxy
-
-                proxy_factory = FaultyProxy.serve
-            proxy = await nursery.start(partial(proxy_factory, "127.0.0.1", server.port, seed=seed))
-            port = proxy.port
-        url = f"ws://127.0.0.1:{port}/"
-        policy = RestartPolicy(base_delay=0.01, max_delay=0.2, max_restarts=max(20, 4 * faults))
-        async with connect(
-            url, alice, venue_id.public_key, config=DEMO_CONFIG, messages=Message, restart=policy
-        ) as session:
-            async with trio.open_nursery() as inner:
-                inner.start_soon(_show, session, board, out, live)
-                if proxy is not None:
-                    inner.start_soon(_inject, proxy, faults, seconds)
-                await run_participant(session, seconds, board)
-                inner.cancel_scope.cancel()
-            stats = session.stats
-        nursery.cancel_scope.cancel()
-    if live:
-        out.write("\n")
-    return DemoResult(board, stats, faults, seconds)
-
-
-async def _inject(proxy: Any, faults: int, seconds: float) -> None:
-    for _ in range(faults):
-        await trio.sleep(seconds / (faults + 1))
-        proxy.reset_all()
-
-
-async def _show(session: Session, board: Scoreboard, out: TextIO, live: bool) -> None:
-    last_acked, last_t = 0, trio.current_time()
-    while True:
-        await trio.sleep(0.25 if live else 1.0)
-        now = trio.current_time()
-        rate = (board.acked - last_acked) / max(now - last_t, 1e-9)
-        last_acked, last_t = board.acked, now
-        line = _status_line(session, board, rate)
-        if live:
-            out.write("\r\x1b[2K" + line)
-        else:
-            out.write(line + "\n")
-        out.flush()
-        if session.state is State.CLOSED:
-            return
-
-
-def print_summary(result: DemoResult, out: TextIO, *, as_json: bool) -> None:
-    data = result.to_json()
-    if as_json:
-        out.write(json.dumps(data) + "\n")
-        return
-    verdict = "OK" if data["ok"] else "FAILED"
-    out.write(
-        f"{verdict}: {data['sent']} orders, {data['received']} acknowledged exactly once in order, "
-        f"{data['quotes']} quotes; lost={data['lost']} dup={data['duplicated']} "
-        f"reordered={data['reordered']}; resumes={data['resumes']} rekeys={data['rekeys']} "
-        f"rtt p50={data['rtt_p50_us']}us\n"
-    )
