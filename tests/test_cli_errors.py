@@ -342,6 +342,8 @@ def _every_session_error() -> Iterator[ts.SessionError]:
     yield ts.SessionClosed(
         "peer closed the session: SLOW_CONSUMER", code=ts.CloseCode.SLOW_CONSUMER
     )
+    yield ts.SlowConsumer("participant consumed nothing for 30s")
+    yield ts.SessionExpired("participant did not resume within 60s")
     yield ts.MessageRejected("rejected", ref_seq=3, reason_code=ts.RejectCode.REJECTED)
     yield ts.InvalidMessage("bad message", seq=4)
 
