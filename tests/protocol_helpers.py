@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Callable
 
 from trio_session import Identity, SessionConfig
-from trio_session._protocol import (
+from trio_session.protocol import (
     ClientConnection,
     Connection,
     Event,

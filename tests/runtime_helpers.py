@@ -12,9 +12,9 @@ from typing import Any
 import trio
 
 import trio_session as ts
-from trio_session._protocol import ClientConnection, Role, VenueConnection
 from trio_session._session import Session, _new_session
 from trio_session._transport import MemoryTransport, memory_transport_pair
+from trio_session.protocol import ClientConnection, Role, VenueConnection
 
 from .protocol_helpers import OTHER, PARTICIPANT, VENUE
 

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from trio_session import SessionConfig, SessionError
-from trio_session._protocol import ClientConnection, MessagesReceived, VenueConnection
+from trio_session.protocol import ClientConnection, MessagesReceived, VenueConnection
 
 from .protocol_helpers import PARTICIPANT, VENUE, handshake, pump
 

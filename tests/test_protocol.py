@@ -17,7 +17,7 @@ from trio_session import (
     SequenceError,
     SessionConfig,
 )
-from trio_session._protocol import (
+from trio_session.protocol import (
     ClientConnection,
     CloseReceived,
     ConnectionState,
@@ -26,7 +26,7 @@ from trio_session._protocol import (
     MessagesReceived,
     VenueConnection,
 )
-from trio_session._wire import FLAG_PROBE, FrameType, parse_header
+from trio_session.protocol._wire import FLAG_PROBE, FrameType, parse_header
 
 from .protocol_helpers import PARTICIPANT, VENUE, FakeClock, Link, handshake, pump
 

@@ -12,7 +12,7 @@ import nacl.encoding
 import nacl.hash
 import nacl.signing
 
-from trio_session import _vectors
+from trio_session.protocol import _vectors
 
 SPEC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 

@@ -31,9 +31,9 @@ from ._errors import (
     SessionError,
 )
 from ._identity import Identity
-from ._protocol import ClientConnection, CloseReceived, HandshakeComplete, Role
 from ._session import Session, State, _close_forcefully, _new_session
 from ._transport import Transport, connect_transport
+from .protocol import ClientConnection, CloseReceived, HandshakeComplete, Role
 
 __all__ = ["Backoff", "RestartPolicy", "connect"]
 

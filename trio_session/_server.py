@@ -34,9 +34,9 @@ from ._errors import (
     SessionError,
 )
 from ._identity import Identity, KeyRegistry
-from ._protocol import HandshakeComplete, HelloReceived, Role, VenueConnection
 from ._session import Session, State, _close_forcefully, _is_clean_close, _new_session
 from ._transport import Transport, TransportServer, serve_transport
+from .protocol import HandshakeComplete, HelloReceived, Role, VenueConnection
 
 __all__ = ["VenueServer", "serve"]
 

@@ -45,7 +45,8 @@ from ._errors import (
     SessionError,
     SessionReset,
 )
-from ._protocol import (
+from ._transport import Transport
+from .protocol import (
     CloseReceived,
     Connection,
     ConnectionState,
@@ -54,8 +55,7 @@ from ._protocol import (
     Role,
     SessionState,
 )
-from ._transport import Transport
-from ._wire import NOTICE_REJECT, Notice, decode_notice, encode_body
+from .protocol._wire import NOTICE_REJECT, Notice, decode_notice, encode_body
 
 __all__ = ["InvalidMessage", "Session", "SessionStats", "State"]
 
