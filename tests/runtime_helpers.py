@@ -16,7 +16,7 @@ from trio_session._session import Session, _new_session
 from trio_session._transport import MemoryTransport, memory_transport_pair
 from trio_session.protocol import ClientConnection, Role, VenueConnection
 
-from .protocol_helpers import OTHER, PARTICIPANT, VENUE
+from .protocol.helpers import OTHER, PARTICIPANT, VENUE
 
 __all__ = [
     "OTHER",

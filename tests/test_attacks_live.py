@@ -1,6 +1,6 @@
-"""The attack catalogue of research/crypto.md §4.8, live: real sockets against a real ``ts.serve``.
+"""The attack catalogue of docs/security.md, live: real sockets against a real ``ts.serve``.
 
-tests/test_protocol_attacks.py proves each defence on the sans-IO state machines.  Here
+tests/protocol/test_attacks.py proves each defence on the sans-IO state machines.  Here
 the same attacks run over loopback TCP + WebSocket against a venue started with
 ``ts.serve``, driven by a *raw participant*: a plain trio-websocket connection on which
 the test drives a :class:`ClientConnection` by hand (M1, M2, M3, the venue's
@@ -16,7 +16,7 @@ Every attack test checks three things:
 * that the venue handler never received the forged or replayed data (:class:`Recorder`);
 * that the venue still serves a normal ``ts.connect`` participant afterwards.
 
-docs/security.md links each attack to its test here and in test_protocol_attacks.py;
+docs/security.md links each attack to its test here and in tests/protocol/test_attacks.py;
 :func:`test_security_doc_names_existing_tests` keeps those links honest.
 """
 
@@ -67,7 +67,7 @@ from . import forge
 from .runtime_helpers import OTHER, PARTICIPANT, VENUE, url
 
 HOST = "127.0.0.1"
-#: OTHER's Ed25519 seed (tests/protocol_helpers.py), to build an impostor identity.
+#: OTHER's Ed25519 seed (tests/protocol/helpers.py), to build an impostor identity.
 OTHER_SEED = bytes(range(64, 96))
 #: Venue settings shared by most tests: short timers keep the file fast.
 BASE = {"handshake_timeout": 0.5, "close_timeout": 0.5}
@@ -1200,14 +1200,14 @@ def _test_names(module: Path) -> set[str]:
 
 def test_security_doc_names_existing_tests() -> None:
     doc = (ROOT / "docs" / "security.md").read_text()
-    cited = re.findall(r"tests/(test_\w+\.py)::(\w+)", doc)
+    cited = re.findall(r"tests/((?:protocol/)?test_\w+\.py)::(\w+)", doc)
     assert cited, "docs/security.md names no tests"
     names = {m: _test_names(ROOT / "tests" / m) for m in {m for m, _ in cited}}
     missing = [f"{m}::{t}" for m, t in cited if t not in names[m]]
     assert missing == [], f"docs/security.md names tests that do not exist: {missing}"
     # Both attack modules are cited, and every live attack test is in the table.
     modules = {m for m, _ in cited}
-    assert {"test_attacks_live.py", "test_protocol_attacks.py"} <= modules
+    assert {"test_attacks_live.py", "protocol/test_attacks.py"} <= modules
     live_cited = {t for m, t in cited if m == "test_attacks_live.py"}
     uncited = sorted(names["test_attacks_live.py"] - live_cited - {_self_name()})
     assert uncited == [], f"live attack tests missing from docs/security.md: {uncited}"

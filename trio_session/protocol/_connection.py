@@ -166,13 +166,15 @@ class Connection(abc.ABC):
 
     @property
     def resumed(self) -> bool:
-        """True when the handshake continues an existing session (venue: from accept() on)."""
+        """True when the handshake continues an existing session (known to the venue at accept)."""
         return self._handshake.resumed
 
     @property
     def channel(self) -> Channel | None:
-        """The authenticated channel once the handshake completed: its ``seal()`` and
-        ``open()`` serve tools and tests that build or check frames by hand."""
+        """The authenticated channel, once the handshake completed (else None).
+
+        Its ``seal()`` and ``open()`` serve tools and tests that build or check
+        frames by hand."""
         return self._channel
 
     @property

@@ -65,19 +65,19 @@ class SessionRecord:
     next_rx_seq: int = 0
     #: How many of the peer's messages the application consumed (<= ``next_rx_seq``).
     rx_consumed: int = 0
-    #: The peer's latest acknowledgement: every message of ours below it arrived.
+    #: The peer's latest acknowledgement (every message of ours below it arrived).
     peer_ack: int = 0
-    #: The peer's latest credit: we may send messages with seq below it.
+    #: The peer's latest credit (we may send messages with seq below it).
     peer_window: int = 0
     #: Sent, unacknowledged messages, one entry per DATA frame, oldest first.
     replay: deque[ReplayEntry] = attrs.field(factory=deque)
     #: Messages and payload bytes in ``replay`` (kept so limits cost nothing).
     replay_messages: int = 0
     replay_bytes: int = 0
-    #: Resume secrets by generation: one, or two while it is unsure which one
-    #: the venue holds (docs/protocol.md, "Resume secret generations").
+    #: Resume secrets by generation (one, or two while the participant is unsure
+    #: which one the venue holds; docs/protocol.md, "Resume secret generations").
     resume_secrets: dict[int, bytes] = attrs.field(factory=dict)
-    #: Venue: recently replaced resume secrets, to refuse a replayed binder.
+    #: Recently replaced resume secrets (venue), to refuse a replayed binder.
     spent_secrets: list[bytes] = attrs.field(factory=list)
     #: Set by the participant's supervisor when the venue said REAUTHENTICATE:
     #: the session must never be resumed (a fresh one is started instead).
@@ -227,7 +227,7 @@ class SessionRecord:
 #: The name before the rename (it collided with ``State`` and ``ConnectionState``).
 SessionState = SessionRecord
 
-_Seq = Annotated[int, msgspec.Meta(ge=0, le=SEQ_LIMIT)]
+_Seq = Annotated[int, msgspec.Meta(ge=0, le=SEQ_LIMIT - 1)]
 _Secret = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 
 

@@ -14,7 +14,7 @@ import nacl.signing
 
 from trio_session.protocol import _vectors
 
-SPEC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+SPEC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
 
 def _spec_vectors() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Malformed input and the attack catalogue of research/crypto.md §4.8, at the protocol layer.
+"""Malformed input and the attack catalogue of docs/security.md, at the protocol layer.
 
 Every test feeds hostile bytes to a real state machine and requires a *typed*
 error (a SessionError subclass) and no delivered data; nothing else may escape.
@@ -34,8 +34,8 @@ from trio_session.protocol import (
 )
 from trio_session.protocol._wire import HEADER, FrameType, Rekey, encode_body, pack_header
 
-from . import forge
-from .protocol_helpers import OTHER, PARTICIPANT, VENUE, Link, handshake, pump
+from .. import forge
+from .helpers import OTHER, PARTICIPANT, VENUE, Link, handshake, pump
 
 
 def _feed_expecting_typed_error(
@@ -154,7 +154,7 @@ def test_reordered_frames_are_rejected(order: list[int]) -> None:
     pytest.fail("expected a reordering")  # pragma: no cover
 
 
-# -- named attacks (research/crypto.md §4.8) --------------------------------------
+# -- named attacks (docs/security.md, "What each mechanism stops") -------------------
 
 
 def test_attack_replay_of_data_frame_on_same_connection() -> None:
