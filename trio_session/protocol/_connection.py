@@ -48,14 +48,7 @@ from .._errors import CloseCode, FrameError, LocalProtocolError, SessionError
 from .._identity import Identity
 from ._channel import Channel, Flow, parse_close
 from ._events import CloseReceived, Event
-from ._handshake import REJECT_BYTE as REJECT
-from ._handshake import (
-    ClientHandshake,
-    Handshake,
-    HandshakeResult,
-    VenueHandshake,
-    parse_reject,
-)
+from ._handshake import ClientHandshake, Handshake, HandshakeResult, VenueHandshake, parse_reject
 from ._keys import KeySchedule
 from ._liveness import Liveness, ParticipantLiveness, VenueLiveness
 from ._outbox import Outbox
@@ -154,7 +147,7 @@ class Connection(abc.ABC):
 
     @property
     def epochs(self) -> tuple[int, int]:
-        """(tx epoch, rx epoch): how many key changes each direction has seen."""
+        """How many key changes each direction has seen, as (tx epoch, rx epoch)."""
         ch = self._channel
         return (ch.tx.epoch, ch.rx.epoch) if ch is not None else (0, 0)
 
@@ -230,7 +223,7 @@ class Connection(abc.ABC):
 
     def _receive_keyed(self, flow: Flow, frame: bytes) -> list[Event]:
         channel = flow.channel
-        if not channel.authenticated and self._handshake.accepts_reject and frame[:1] == REJECT:
+        if not channel.authenticated and self._handshake.is_reject(frame):
             return self._closed_by_peer(self._handshake.refused(parse_reject(frame)))
         frame_type, flags, seq, body = channel.open(frame)
         if frame_type is FrameType.DATA:

@@ -172,13 +172,17 @@ class Handshake(abc.ABC):
         """The REJECT frame refusing the handshake, if this role may send one."""
         return []
 
+    def is_reject(self, frame: bytes) -> bool:
+        """Whether ``frame`` is a REJECT this role must still process (not yet decoded)."""
+        return self.accepts_reject and frame[:1] == REJECT_BYTE
+
     def refused(self, event: CloseReceived) -> CloseReceived:
         self.state = HandshakeState.REFUSED
         return event
 
     def receive_after_close(self, frame: bytes) -> CloseReceived:
         """A frame after we closed before any keys existed: only a REJECT still counts."""
-        if self.accepts_reject and frame[:1] == REJECT_BYTE:
+        if self.is_reject(frame):
             return self.refused(parse_reject(frame))
         if len(frame) < HEADER_LEN + c.TAG_LEN:
             raise FrameError(f"frame too short ({len(frame)} bytes)", remote=True)

@@ -99,6 +99,11 @@ class RekeyMachine(abc.ABC):
         self.last_dh = now
         self.jitter = draw_jitter(rng, config.rekey_jitter)
         self.messages_since_dh = 0
+        self._setup()
+
+    @abc.abstractmethod
+    def _setup(self) -> None:
+        """Initialise this role's own fields."""
 
     def attach(self, channel: Channel, now: float) -> None:
         """The handshake completed: rekeys now run over ``channel``; it counts as a DH."""
@@ -185,15 +190,7 @@ class VenueRekey(RekeyMachine):
     }
     __slots__ = ("_exchange", "_rekey_id")
 
-    def __init__(
-        self,
-        config: SessionConfig,
-        clock: Callable[[], float],
-        rng: Callable[[int], bytes],
-        stats: ConnectionStats,
-        now: float,
-    ) -> None:
-        super().__init__(config, clock, rng, stats, now)
+    def _setup(self) -> None:
         self._rekey_id = 0
         self._exchange: _Exchange | None = None
 
@@ -317,15 +314,7 @@ class ParticipantRekey(RekeyMachine):
     }
     __slots__ = ("_answer", "requested_at")
 
-    def __init__(
-        self,
-        config: SessionConfig,
-        clock: Callable[[], float],
-        rng: Callable[[int], bytes],
-        stats: ConnectionStats,
-        now: float,
-    ) -> None:
-        super().__init__(config, clock, rng, stats, now)
+    def _setup(self) -> None:
         #: When we asked for a rekey that has not happened yet.
         self.requested_at: float | None = None
         self._answer: _Answer | None = None
