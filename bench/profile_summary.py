@@ -22,13 +22,13 @@ from collections import defaultdict
 _COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("idle: epoll wait", ("select.epoll",)),
     ("syscalls: socket send/recv", ("_socket.socket",)),
-    ("crypto: blake2b MAC, nacl", ("_blake2", "trio_session/_crypto.py", "nacl")),
+    ("crypto: blake2b MAC, nacl", ("_blake2", "trio_session/protocol/_crypto.py", "nacl")),
     ("msgspec encode/decode", ("msgspec",)),
     (
         "trio_session: session runtime",
         ("trio_session/_session.py", "trio_session/_server.py", "trio_session/_client.py"),
     ),
-    ("trio_session: protocol (sans-IO)", ("trio_session/_protocol.py", "trio_session/_wire.py")),
+    ("trio_session: protocol (sans-IO)", ("trio_session/protocol/",)),
     ("trio_session: transport adapter", ("trio_session/_transport.py",)),
     ("trio-websocket", ("trio_websocket",)),
     ("wsproto framing", ("wsproto",)),

@@ -32,12 +32,18 @@ def _restore_attrs_class_modules() -> None:
     given in the directives (``automodule`` documents a module's ``__all__``
     whatever the members' ``__module__``).
     """
+    publics = (trio_session, trio_session.protocol, trio_session.testing)
+    for public in publics:  # the package init is lazy: load every public name first
+        for public_name in public.__all__:
+            getattr(public, public_name)
     private = {
         name: module
         for name, module in sys.modules.items()
-        if name.startswith("trio_session._") and module is not None
+        if name.startswith("trio_session.")
+        and any(part.startswith("_") for part in name.split(".")[1:])
+        and module is not None
     }
-    for public in (trio_session, trio_session.protocol, trio_session.testing):
+    for public in publics:
         for public_name in public.__all__:
             obj = getattr(public, public_name)
             if not (isinstance(obj, type) and attrs.has(obj)):

@@ -16,11 +16,11 @@ import trio.testing
 import trio_session as ts
 from trio_session._control import SessionControl, open_session
 from trio_session._link import MIN_TIMER_STEP
-from trio_session._protocol import ClientConnection, Role, VenueConnection
 from trio_session._transport import MemoryTransport, Transport, memory_transport_pair
+from trio_session.protocol import ClientConnection, Role, VenueConnection
 from trio_session.testing import MemoryVenue
 
-from .protocol_helpers import OTHER, PARTICIPANT, VENUE
+from .protocol.helpers import OTHER, PARTICIPANT, VENUE
 
 __all__ = [
     "FAST",

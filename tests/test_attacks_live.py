@@ -1,6 +1,6 @@
-"""The attack catalogue of research/crypto.md §4.8, live: real sockets against a real ``ts.serve``.
+"""The attack catalogue of docs/security.md, live: real sockets against a real ``ts.serve``.
 
-tests/test_protocol_attacks.py proves each defence on the sans-IO state machines.  Here
+tests/protocol/test_attacks.py proves each defence on the sans-IO state machines.  Here
 the same attacks run over loopback TCP + WebSocket against a venue started with
 ``ts.serve``, driven by a *raw participant*: a plain trio-websocket connection on which
 the test drives a :class:`ClientConnection` by hand (M1, M2, M3, the venue's
@@ -16,7 +16,7 @@ Every attack test checks three things:
 * that the venue handler never received the forged or replayed data (:class:`Recorder`);
 * that the venue still serves a normal ``ts.connect`` participant afterwards.
 
-docs/security.md links each attack to its test here and in test_protocol_attacks.py;
+docs/security.md links each attack to its test here and in tests/protocol/test_attacks.py;
 :func:`test_security_doc_names_existing_tests` keeps those links honest.
 """
 
@@ -41,8 +41,7 @@ import trio_websocket
 
 import trio_session as ts
 from trio_session import _server
-from trio_session._crypto import kx_keypair
-from trio_session._protocol import (
+from trio_session.protocol import (
     ClientConnection,
     CloseReceived,
     Event,
@@ -51,7 +50,8 @@ from trio_session._protocol import (
     SessionState,
     VenueConnection,
 )
-from trio_session._wire import (
+from trio_session.protocol._crypto import kx_keypair
+from trio_session.protocol._wire import (
     HEADER_LEN,
     ClientHello,
     Data,
@@ -63,10 +63,11 @@ from trio_session._wire import (
     parse_header,
 )
 
+from . import forge
 from .runtime_helpers import OTHER, PARTICIPANT, VENUE, url
 
 HOST = "127.0.0.1"
-#: OTHER's Ed25519 seed (tests/protocol_helpers.py), to build an impostor identity.
+#: OTHER's Ed25519 seed (tests/protocol/helpers.py), to build an impostor identity.
 OTHER_SEED = bytes(range(64, 96))
 #: Venue settings shared by most tests: short timers keep the file fast.
 BASE = {"handshake_timeout": 0.5, "close_timeout": 0.5}
@@ -241,10 +242,15 @@ class Raw:
         self.sent: list[bytes] = []
         self.received: list[bytes] = []
         self.done: HandshakeComplete | None = None
+        #: Frames the state machine produced that were not sent yet.
+        self.unsent: list[bytes] = []
 
     @property
     def m1(self) -> bytes:
-        return self.conn._m1
+        """The ClientHello the state machine built (taken from its output, kept unsent)."""
+        if not self.unsent and not self.sent:
+            self.unsent = self.conn.data_to_send()
+        return (self.sent or self.unsent)[0]
 
     @property
     def session_id(self) -> bytes | None:
@@ -265,7 +271,8 @@ class Raw:
 
     async def flush(self) -> None:
         """Send whatever the state machine owes (M1, M3, retransmissions, control)."""
-        for frame in self.conn.data_to_send():
+        frames, self.unsent = self.unsent + self.conn.data_to_send(), []
+        for frame in frames:
             await self.send(frame)
 
     async def handshake(self) -> HandshakeComplete:
@@ -277,7 +284,7 @@ class Raw:
         # The venue confirms at once with an authenticated frame (protocol.md step 16).
         events = await self.recv_events()
         assert not any(isinstance(e, CloseReceived) for e in events), events
-        assert self.conn._rx_authenticated
+        assert self.conn.authenticated
         return done
 
     async def send_data(self, *msgs: bytes) -> bytes:
@@ -530,7 +537,7 @@ async def test_tampered_client_hello_breaks_transcript(
                         window=hello.window,
                     )
                 )
-                raw.conn.data_to_send()  # the genuine M1 is swallowed by the attacker
+                raw.unsent.clear()  # the genuine M1 is swallowed by the attacker
                 await raw.send(edited)
                 m2 = await raw.recv()
                 assert m2[0] == FrameType.SERVER_HELLO  # the venue accepted the edited offer
@@ -694,8 +701,7 @@ async def test_stale_epoch_after_tier1_switch(probe: VenueProbe, recorder: Recor
             async with raw_participant(server) as raw:
                 await raw.send_data(b"e0")
                 await raw.expect_echo(b"e0")
-                assert raw.conn._tx is not None
-                old_mac = raw.conn._tx.mac  # the epoch-0 key, kept by the "attacker"
+                old_key = forge.current_sending_key(raw.conn)  # epoch 0, kept by the "attacker"
                 raw.conn.ratchet()
                 await raw.send_data(b"e1")  # epoch 1: the venue switches, deletes epoch 0
                 await raw.expect_echo(b"e1")
@@ -703,10 +709,10 @@ async def test_stale_epoch_after_tier1_switch(probe: VenueProbe, recorder: Recor
                 s = raw.conn.session
                 assert s is not None
                 # A frame genuinely sealed under the old key, with the right next seq.
-                frame = pack_header(FrameType.DATA, 0, 0, s.next_tx_seq) + encode_body(
-                    Data(s.next_rx_seq, 4096, [b"stale"])
+                body = forge.data_body(s.next_rx_seq, 4096, [b"stale"])
+                await raw.send(
+                    forge.seal_under(old_key, FrameType.DATA, body, epoch=0, seq=s.next_tx_seq)
                 )
-                await raw.send(frame + old_mac.tag(frame))
                 await expect_dropped(raw)
             assert probe.error_codes(raw.session_id) == [ts.CloseCode.INTEGRITY_FAILURE]
             await assert_serves(server)
@@ -775,7 +781,7 @@ async def test_oversized_frame(probe: VenueProbe, recorder: Recorder) -> None:
                 s = raw2.conn.session
                 assert s is not None
                 body = encode_body(Data(0, 4096, [bytes(SMALL_FRAMES["max_message_size"] + 1)]))
-                await raw2.send(raw2.conn._seal(FrameType.DATA, 0, s.next_tx_seq, body))
+                await raw2.send(forge.seal(raw2.conn, FrameType.DATA, body, seq=s.next_tx_seq))
                 await expect_dropped(raw2)
             assert probe.error_codes(raw2.session_id) == [ts.CloseCode.PROTOCOL_ERROR]
             # Before the handshake: an oversized ClientHello never reaches the state machine.
@@ -834,7 +840,7 @@ async def test_msgpack_size_bomb(probe: VenueProbe, recorder: Recorder) -> None:
 
             # After the handshake, validly tagged by a hostile participant: fails cleanly.
             async with raw_participant(server) as raw2:
-                await raw2.send(raw2.conn._seal(FrameType.DATA, 0, 0, bomb_body))
+                await raw2.send(forge.seal(raw2.conn, FrameType.DATA, bomb_body, seq=0))
                 await expect_dropped(raw2)
             assert probe.error_codes(raw2.session_id) == [ts.CloseCode.PROTOCOL_ERROR]
             await assert_serves(server)
@@ -1194,14 +1200,14 @@ def _test_names(module: Path) -> set[str]:
 
 def test_security_doc_names_existing_tests() -> None:
     doc = (ROOT / "docs" / "security.md").read_text()
-    cited = re.findall(r"tests/(test_\w+\.py)::(\w+)", doc)
+    cited = re.findall(r"tests/((?:protocol/)?test_\w+\.py)::(\w+)", doc)
     assert cited, "docs/security.md names no tests"
     names = {m: _test_names(ROOT / "tests" / m) for m in {m for m, _ in cited}}
     missing = [f"{m}::{t}" for m, t in cited if t not in names[m]]
     assert missing == [], f"docs/security.md names tests that do not exist: {missing}"
     # Both attack modules are cited, and every live attack test is in the table.
     modules = {m for m, _ in cited}
-    assert {"test_attacks_live.py", "test_protocol_attacks.py"} <= modules
+    assert {"test_attacks_live.py", "protocol/test_attacks.py"} <= modules
     live_cited = {t for m, t in cited if m == "test_attacks_live.py"}
     uncited = sorted(names["test_attacks_live.py"] - live_cited - {_self_name()})
     assert uncited == [], f"live attack tests missing from docs/security.md: {uncited}"

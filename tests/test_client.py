@@ -13,8 +13,8 @@ import trio
 import trio.testing
 
 import trio_session as ts
-from trio_session._protocol import SessionState, VenueConnection
 from trio_session._transport import MemoryTransport, Transport
+from trio_session.protocol import SessionRecord, VenueConnection
 from trio_session.testing import memory_venue
 
 from .runtime_helpers import (
@@ -362,7 +362,7 @@ async def test_auth_failed_on_reconnect_is_retried_auth_retries_times(
     accept = VenueConnection.accept
 
     def checked_against(
-        conn: VenueConnection, public_key: bytes, session: SessionState | None = None
+        conn: VenueConnection, public_key: bytes, session: SessionRecord | None = None
     ) -> None:
         accept(conn, OTHER.public_key if wrong_key else public_key, session)
 

@@ -12,7 +12,7 @@ import trio.testing
 
 import trio_session as ts
 from trio_session._control import SessionControl, open_session
-from trio_session._protocol import Role, SessionState
+from trio_session.protocol import Role, SessionRecord
 
 from .runtime_helpers import PARTICIPANT, memory_pair, state_of
 
@@ -25,8 +25,8 @@ def _error(control: SessionControl) -> ts.SessionError | None:
     return control.error  # a call: type checkers do not narrow it
 
 
-def _record(sid: bytes, *, received: int = 0) -> SessionState:
-    return SessionState(sid, PARTICIPANT.key_id, Role.PARTICIPANT, next_rx_seq=received)
+def _record(sid: bytes, *, received: int = 0) -> SessionRecord:
+    return SessionRecord(sid, PARTICIPANT.key_id, Role.PARTICIPANT, next_rx_seq=received)
 
 
 async def test_finish_once_wakes_everyone_with_the_first_error() -> None:
@@ -92,7 +92,7 @@ async def test_detach_marks_stale_and_resuming() -> None:
     assert control.session.stats.stale_spells == 1
 
 
-def _resumable(control: SessionControl) -> SessionState | None:
+def _resumable(control: SessionControl) -> SessionRecord | None:
     return control.resumable_record  # a call: type checkers do not narrow it
 
 

@@ -10,14 +10,14 @@ import trio.testing
 
 import trio_session as ts
 from trio_session._driver import run_handshake
-from trio_session._protocol import (
+from trio_session._transport import memory_transport_pair
+from trio_session.protocol import (
     ClientConnection,
     HandshakeComplete,
     HelloReceived,
     MessagesReceived,
     VenueConnection,
 )
-from trio_session._transport import memory_transport_pair
 
 from .runtime_helpers import PARTICIPANT, VENUE
 

@@ -15,8 +15,8 @@ import trio
 import trio.testing
 
 import trio_session as ts
-from trio_session._protocol import CloseReceived, Event, VenueConnection
 from trio_session._transport import MemoryTransport, memory_transport_pair
+from trio_session.protocol import CloseReceived, Event, VenueConnection
 from trio_session.testing import memory_venue
 
 from .runtime_helpers import (

@@ -13,9 +13,9 @@ import trio
 import trio.testing
 
 import trio_session as ts
-from trio_session._protocol import Role, SessionState
 from trio_session._queues import Inbound, Outbound, notice_error, reject_notice
-from trio_session._wire import decode_notice, encode_body
+from trio_session.protocol import Role, SessionRecord
+from trio_session.protocol._wire import decode_notice, encode_body
 from trio_session.testing import memory_venue
 
 from .runtime_helpers import (
@@ -140,8 +140,8 @@ async def test_the_writer_parks_until_woken() -> None:
         assert not out.wake_pending
 
 
-def _record(sid: bytes = b"s" * 16) -> SessionState:
-    return SessionState(sid, PARTICIPANT.key_id, Role.PARTICIPANT)
+def _record(sid: bytes = b"s" * 16) -> SessionRecord:
+    return SessionRecord(sid, PARTICIPANT.key_id, Role.PARTICIPANT)
 
 
 def test_inbound_buffers_batches_notices_and_the_reset_marker() -> None:

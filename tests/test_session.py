@@ -15,7 +15,7 @@ import trio.testing
 
 import trio_session as ts
 from trio_session._control import open_session
-from trio_session._protocol import Role
+from trio_session.protocol import Role
 
 from ._certs import tls_contexts
 from .runtime_helpers import (

@@ -25,9 +25,9 @@ from ._identity import Identity
 from ._lifecycle import State
 from ._link import close_forcefully
 from ._policy import Backoff, GiveUp, History, NewSession, RestartPolicy, decide
-from ._protocol import ClientConnection, HandshakeComplete, Role
 from ._session import Session
 from ._transport import Transport, connect_transport
+from .protocol import ClientConnection, HandshakeComplete, Role
 
 __all__ = ["Backoff", "RestartPolicy", "connect"]
 

@@ -32,9 +32,9 @@ from ._core import SessionCore
 from ._errors import ConnectionLost, SessionError
 from ._lifecycle import State
 from ._link import Link
-from ._protocol import Connection, Role, SessionState
 from ._session import Session, new_session
 from ._transport import Transport
+from .protocol import Connection, Role, SessionRecord
 
 __all__ = ["SessionControl", "open_session"]
 
@@ -67,12 +67,12 @@ class SessionControl:
     # -- facts ------------------------------------------------------------------------
 
     @property
-    def record(self) -> SessionState | None:
+    def record(self) -> SessionRecord | None:
         """The logical-session record (None before the first handshake)."""
         return self._core.record
 
     @property
-    def resumable_record(self) -> SessionState | None:
+    def resumable_record(self) -> SessionRecord | None:
         """The record to offer for resume, or None to start a new session."""
         record = self._core.record
         return None if record is None or record.compromised else record
@@ -97,11 +97,11 @@ class SessionControl:
 
     # -- the logical session ----------------------------------------------------------
 
-    def bind(self, record: SessionState) -> None:
+    def bind(self, record: SessionRecord) -> None:
         """The first handshake established ``record``: the session runs on it."""
         self._core.bind(record)
 
-    def reset_to(self, record: SessionState) -> None:
+    def reset_to(self, record: SessionRecord) -> None:
         """A resume was refused and ``record`` is a new logical session.
 
         Messages of the old session still queued are delivered first (and

@@ -28,8 +28,8 @@ from ._codec import Codec
 from ._config import SessionConfig
 from ._errors import SessionError, is_clean_close
 from ._lifecycle import State, StateHistory
-from ._protocol import ConnectionState, Role, SessionState
 from ._queues import Inbound, Outbound
+from .protocol import ConnectionState, Role, SessionRecord
 
 if TYPE_CHECKING:
     from ._link import Link
@@ -111,7 +111,7 @@ class SessionCore:
         self.states = StateHistory()
         self.counters = Counters()
         #: The logical-session record (ids, sequence numbers, replay buffer).
-        self.record: SessionState | None = None
+        self.record: SessionRecord | None = None
         #: The attached connection's link (None between connections).
         self.link: Link | None = None
         #: Why the session ended (set once, by :meth:`finish`).
@@ -133,7 +133,7 @@ class SessionCore:
         if self.states.enter(state):
             self.log.debug("state %s -> %s", old.value, state.value)
 
-    def bind(self, record: SessionState) -> None:
+    def bind(self, record: SessionRecord) -> None:
         """Run the session on ``record`` (a new logical session, or the resumed one)."""
         self.record = record
         self.inbound.consume_target = record

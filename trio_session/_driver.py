@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ._errors import RemoteProtocolError
-from ._protocol import CloseReceived, Connection, HandshakeComplete, HelloReceived
 from ._transport import Transport
+from .protocol import CloseReceived, Connection, HandshakeComplete, HelloReceived
 
 __all__ = ["run_handshake"]
 

@@ -37,7 +37,9 @@ from ._errors import (
     is_clean_close,
 )
 from ._lifecycle import State
-from ._protocol import (
+from ._queues import OutNotice
+from ._transport import Transport
+from .protocol import (
     CloseReceived,
     Connection,
     ConnectionState,
@@ -45,8 +47,6 @@ from ._protocol import (
     MessagesReceived,
     Role,
 )
-from ._queues import OutNotice
-from ._transport import Transport
 
 __all__ = ["MIN_TIMER_STEP", "Link", "close_forcefully"]
 

@@ -26,8 +26,8 @@ from typing import Any, final
 import trio
 
 from ._errors import MessageRejected, RejectCode, SessionError
-from ._protocol import SessionState
-from ._wire import NOTICE_REJECT, Notice, decode_notice, encode_body
+from .protocol import SessionRecord
+from .protocol._wire import NOTICE_REJECT, Notice, decode_notice, encode_body
 
 __all__ = ["Inbound", "Notices", "OutNotice", "Outbound", "notice_error", "reject_notice"]
 
@@ -47,7 +47,7 @@ class _Reset:
 
     __slots__ = ("record",)
 
-    def __init__(self, record: SessionState) -> None:
+    def __init__(self, record: SessionRecord) -> None:
         self.record = record
 
 
@@ -259,7 +259,7 @@ class Inbound:
         #: Messages in the channel (not yet in ``buf``).
         self.queued = 0
         #: The logical session that consuming the next messages credits.
-        self.consume_target: SessionState | None = None
+        self.consume_target: SessionRecord | None = None
         #: The next channel item (``EndOfChannel`` once the session finished and
         #: everything was read).  The channel's own methods: no wrapper on the hot path.
         self.get = self._recv.receive
@@ -280,7 +280,7 @@ class Inbound:
         self.queued += len(payloads)
         return True
 
-    def put_reset(self, record: SessionState) -> None:
+    def put_reset(self, record: SessionRecord) -> None:
         """Everything queued so far belongs to the old session; ``record`` follows."""
         self._send.send_nowait(_Reset(record))
 

@@ -42,9 +42,9 @@ from ._errors import (
 from ._identity import Identity, KeyRegistry
 from ._lifecycle import State
 from ._link import close_forcefully
-from ._protocol import HandshakeComplete, HelloReceived, Role, SessionState, VenueConnection
 from ._session import Session
 from ._transport import Transport, TransportServer, serve_transport
+from .protocol import HandshakeComplete, HelloReceived, Role, SessionRecord, VenueConnection
 
 __all__ = ["VenueServer", "serve"]
 
@@ -259,7 +259,7 @@ class VenueRunner:
             return None
         return existing
 
-    def _new_session(self, record: SessionState) -> SessionControl:
+    def _new_session(self, record: SessionRecord) -> SessionControl:
         control = open_session(Role.VENUE, self.config, self.messages, record.key_id)
         control.bind(record)
         self.sessions[record.session_id] = control

@@ -30,8 +30,8 @@ from ._errors import (
     is_clean_close,
 )
 from ._lifecycle import State
-from ._protocol import ConnectionState
 from ._queues import notice_error, reject_notice
+from .protocol import ConnectionState
 
 __all__ = ["Session", "SessionStats", "State", "new_session"]
 

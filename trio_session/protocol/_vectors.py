@@ -3,15 +3,15 @@
 Why generated: vectors typed by hand drift from the implementation.  This module
 runs the actual state machines with fixed identities, a deterministic random
 source and a fixed clock, and records every byte an interoperable peer must
-reproduce.  ``tests/test_vectors.py`` regenerates them and compares with the
+reproduce.  ``tests/protocol/test_vectors.py`` regenerates them and compares with the
 copy embedded in the spec, and re-derives a few values from first principles
 (hashlib / PyNaCl directly) so the spec is checked against more than itself.
 
 Usage::
 
-    python -m trio_session._vectors              # print the JSON
-    python -m trio_session._vectors --update docs/protocol.md
-    python -m trio_session._vectors --check docs/protocol.md
+    python -m trio_session.protocol._vectors              # print the JSON
+    python -m trio_session.protocol._vectors --update docs/protocol.md
+    python -m trio_session.protocol._vectors --check docs/protocol.md
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._config import SessionConfig
+from .._identity import Identity
 from . import _crypto as c
-from ._config import SessionConfig
-from ._identity import Identity
-from ._protocol import ClientConnection, Connection, VenueConnection
+from ._connection import ClientConnection, Connection, VenueConnection
 
 __all__ = ["BEGIN", "END", "DeterministicRandom", "generate", "render_section"]
 
@@ -90,8 +90,8 @@ def generate() -> dict[str, Any]:
     v.accept(part_id.public_key)
     _pump(v, p, frames, "M2 ServerHello")
     _pump(p, v, frames, "M3 ClientFinish")
-    assert p.session is not None and v.session is not None
-    th = p._th
+    assert p.session is not None and v.session is not None and p.channel is not None
+    th = p.channel.schedule.th
     session_id = p.session.session_id
 
     frames.append(
@@ -135,7 +135,7 @@ def generate() -> dict[str, Any]:
     v2.accept(part_id.public_key, v.session)
     _pump(v2, p2, frames, "resume M2 ServerHello")
     _pump(p2, v2, frames, "resume M3 ClientFinish + retransmission")
-    assert p2.session is not None and v2.session is not None
+    assert p2.session is not None and v2.session is not None and p2.channel is not None
     assert v2.session.next_rx_seq == 5
 
     cases = {
@@ -187,7 +187,7 @@ def generate() -> dict[str, Any]:
             "session_id": _hex(session_id),
             "th": _hex(th),
             "resume_secret_after_rekey": _hex(resume_secret),
-            "resume_th": _hex(p2._th),
+            "resume_th": _hex(p2.channel.schedule.th),
         },
         "frames": frames,
     }
@@ -227,7 +227,8 @@ def main(argv: list[str]) -> int:
         return 0 if ok else 1
     if argv:
         print(
-            "usage: python -m trio_session._vectors [--update PATH | --check PATH]", file=sys.stderr
+            "usage: python -m trio_session.protocol._vectors [--update PATH | --check PATH]",
+            file=sys.stderr,
         )
         return 2
     print(json.dumps(generate(), indent=2))

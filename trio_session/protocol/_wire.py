@@ -1,8 +1,8 @@
 """Wire format: fixed ``struct`` header, msgspec msgpack body, 16-byte tag.
 
-Why this shape (research/crypto.md §4.4): the header is parsed with ``struct``
-and checked (size, type, epoch, sequence, tag) before the body is touched, so
-garbage never reaches the msgpack decoder.  Bodies are msgspec Structs:
+Why this shape: the header is parsed with ``struct`` and checked (size, type,
+epoch, sequence, tag) before the body is touched, so unauthenticated bytes never
+reach the msgpack decoder after the handshake.  Bodies are msgspec Structs:
 handshake bodies are msgpack *maps* (readable, extensible), hot-path bodies are
 msgpack *arrays* (``array_like``) to keep per-frame cost low.  Every decode
 error becomes :class:`~trio_session.FrameError`.
@@ -22,7 +22,7 @@ from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
 
-from ._errors import FrameError
+from .._errors import FrameError
 
 __all__ = [
     "HEADER",
@@ -260,13 +260,17 @@ def pack_header(frame_type: FrameType, flags: int, epoch: int, seq: int) -> byte
     return HEADER.pack(frame_type, flags, epoch, seq)
 
 
+#: ``type`` byte -> FrameType; a dict lookup is several times cheaper than
+#: ``FrameType(value)`` and this runs for every frame received.
+_FRAME_TYPES: Final[dict[int, FrameType]] = {t.value: t for t in FrameType}
+
+
 def parse_header(frame: bytes | memoryview) -> tuple[FrameType, int, int, int]:
     """Unpack and validate the header; raises FrameError for short frames or unknown types."""
     if len(frame) < HEADER_LEN:
         raise FrameError(f"frame too short for a header ({len(frame)} bytes)", remote=True)
     raw_type, flags, epoch, seq = HEADER.unpack_from(frame)
-    try:
-        frame_type = FrameType(raw_type)
-    except ValueError:
-        raise FrameError(f"unknown frame type 0x{raw_type:02x}", remote=True) from None
+    frame_type = _FRAME_TYPES.get(raw_type)
+    if frame_type is None:
+        raise FrameError(f"unknown frame type 0x{raw_type:02x}", remote=True)
     return frame_type, flags, epoch, seq

@@ -12,9 +12,9 @@ import nacl.encoding
 import nacl.hash
 import nacl.signing
 
-from trio_session import _vectors
+from trio_session.protocol import _vectors
 
-SPEC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+SPEC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
 
 def _spec_vectors() -> dict[str, Any]:
@@ -23,7 +23,7 @@ def _spec_vectors() -> dict[str, Any]:
 
 def test_spec_vectors_match_the_implementation() -> None:
     assert _spec_vectors() == _vectors.generate(), (
-        "run: python -m trio_session._vectors --update docs/protocol.md"
+        "run: python -m trio_session.protocol._vectors --update docs/protocol.md"
     )
 
 

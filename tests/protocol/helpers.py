@@ -1,20 +1,27 @@
-"""Back-to-back harness for the sans-IO state machines (no Trio, no sockets)."""
+"""Harnesses for the sans-IO state machines (no Trio, no sockets): connections back to
+back, a link that can be cut and resumed, and sub-machines without a connection."""
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import TypeVar
 
 from trio_session import Identity, SessionConfig
-from trio_session._protocol import (
+from trio_session.protocol import (
     ClientConnection,
     Connection,
+    ConnectionStats,
     Event,
     HandshakeComplete,
     MessagesReceived,
-    SessionState,
+    Role,
+    SessionRecord,
     VenueConnection,
 )
+from trio_session.protocol._channel import Channel, Flow
+from trio_session.protocol._keys import KeySchedule
+from trio_session.protocol._types import DIR_C2V, DIR_V2C
 
 VENUE = Identity.from_seed(bytes(range(32)))
 PARTICIPANT = Identity.from_seed(bytes(range(32, 64)))
@@ -45,8 +52,8 @@ def handshake(
     *,
     clock: Callable[[], float] | None = None,
     participant: Identity = PARTICIPANT,
-    resume: SessionState | None = None,
-    venue_session: SessionState | None = None,
+    resume: SessionRecord | None = None,
+    venue_session: SessionRecord | None = None,
 ) -> tuple[ClientConnection, VenueConnection, list[Event], list[Event]]:
     cfg = config or SessionConfig()
     clk = clock if clock is not None else FakeClock()
@@ -75,8 +82,8 @@ class Link:
         self.clock = clock or FakeClock()
         self.received: dict[str, list[bytes]] = {"p": [], "v": []}
         self.sent: dict[str, list[bytes]] = {"p": [], "v": []}
-        self.p_state: SessionState | None = None
-        self.v_state: SessionState | None = None
+        self.p_state: SessionRecord | None = None
+        self.v_state: SessionRecord | None = None
         self.resets = 0
         self.connect()
 
@@ -146,3 +153,64 @@ class Link:
         self.to_p.clear()
         self.resets += 1
         self.connect()
+
+
+# -- sub-machines on their own ---------------------------------------------------------
+
+#: Stand-ins for a handshake's key exchange output and transcript hash: the
+#: sub-machine tests need keys both sides agree on, not a real handshake.
+KX_C2V = bytes(range(32))
+KX_V2C = bytes(range(32, 64))
+TH = bytes(range(64, 96))
+SESSION_ID = bytes(range(16))
+
+
+class ChannelPair:
+    """A participant's and a venue's Channel and Flow over the same keys, no Connection.
+
+    ``p`` and ``v`` are the channels, ``pf`` and ``vf`` the flows; both records
+    start as a new session.
+    """
+
+    def __init__(self, config: SessionConfig | None = None, clock: FakeClock | None = None) -> None:
+        self.config = config or SessionConfig()
+        self.clock = clock or FakeClock()
+        #: How often each side saw the peer switch to DH keys, and who else to tell.
+        self.switches = {"p": 0, "v": 0}
+        self.on_switch: dict[str, Callable[[], None]] = {}
+        self.p = self._channel("p", Role.PARTICIPANT, DIR_C2V)
+        self.v = self._channel("v", Role.VENUE, DIR_V2C)
+        self.pf = Flow(self.p, self.config, self.p.stats, self.clock)
+        self.vf = Flow(self.v, self.config, self.v.stats, self.clock)
+
+    def _channel(self, side: str, role: Role, tx_direction: int) -> Channel:
+        def switched() -> None:
+            self.switches[side] += 1
+            if side in self.on_switch:
+                self.on_switch[side]()
+
+        schedule, chains = KeySchedule.from_handshake(KX_C2V, KX_V2C, TH, None)
+        record = SessionRecord(SESSION_ID, PARTICIPANT.key_id, role)
+        return Channel.from_handshake(
+            record,
+            schedule,
+            chains,
+            tx_direction,
+            self.config,
+            ConnectionStats(),
+            self.clock,
+            on_peer_dh_switch=switched,
+        )
+
+
+T = TypeVar("T")
+
+
+def current(value: T) -> T:
+    """Read a machine's state afresh in an assertion.
+
+    mypy narrows ``machine.state`` after one ``assert machine.state is X`` and
+    would call a later ``assert machine.state is Y`` unreachable, not knowing
+    that the calls in between change it.
+    """
+    return value

@@ -1,12 +1,12 @@
 """Cryptographic primitives of the session protocol (docs/protocol.md, "Primitives").
 
-Why these choices (research/crypto.md §0, §4.2): Ed25519 and X25519 only in the
-handshake and DH rekeys; on the hot path a keyed BLAKE2b-128 MAC from the stdlib
-``hashlib`` (byte-identical to libsodium's ``crypto_generichash`` but ~8x cheaper
-than going through cffi).  PyNaCl has no KDF binding, so ``kdf`` is keyed
-BLAKE2b-256 with the label as BLAKE2b's ``person`` parameter, the same
-construction as libsodium's ``crypto_kdf``.  Tags are compared with
-``hmac.compare_digest``.
+Why these choices: Ed25519 and X25519 only in the handshake and DH rekeys
+(public-key operations cost tens of microseconds each); on the hot path a keyed
+BLAKE2b-128 MAC from the stdlib ``hashlib`` (byte-identical to libsodium's
+``crypto_generichash`` but ~8x cheaper than going through cffi).  PyNaCl has
+no KDF binding, so ``kdf`` is keyed BLAKE2b-256 with the label as BLAKE2b's
+``person`` parameter, the same construction as libsodium's ``crypto_kdf``.
+Tags are compared with ``hmac.compare_digest``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
-from ._errors import AuthenticationError, CloseCode
+from .._errors import AuthenticationError, CloseCode
 
 __all__ = [
     "TAG_LEN",
@@ -106,10 +106,12 @@ class FrameMac:
 
 
 class ChainKey:
-    """A per-direction KDF chain (tier-1 symmetric ratchet, research/crypto.md §4.6).
+    """A per-direction KDF chain: the tier-1 symmetric ratchet (docs/protocol.md,
+    "Epoch keys and the tier-1 ratchet").
 
-    ``message_key()`` is the MAC key of the current epoch; ``step()`` moves the
-    chain forward and forgets the previous chain key (forward secrecy).
+    ``message_key()`` is the MAC key of the current epoch; ``step()`` returns the
+    next chain key, and the caller drops this one (forward secrecy: a key stolen
+    later cannot recompute earlier epochs' keys).
     """
 
     __slots__ = ("_ck",)

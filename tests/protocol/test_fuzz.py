@@ -8,9 +8,9 @@ import random
 import pytest
 
 from trio_session import SessionConfig, SessionError
-from trio_session._protocol import ClientConnection, MessagesReceived, VenueConnection
+from trio_session.protocol import ClientConnection, MessagesReceived, VenueConnection
 
-from .protocol_helpers import PARTICIPANT, VENUE, handshake, pump
+from .helpers import PARTICIPANT, VENUE, handshake, pump
 
 INPUTS = 120_000
 

@@ -1,4 +1,4 @@
-"""Malformed input and the attack catalogue of research/crypto.md §4.8, at the protocol layer.
+"""Malformed input and the attack catalogue of docs/security.md, at the protocol layer.
 
 Every test feeds hostile bytes to a real state machine and requires a *typed*
 error (a SessionError subclass) and no delivered data; nothing else may escape.
@@ -23,7 +23,7 @@ from trio_session import (
     SessionConfig,
     SessionError,
 )
-from trio_session._protocol import (
+from trio_session.protocol import (
     ClientConnection,
     CloseReceived,
     ConnectionState,
@@ -32,9 +32,10 @@ from trio_session._protocol import (
     MessagesReceived,
     VenueConnection,
 )
-from trio_session._wire import HEADER, FrameType, Rekey, encode_body, pack_header
+from trio_session.protocol._wire import HEADER, FrameType, Rekey, encode_body, pack_header
 
-from .protocol_helpers import OTHER, PARTICIPANT, VENUE, Link, handshake, pump
+from .. import forge
+from .helpers import OTHER, PARTICIPANT, VENUE, Link, handshake, pump
 
 
 def _feed_expecting_typed_error(
@@ -153,7 +154,7 @@ def test_reordered_frames_are_rejected(order: list[int]) -> None:
     pytest.fail("expected a reordering")  # pragma: no cover
 
 
-# -- named attacks (research/crypto.md §4.8) --------------------------------------
+# -- named attacks (docs/security.md, "What each mechanism stops") -------------------
 
 
 def test_attack_replay_of_data_frame_on_same_connection() -> None:
@@ -413,13 +414,8 @@ def test_attack_peer_exceeds_credit_window_in_order() -> None:
 
 def test_attack_ack_of_unsent_messages() -> None:
     p, v = _open_pair()
-    assert v.session is not None
-    v.session.next_rx_seq = 50  # a lying venue acknowledges 50 messages never sent
-    v.session.rx_consumed = 50
-    v.close(CloseCode.NORMAL)
-    v._close_pending = None
-    v.state = ConnectionState.OPEN
-    frame = v.send_data([b"x"])
+    # A lying venue acknowledges 50 messages never sent, in a validly sealed DATA frame.
+    frame = forge.seal(v, FrameType.DATA, forge.data_body(50, 4096, [b"x"]), seq=0)
     err = _feed_expecting_typed_error(p, frame)
     assert isinstance(err, RemoteProtocolError) and "acknowledged" in str(err)
 
@@ -444,11 +440,9 @@ def test_attack_reserved_flags_rejected() -> None:
 
 def test_attack_low_order_key_in_rekey_is_remote_error_on_receipt() -> None:
     p, v = _open_pair()
-    v.start_rekey()
-    v.data_to_send()  # the genuine REKEY (control seq 0), dropped
-    # Seal a REKEY carrying an all-zero (low-order) X25519 key with the venue's keys.
-    bad = v._control(FrameType.REKEY, encode_body(Rekey(2, bytes(32))))
-    p._rx_ctrl_seq += 1  # pretend the genuine REKEY was lost
+    # A REKEY carrying an all-zero (low-order) X25519 key, sealed with the venue's keys
+    # and the venue's next control seq (the one the participant expects).
+    bad = forge.seal_control(v, FrameType.REKEY, encode_body(Rekey(2, bytes(32))))
     err = _feed_expecting_typed_error(p, bad)
     assert isinstance(err, RemoteProtocolError) and "REKEY" in str(err)
     assert p.data_to_send() == []  # nothing half-built is left to explode in the writer
