@@ -18,170 +18,34 @@ reply).  Time-based rules (``after=``) and method calls depend on scheduling.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
-import socket
-import struct
-from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Literal, get_args
 
-import attrs
 import trio
+
+from ._fault_rules import (
+    KINDS,
+    QUEUE_CHUNKS,
+    RECV_SIZE,
+    STREAMS,
+    THROTTLE_SLICE,
+    Direction,
+    Fault,
+    FaultKind,
+    Item,
+    ProxyStats,
+    Rule,
+    Stream,
+    flip_bits,
+    set_rst,
+    streams,
+)
 
 __all__ = ["Direction", "Fault", "FaultKind", "FaultyProxy", "ProxyStats"]
 
 logger = logging.getLogger("trio_session.faults")
-
-#: Which stream a fault watches or acts on: client->server, server->client, or both.
-Direction = Literal["c2s", "s2c", "both"]
-#: What a fault does (see :class:`FaultyProxy` for each one's semantics).
-FaultKind = Literal["reset", "black_hole", "delay", "throttle", "truncate", "corrupt"]
-
-_Stream = Literal["c2s", "s2c"]
-_STREAMS: tuple[_Stream, ...] = ("c2s", "s2c")
-_KINDS: tuple[str, ...] = get_args(FaultKind)
-_DIRECTIONS: tuple[str, ...] = get_args(Direction)
-_RECV_SIZE = 65536
-#: Chunks buffered between a direction's reader and writer (the delay line).
-_QUEUE_CHUNKS = 256
-#: Throttled data goes out in slices of about this many seconds' worth.
-_THROTTLE_SLICE = 0.02
-_LINGER_RST = struct.pack("ii", 1, 0)
-
-
-def _streams(direction: str) -> tuple[_Stream, ...]:
-    if direction == "both":
-        return _STREAMS
-    if direction == "c2s":
-        return ("c2s",)
-    if direction == "s2c":
-        return ("s2c",)
-    raise ValueError(f"direction must be 'c2s', 's2c' or 'both', got {direction!r}")
-
-
-def _optional_non_negative(inst: object, attr: attrs.Attribute[Any], value: object) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"Fault.{attr.name} must be None or a number >= 0, got {value!r}")
-
-
-@attrs.frozen(kw_only=True)
-class Fault:
-    """A scheduled fault for :meth:`FaultyProxy.add_rule`.
-
-    At most one trigger may be given; with none, the fault hits the next chunk
-    (this is how :meth:`FaultyProxy.corrupt` and :meth:`FaultyProxy.truncate`
-    work).  Triggers are evaluated per connection:
-
-    * ``at_byte=N``: when a watched stream of a connection reaches offset ``N``
-      (bytes received from its sender); bytes before ``N`` pass untouched.
-    * ``after=T``: ``T`` seconds (Trio clock) after the proxy accepted the connection.
-    * ``probability=p``: on each chunk of a watched stream, with probability ``p``
-      drawn from the seeded RNG.
-
-    ``repeat`` caps how many times the rule fires in total, over all connections
-    (``None``: unlimited).  A byte or time trigger fires at most once per
-    connection and stream.
-    """
-
-    kind: FaultKind = attrs.field(validator=attrs.validators.in_(_KINDS))
-    direction: Direction = attrs.field(default="both", validator=attrs.validators.in_(_DIRECTIONS))
-    at_byte: int | None = attrs.field(default=None, validator=_optional_non_negative)
-    after: float | None = attrs.field(default=None, validator=_optional_non_negative)
-    probability: float | None = attrs.field(default=None, validator=_optional_non_negative)
-    repeat: int | None = 1
-    #: ``delay``: seconds to hold each chunk.
-    seconds: float = 0.0
-    #: ``throttle``: rate limit.
-    bytes_per_second: float = math.inf
-    #: ``corrupt``: distinct bits to flip in the chunk.
-    flips: int = 1
-
-    def __attrs_post_init__(self) -> None:
-        triggers = [t for t in (self.at_byte, self.after, self.probability) if t is not None]
-        if len(triggers) > 1:
-            raise ValueError("Fault takes at most one of at_byte=, after=, probability=")
-        if self.at_byte is not None and (
-            isinstance(self.at_byte, bool) or not isinstance(self.at_byte, int)
-        ):
-            raise ValueError(f"Fault.at_byte must be an int, got {self.at_byte!r}")
-        if self.probability is not None and not self.probability <= 1:
-            raise ValueError(f"Fault.probability must be in [0, 1], got {self.probability!r}")
-        if self.repeat is not None and (isinstance(self.repeat, bool) or self.repeat < 1):
-            raise ValueError(f"Fault.repeat must be None or >= 1, got {self.repeat!r}")
-        if not self.seconds >= 0 or math.isinf(self.seconds):
-            raise ValueError(f"Fault.seconds must be a finite number >= 0, got {self.seconds!r}")
-        if self.kind == "delay" and self.seconds == 0:
-            raise ValueError("a 'delay' Fault needs seconds > 0")
-        if not self.bytes_per_second > 0:
-            raise ValueError(f"Fault.bytes_per_second must be > 0, got {self.bytes_per_second!r}")
-        if self.kind == "throttle" and math.isinf(self.bytes_per_second):
-            raise ValueError("a 'throttle' Fault needs a finite bytes_per_second")
-        if isinstance(self.flips, bool) or self.flips < 1:
-            raise ValueError(f"Fault.flips must be >= 1, got {self.flips!r}")
-
-
-@attrs.frozen(kw_only=True)
-class ProxyStats:
-    """A snapshot of :attr:`FaultyProxy.stats`."""
-
-    #: Client connections proxied so far, and those still open.
-    connections: int
-    active: int
-    #: Connections the proxy aborted on purpose (``reset`` and ``truncate`` faults).
-    resets: int
-    #: Bytes delivered to the server / to the client.
-    bytes_c2s: int
-    bytes_s2c: int
-    #: Bytes swallowed by black holes or cut off by resets and truncation.
-    dropped_c2s: int
-    dropped_s2c: int
-    #: Faults that took effect, by kind (every kind present, 0 if none).
-    faults: Mapping[str, int] = attrs.field(hash=False)
-
-
-@attrs.define(eq=False)
-class _Rule:
-    id: int
-    fault: Fault
-    remaining: int | None
-
-    @property
-    def live(self) -> bool:
-        return self.remaining is None or self.remaining > 0
-
-    def consume(self) -> None:
-        if self.remaining is not None:
-            self.remaining -= 1
-
-
-@attrs.frozen
-class _Item:
-    """One unit in a direction's delay line (reader -> writer)."""
-
-    data: bytes
-    deliver_at: float
-    eof: bool = False
-    #: After sending ``data``, abort the connection; resets go to these streams' receivers.
-    abort: tuple[_Stream, ...] | None = None
-
-
-def _set_rst(stream: trio.SocketStream) -> None:
-    # SO_LINGER 0: close() then discards unsent data and sends RST instead of FIN.
-    with contextlib.suppress(OSError):  # already closed
-        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-
-
-def _flip_bits(data: bytes, flips: int, rng: random.Random) -> bytes:
-    buf = bytearray(data)
-    nbits = len(buf) * 8
-    for bit in rng.sample(range(nbits), min(flips, nbits)):
-        buf[bit >> 3] ^= 1 << (bit & 7)
-    return bytes(buf)
 
 
 class _ProxiedConnection:
@@ -197,23 +61,23 @@ class _ProxiedConnection:
         self.started = trio.current_time()
         self.scope = trio.CancelScope()
         self.closed = False
-        self.black_holed: set[_Stream] = set()
-        self.delay: dict[_Stream, float] = dict.fromkeys(_STREAMS, 0.0)
-        self.rate: dict[_Stream, float] = dict.fromkeys(_STREAMS, math.inf)
-        self.offset: dict[_Stream, int] = dict.fromkeys(_STREAMS, 0)
-        self.rng = {d: random.Random(f"{proxy.seed}/{cid}/{d}") for d in _STREAMS}
+        self.black_holed: set[Stream] = set()
+        self.delay: dict[Stream, float] = dict.fromkeys(STREAMS, 0.0)
+        self.rate: dict[Stream, float] = dict.fromkeys(STREAMS, math.inf)
+        self.offset: dict[Stream, int] = dict.fromkeys(STREAMS, 0)
+        self.rng = {d: random.Random(f"{proxy.seed}/{cid}/{d}") for d in STREAMS}
         #: Chunk faults (corrupt/truncate) armed by byte or time triggers, and the
         #: streams whose next chunk they hit.
-        self.armed: list[tuple[Fault, tuple[_Stream, ...]]] = []
+        self.armed: list[tuple[Fault, tuple[Stream, ...]]] = []
         self.fired: set[tuple[int, str]] = set()
-        self.done: set[_Stream] = set()
+        self.done: set[Stream] = set()
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _src(self, d: _Stream) -> trio.SocketStream:
+    def _src(self, d: Stream) -> trio.SocketStream:
         return self.client if d == "c2s" else self.server
 
-    def _dst(self, d: _Stream) -> trio.SocketStream:
+    def _dst(self, d: Stream) -> trio.SocketStream:
         return self.server if d == "c2s" else self.client
 
     def close(self) -> None:
@@ -223,23 +87,23 @@ class _ProxiedConnection:
             stream.socket.close()
         self.scope.cancel()
 
-    def abort(self, rst_to: tuple[_Stream, ...]) -> None:
+    def abort(self, rst_to: tuple[Stream, ...]) -> None:
         """Tear the connection down; the receivers of ``rst_to`` streams see a reset."""
         if self.closed:
             return
         for d in rst_to:
-            _set_rst(self._dst(d))
+            set_rst(self._dst(d))
         self.close()
 
-    def fault_abort(self, rst_to: tuple[_Stream, ...]) -> None:
+    def fault_abort(self, rst_to: tuple[Stream, ...]) -> None:
         if not self.closed:
             self.proxy._resets += 1
             self.abort(rst_to)
 
-    def black_holed_now(self, d: _Stream) -> bool:
+    def black_holed_now(self, d: Stream) -> bool:
         return d in self.black_holed or d in self.proxy._black_holed
 
-    def rate_now(self, d: _Stream) -> float:
+    def rate_now(self, d: Stream) -> float:
         return min(self.rate[d], self.proxy._rate[d])
 
     # -- tasks ------------------------------------------------------------------------------
@@ -247,29 +111,29 @@ class _ProxiedConnection:
     async def run(self) -> None:
         with self.scope:
             async with trio.open_nursery() as nursery:
-                for d in _STREAMS:
-                    tx, rx = trio.open_memory_channel[_Item](_QUEUE_CHUNKS)
+                for d in STREAMS:
+                    tx, rx = trio.open_memory_channel[Item](QUEUE_CHUNKS)
                     nursery.start_soon(self._reader, d, tx, name=f"faulty-proxy-{self.id}-{d}-in")
                     nursery.start_soon(self._writer, d, rx, name=f"faulty-proxy-{self.id}-{d}-out")
                 nursery.start_soon(self._timer, name=f"faulty-proxy-{self.id}-timer")
 
-    async def _reader(self, d: _Stream, tx: trio.MemorySendChannel[_Item]) -> None:
+    async def _reader(self, d: Stream, tx: trio.MemorySendChannel[Item]) -> None:
         src = self._src(d)
         async with tx:
             while True:
                 try:
-                    data = await src.receive_some(_RECV_SIZE)
+                    data = await src.receive_some(RECV_SIZE)
                 except trio.ClosedResourceError:
                     return
                 except trio.BrokenResourceError as exc:  # the sender reset: pass it on
                     logger.debug("proxy connection %d: %s read failed: %r", self.id, d, exc)
-                    self.abort(_STREAMS)
+                    self.abort(STREAMS)
                     return
                 if not data:
                     # A black hole swallows the FIN too; deliver it once restored.
                     while self.black_holed_now(d):
                         await self.proxy._wait_changed()
-                    items = [_Item(b"", trio.current_time(), eof=True)]
+                    items = [Item(b"", trio.current_time(), eof=True)]
                 else:
                     items = self._process(d, data)
                 for item in items:
@@ -280,7 +144,7 @@ class _ProxiedConnection:
                 if not data or (items and items[-1].abort is not None):
                     return
 
-    async def _writer(self, d: _Stream, rx: trio.MemoryReceiveChannel[_Item]) -> None:
+    async def _writer(self, d: Stream, rx: trio.MemoryReceiveChannel[Item]) -> None:
         dst = self._dst(d)
         next_free = -math.inf  # throttle: earliest time the next slice may go
         async with rx:
@@ -294,7 +158,7 @@ class _ProxiedConnection:
                         if math.isinf(rate):
                             piece = view
                         else:
-                            piece = view[: max(1, int(rate * _THROTTLE_SLICE))]
+                            piece = view[: max(1, int(rate * THROTTLE_SLICE))]
                             start = max(trio.current_time(), next_free)
                             await trio.sleep_until(start)
                             next_free = start + len(piece) / rate
@@ -307,14 +171,14 @@ class _ProxiedConnection:
                     return
                 except trio.BrokenResourceError as exc:  # the receiver is gone
                     logger.debug("proxy connection %d: %s write failed: %r", self.id, d, exc)
-                    self.abort(_STREAMS)
+                    self.abort(STREAMS)
                     return
                 if item.abort is not None:
                     self.fault_abort(item.abort)
                     return
                 if item.eof:
                     self.done.add(d)
-                    if len(self.done) == len(_STREAMS):
+                    if len(self.done) == len(STREAMS):
                         self.close()
                     return
 
@@ -343,20 +207,20 @@ class _ProxiedConnection:
 
     # -- fault logic (runs in the reader; decisions are made in stream order) ----------------
 
-    def _fire(self, fault: Fault, stream: _Stream | None = None) -> _Item | None:
+    def _fire(self, fault: Fault, stream: Stream | None = None) -> Item | None:
         """A byte trigger on ``stream`` (or a time trigger) fired: apply ``fault``."""
-        targets = _streams(fault.direction)
+        targets = streams(fault.direction)
         kind = fault.kind
         if kind == "reset":
             self.proxy._faults["reset"] += 1
-            return _Item(b"", trio.current_time(), abort=targets)
+            return Item(b"", trio.current_time(), abort=targets)
         if kind in ("corrupt", "truncate"):  # counted when it hits a chunk
             self.armed.append((fault, targets if stream is None else (stream,)))
         else:
             self._set_mode(fault, targets)
         return None
 
-    def _set_mode(self, fault: Fault, targets: tuple[_Stream, ...]) -> None:
+    def _set_mode(self, fault: Fault, targets: tuple[Stream, ...]) -> None:
         self.proxy._faults[fault.kind] += 1
         for t in targets:
             if fault.kind == "black_hole":
@@ -367,9 +231,9 @@ class _ProxiedConnection:
                 self.rate[t] = fault.bytes_per_second
         self.proxy._notify()
 
-    def _process(self, d: _Stream, data: bytes) -> list[_Item]:
+    def _process(self, d: Stream, data: bytes) -> list[Item]:
         """Split a received chunk at ``at_byte`` points and fault each segment."""
-        items: list[_Item] = []
+        items: list[Item] = []
         pos = 0
         while True:
             start = self.offset[d]
@@ -398,14 +262,14 @@ class _ProxiedConnection:
                 items.append(action)
                 return items
 
-    def _next_byte_rule(self, d: _Stream, start: int, end: int) -> _Rule | None:
-        best: _Rule | None = None
+    def _next_byte_rule(self, d: Stream, start: int, end: int) -> Rule | None:
+        best: Rule | None = None
         for rule in self.proxy._rules:
             n = rule.fault.at_byte
             if (
                 n is None
                 or not rule.live
-                or d not in _streams(rule.fault.direction)
+                or d not in streams(rule.fault.direction)
                 or (rule.id, d) in self.fired
                 or not start <= n <= end
             ):
@@ -414,7 +278,7 @@ class _ProxiedConnection:
                 best = rule
         return best
 
-    def _segment(self, d: _Stream, seg: bytes) -> list[_Item]:
+    def _segment(self, d: Stream, seg: bytes) -> list[Item]:
         proxy = self.proxy
         rng = self.rng[d]
         self.offset[d] += len(seg)
@@ -422,7 +286,7 @@ class _ProxiedConnection:
         self.armed = [(f, streams) for f, streams in self.armed if d not in streams]
         for rule in list(proxy._rules):
             f = rule.fault
-            if not rule.live or d not in _streams(f.direction) or f.at_byte is not None:
+            if not rule.live or d not in streams(f.direction) or f.at_byte is not None:
                 continue
             if f.after is not None:
                 continue
@@ -432,27 +296,27 @@ class _ProxiedConnection:
             hits.append(f)
         now = trio.current_time()
         for f in hits:
-            targets = _streams(f.direction)
+            targets = streams(f.direction)
             if f.kind == "corrupt":
                 proxy._faults["corrupt"] += 1
-                seg = _flip_bits(seg, f.flips, rng)
+                seg = flip_bits(seg, f.flips, rng)
             elif f.kind == "truncate":
                 proxy._faults["truncate"] += 1
                 keep = rng.randrange(len(seg))
                 proxy._dropped[d] += len(seg) - keep
-                return [_Item(seg[:keep], now + self._delay_now(d), abort=targets)]
+                return [Item(seg[:keep], now + self._delay_now(d), abort=targets)]
             elif f.kind == "reset":
                 proxy._faults["reset"] += 1
                 proxy._dropped[d] += len(seg)
-                return [_Item(b"", now + self._delay_now(d), abort=targets)]
+                return [Item(b"", now + self._delay_now(d), abort=targets)]
             else:
                 self._set_mode(f, targets)
         if self.black_holed_now(d):
             proxy._dropped[d] += len(seg)
             return []
-        return [_Item(seg, now + self._delay_now(d))]
+        return [Item(seg, now + self._delay_now(d))]
 
-    def _delay_now(self, d: _Stream) -> float:
+    def _delay_now(self, d: Stream) -> float:
         return max(self.delay[d], self.proxy._delay[d])
 
 
@@ -494,18 +358,18 @@ class FaultyProxy:
         #: The listening address (set once :meth:`serve` has started).
         self.host = ""
         self.port = 0
-        self._rules: list[_Rule] = []
+        self._rules: list[Rule] = []
         self._next_rule = 0
         self._connections: dict[int, _ProxiedConnection] = {}
         self._next_conn = 0
-        self._black_holed: set[_Stream] = set()
-        self._delay: dict[_Stream, float] = dict.fromkeys(_STREAMS, 0.0)
-        self._rate: dict[_Stream, float] = dict.fromkeys(_STREAMS, math.inf)
+        self._black_holed: set[Stream] = set()
+        self._delay: dict[Stream, float] = dict.fromkeys(STREAMS, 0.0)
+        self._rate: dict[Stream, float] = dict.fromkeys(STREAMS, math.inf)
         self._changed = trio.Event()
         self._resets = 0
-        self._bytes: dict[_Stream, int] = dict.fromkeys(_STREAMS, 0)
-        self._dropped: dict[_Stream, int] = dict.fromkeys(_STREAMS, 0)
-        self._faults: dict[str, int] = dict.fromkeys(_KINDS, 0)
+        self._bytes: dict[Stream, int] = dict.fromkeys(STREAMS, 0)
+        self._dropped: dict[Stream, int] = dict.fromkeys(STREAMS, 0)
+        self._faults: dict[str, int] = dict.fromkeys(KINDS, 0)
 
     def __repr__(self) -> str:
         return (
@@ -548,7 +412,7 @@ class FaultyProxy:
             server = await trio.open_tcp_stream(self.upstream_host, self.upstream_port)
         except OSError as exc:
             logger.debug("FaultyProxy: upstream connect failed: %r", exc)
-            _set_rst(client)  # the client sees a reset, as if the server refused
+            set_rst(client)  # the client sees a reset, as if the server refused
             client.socket.close()
             return
         conn = _ProxiedConnection(self, cid, client, server)
@@ -595,7 +459,7 @@ class FaultyProxy:
         The receivers of the ``direction`` streams see a reset (``"both"``: both
         peers); the other peer's socket is closed normally.
         """
-        targets = _streams(direction)
+        targets = streams(direction)
         live = [c for c in self._connections.values() if not c.closed]
         for conn in live:
             self._faults["reset"] += 1
@@ -609,7 +473,7 @@ class FaultyProxy:
     def black_hole(self, direction: Direction = "both") -> None:
         """Swallow data on live and new connections, keeping the sockets open, until restore()."""
         self._faults["black_hole"] += 1
-        self._black_holed.update(_streams(direction))
+        self._black_holed.update(streams(direction))
         self._notify()
 
     def delay(self, seconds: float, direction: Direction = "both") -> None:
@@ -617,7 +481,7 @@ class FaultyProxy:
         if not seconds >= 0 or math.isinf(seconds):
             raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
         self._faults["delay"] += 1
-        for d in _streams(direction):
+        for d in streams(direction):
             self._delay[d] = seconds
         self._notify()
 
@@ -626,19 +490,19 @@ class FaultyProxy:
         if not bytes_per_second > 0:
             raise ValueError(f"bytes_per_second must be > 0, got {bytes_per_second!r}")
         self._faults["throttle"] += 1
-        for d in _streams(direction):
+        for d in streams(direction):
             self._rate[d] = bytes_per_second
         self._notify()
 
     def restore(self) -> None:
         """Lift black holes, delays and throttles (set by methods or by rules); keep rules."""
         self._black_holed.clear()
-        self._delay = dict.fromkeys(_STREAMS, 0.0)
-        self._rate = dict.fromkeys(_STREAMS, math.inf)
+        self._delay = dict.fromkeys(STREAMS, 0.0)
+        self._rate = dict.fromkeys(STREAMS, math.inf)
         for conn in self._connections.values():
             conn.black_holed.clear()
-            conn.delay = dict.fromkeys(_STREAMS, 0.0)
-            conn.rate = dict.fromkeys(_STREAMS, math.inf)
+            conn.delay = dict.fromkeys(STREAMS, 0.0)
+            conn.rate = dict.fromkeys(STREAMS, math.inf)
         self._notify()
 
     def truncate(self, direction: Direction = "both") -> None:
@@ -651,7 +515,7 @@ class FaultyProxy:
 
     def add_rule(self, fault: Fault) -> None:
         """Schedule ``fault`` for live and future connections (see :class:`Fault`)."""
-        self._rules.append(_Rule(self._next_rule, fault, fault.repeat))
+        self._rules.append(Rule(self._next_rule, fault, fault.repeat))
         self._next_rule += 1
         self._notify()
 
