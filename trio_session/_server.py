@@ -36,7 +36,13 @@ from ._errors import (
 from ._identity import Identity, KeyRegistry
 from ._protocol import HandshakeComplete, HelloReceived, Role, VenueConnection
 from ._session import Session, State, _close_forcefully, _is_clean_close, _new_session
-from ._transport import Transport, TransportServer, serve_transport
+from ._transport import (
+    Transport,
+    TransportLimits,
+    TransportServer,
+    observable_close,
+    serve_transport,
+)
 
 __all__ = ["VenueServer", "serve"]
 
@@ -137,6 +143,7 @@ async def serve(
                 handshake_timeout=cfg.handshake_timeout,
                 max_message_size=cfg.max_frame_size,
                 close_timeout=cfg.close_timeout,
+                limits=TransportLimits.from_config(cfg),
             )
         )
         server = VenueServer(host, tserver.port, list(tserver.listeners), venue=venue)
@@ -209,7 +216,7 @@ class _Venue:
         done: HandshakeComplete | None = None
         try:
             # One deadline from TCP accept: upgrade and authentication together.
-            with trio.fail_at(transport.opened_at + cfg.handshake_timeout):
+            with transport.handshake_deadline(cfg.handshake_timeout):
                 frame = await transport.receive()
                 addr = transport.remote_address.rsplit(":", 1)[0]
                 wait = self.addr_buckets.take(addr)
@@ -247,6 +254,7 @@ class _Venue:
                 events = conn.receive_data(await transport.receive())
                 done = events[0]  # type: ignore[assignment]
                 assert isinstance(done, HandshakeComplete)
+                transport.mark_authenticated()
                 if not done.resumed:
                     # A new session has nothing to retransmit: confirm the
                     # handshake now, rather than once the session's tasks are
@@ -397,7 +405,7 @@ class _Venue:
                     await transport.send(out)
             except SessionError:
                 pass
-        await _close_forcefully(transport)
+        await transport.fail(*observable_close(code))
 
     def nursery_start(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         assert self.nursery is not None
