@@ -1,9 +1,10 @@
 """Transport layer: WebSocket transport over real loopback sockets, and the memory pair.
 
-Covers the trio-websocket 0.12.2 defects we work around (research/libs-and-style.md
-§A.5): our own connect deadline, no socket leak on a cancelled or failed
-handshake, a server that one bad client or handler cannot disturb, and no raw
-trio-websocket errors or ExceptionGroups reaching callers.
+Covers the trio-websocket 0.12.2 defects we work around: our own connect deadline,
+no socket leak on a cancelled or failed handshake, a server that one bad client or
+handler cannot disturb, and no raw trio-websocket errors or ExceptionGroups reaching
+callers.  The venue-side byte-level checks are in test_transport_guard.py, the
+pre-authentication limits in test_transport_preauth.py.
 """
 
 from __future__ import annotations
