@@ -261,6 +261,17 @@ async def test_invalid_utf8_text_frame_is_closed_with_1007() -> None:
             await expect_close(client, 1007, within=1.0)
 
 
+async def test_websocket_framing_errors_are_closed_with_1002() -> None:
+    """RFC 6455: a client frame must be masked.  wsproto finds the error; the close frame
+    that trio-websocket decides on but does not send is written by the guard."""
+    with trio.fail_after(5):
+        async with echo_server() as server, raw_clients(server.port) as raw:
+            client = await raw()
+            await upgraded(client)
+            await client.stream.send_all(bytes((0x82, 5)) + b"hello")  # no mask bit
+            await expect_close(client, 1002, within=1.0)
+
+
 async def test_pipelined_first_message_is_processed() -> None:
     """RFC 6455 asks clients to wait for the 101; many do not.  The message sent in the
     same TCP write as the upgrade request is echoed like any other."""
