@@ -19,7 +19,6 @@ import trio
 import trio.testing
 
 import trio_session as ts
-from trio_session._transport import Transport, TransportServer, serve_transport
 from trio_session._transport_guard import (
     MAX_FRAGMENTS,
     MAX_REQUEST_HEAD,
@@ -30,6 +29,7 @@ from trio_session._transport_guard import (
 from trio_session.protocol import ClientConnection, HandshakeComplete, MessagesReceived
 
 from .runtime_helpers import PARTICIPANT, VENUE, echo_handler, registry, url
+from .transport_helpers import serving
 from .ws_raw import (
     OP_BINARY,
     OP_CLOSE,
@@ -188,31 +188,6 @@ async def test_request_head_refused_at_once(request_bytes: bytes) -> None:
 # -- live: serve_transport ----------------------------------------------------------------
 
 
-async def echo(transport: Transport) -> None:
-    try:
-        while True:
-            await transport.send(await transport.receive())
-    except ts.SessionError:
-        pass
-
-
-@asynccontextmanager
-async def echo_server(*, handshake_timeout: float = 5.0) -> AsyncIterator[TransportServer]:
-    async with trio.open_nursery() as nursery:
-        server: TransportServer = await nursery.start(
-            partial(
-                serve_transport,
-                echo,
-                "127.0.0.1",
-                0,
-                handshake_timeout=handshake_timeout,
-                max_message_size=LIMIT,
-            )
-        )
-        yield server
-        nursery.cancel_scope.cancel()
-
-
 async def upgraded(raw: RawClient, pipelined: bytes = b"") -> None:
     await raw.stream.send_all(UPGRADE_REQUEST + pipelined)
     assert (await raw.read_response()).startswith(b"HTTP/1.1 101")
@@ -245,7 +220,7 @@ async def expect_close(raw: RawClient, code: int, *, within: float) -> str:
 async def test_declared_sizes_refused_at_once(attack: bytes, code: int, reason: str) -> None:
     """Refused as soon as the header arrives, not at the 5 s deadline."""
     with trio.fail_after(5):
-        async with echo_server() as server, raw_clients(server.port) as raw:
+        async with serving() as server, raw_clients(server.port) as raw:
             client = await raw()
             await upgraded(client)
             await client.stream.send_all(attack)
@@ -254,7 +229,7 @@ async def test_declared_sizes_refused_at_once(attack: bytes, code: int, reason: 
 
 async def test_invalid_utf8_text_frame_is_closed_with_1007() -> None:
     with trio.fail_after(5):
-        async with echo_server() as server, raw_clients(server.port) as raw:
+        async with serving() as server, raw_clients(server.port) as raw:
             client = await raw()
             await upgraded(client)
             await client.stream.send_all(frame(OP_TEXT, b"\xff\xfe not utf-8"))
@@ -265,7 +240,7 @@ async def test_websocket_framing_errors_are_closed_with_1002() -> None:
     """RFC 6455: a client frame must be masked.  wsproto finds the error; the close frame
     that trio-websocket decides on but does not send is written by the guard."""
     with trio.fail_after(5):
-        async with echo_server() as server, raw_clients(server.port) as raw:
+        async with serving() as server, raw_clients(server.port) as raw:
             client = await raw()
             await upgraded(client)
             await client.stream.send_all(bytes((0x82, 5)) + b"hello")  # no mask bit
@@ -276,7 +251,7 @@ async def test_pipelined_first_message_is_processed() -> None:
     """RFC 6455 asks clients to wait for the 101; many do not.  The message sent in the
     same TCP write as the upgrade request is echoed like any other."""
     with trio.fail_after(5):
-        async with echo_server() as server, raw_clients(server.port) as raw:
+        async with serving() as server, raw_clients(server.port) as raw:
             client = await raw()
             await upgraded(client, pipelined=frame(OP_BINARY, b"hello") + frame(OP_BINARY, b"2"))
             assert [await client.next_frame() for _ in range(2)] == [
