@@ -66,6 +66,7 @@ def test_observable_close_codes_follow_the_table() -> None:
         "RATE_LIMITED: slow down",
     )
     assert observable_close(499) == (4499, "CODE_499")
+    assert observable_close(1000) == (1011, "CODE_1000")  # not representable
     for ws_code, name in re.findall(r"`(4\d{3}) \"([A-Z_]+)\"`", text):
         assert observable_close(ts.CloseCode[name]) == (int(ws_code), name)
 

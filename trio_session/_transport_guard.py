@@ -189,8 +189,9 @@ class StreamGuard(trio.abc.Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._pending_head is not None:
+            # No checkpoint: reading the head already was one, and trio-websocket's
+            # reader should parse it in this scheduler pass, not the next (connect latency).
             head, self._pending_head = self._pending_head, None
-            await trio.lowlevel.checkpoint()
             return head
         if not self._upgraded:
             # Whatever follows the request head must wait until the connection object
