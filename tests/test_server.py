@@ -8,6 +8,7 @@ man's switch under a mock clock against :func:`trio_session.testing.memory_venue
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 
 import pytest
 import trio
@@ -273,6 +274,15 @@ class HalfOpen:
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         self.lost.set()  # never tells the venue
+
+    async def fail(self, code: int, reason: str = "") -> None:
+        self.lost.set()
+
+    def handshake_deadline(self, timeout: float) -> AbstractContextManager[object]:
+        return self.inner.handshake_deadline(timeout)
+
+    def mark_authenticated(self) -> None:
+        self.inner.mark_authenticated()
 
     @property
     def remote_address(self) -> str:

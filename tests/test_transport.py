@@ -1,9 +1,10 @@
 """Transport layer: WebSocket transport over real loopback sockets, and the memory pair.
 
-Covers the trio-websocket 0.12.2 defects we work around (research/libs-and-style.md
-§A.5): our own connect deadline, no socket leak on a cancelled or failed
-handshake, a server that one bad client or handler cannot disturb, and no raw
-trio-websocket errors or ExceptionGroups reaching callers.
+Covers the trio-websocket 0.12.2 defects we work around: our own connect deadline,
+no socket leak on a cancelled or failed handshake, a server that one bad client or
+handler cannot disturb, and no raw trio-websocket errors or ExceptionGroups reaching
+callers.  The venue-side byte-level checks are in test_transport_guard.py, the
+pre-authentication limits in test_transport_preauth.py.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ from trio_session._transport import (
     WebSocketTransport,
     connect_transport,
     memory_transport_pair,
-    serve_transport,
 )
 
 from ._certs import tls_contexts
+from .transport_helpers import start_serving
 
 MAX_MESSAGE = 2**20
 HAS_PROC_FD = os.path.isdir("/proc/self/fd")
@@ -74,18 +75,9 @@ async def start_server(
     handshake_timeout: float = 5.0,
     ssl: bool = False,
 ) -> TransportServer:
-    server: TransportServer = await nursery.start(
-        partial(
-            serve_transport,
-            handler,
-            "127.0.0.1",
-            0,
-            ssl_context=tls_contexts().server if ssl else None,
-            handshake_timeout=handshake_timeout,
-            max_message_size=MAX_MESSAGE,
-        )
+    return await start_serving(
+        nursery, handler, handshake_timeout=handshake_timeout, tls=ssl, max_message_size=MAX_MESSAGE
     )
-    return server
 
 
 async def connect(

@@ -100,6 +100,15 @@ class SessionConfig:
     #: Venue: handshakes allowed per key per second, and per remote address.
     handshake_rate_per_key: float = attrs.field(default=50.0, validator=_positive)
     handshake_rate_per_address: float = attrs.field(default=200.0, validator=_positive)
+    #: Venue: connections accepted but not yet authenticated (TLS, WebSocket upgrade
+    #: and handshake still running), at most this many in all ...
+    max_preauth_connections: int = attrs.field(default=1024, validator=_positive_int)
+    #: ... and at most this many from one IP address.  A connection beyond either
+    #: cap is refused at once (HTTP 503, or a plain TCP close under TLS).
+    max_preauth_per_address: int = attrs.field(default=64, validator=_positive_int)
+    #: Venue: WebSocket ping and pong frames a connection may send per second
+    #: (bursts of twice that); beyond it the connection is closed (WebSocket 1008).
+    websocket_ping_rate: float = attrs.field(default=5.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.heartbeat_timeout <= self.heartbeat_interval:
@@ -119,6 +128,11 @@ class SessionConfig:
         if self.max_message_size + 64 > self.max_frame_size:
             raise ValueError(
                 "SessionConfig.max_message_size must leave room for framing within max_frame_size"
+            )
+        if self.max_preauth_per_address > self.max_preauth_connections:
+            raise ValueError(
+                "SessionConfig.max_preauth_per_address must not exceed max_preauth_connections "
+                f"({self.max_preauth_per_address!r} > {self.max_preauth_connections!r})"
             )
         if self.max_batch_bytes + 64 > self.max_frame_size:
             raise ValueError("SessionConfig.max_batch_bytes must be below max_frame_size")

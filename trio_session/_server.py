@@ -43,7 +43,13 @@ from ._identity import Identity, KeyRegistry
 from ._lifecycle import State
 from ._link import close_forcefully
 from ._session import Session
-from ._transport import Transport, TransportServer, serve_transport
+from ._transport import (
+    Transport,
+    TransportLimits,
+    TransportServer,
+    observable_close,
+    serve_transport,
+)
 from .protocol import HandshakeComplete, HelloReceived, Role, SessionRecord, VenueConnection
 
 __all__ = ["VenueServer", "serve"]
@@ -115,6 +121,7 @@ async def serve(
                 handshake_timeout=cfg.handshake_timeout,
                 max_message_size=cfg.max_frame_size,
                 close_timeout=cfg.close_timeout,
+                limits=TransportLimits.from_config(cfg),
             )
         )
         server = VenueServer(host, tserver.port, list(tserver.listeners), venue=venue)
@@ -201,13 +208,14 @@ class VenueRunner:
         resuming: list[SessionControl] = []
         try:
             # One deadline from TCP accept: upgrade and authentication together.
-            with trio.fail_at(transport.opened_at + cfg.handshake_timeout):
+            with transport.handshake_deadline(cfg.handshake_timeout):
                 done = await run_handshake(
                     transport,
                     conn,
                     admit=partial(self.admission.admit_address, transport.remote_address),
                     on_hello=partial(self._accept, conn, resuming),
                 )
+                transport.mark_authenticated()
         except trio.TooSlowError:
             logger.debug("handshake from %s timed out", transport.remote_address)
             await self._reject(transport, conn, CloseCode.HANDSHAKE_TIMEOUT)
@@ -318,7 +326,7 @@ class VenueRunner:
                     await transport.send(out)
             except SessionError:
                 pass
-        await close_forcefully(transport)
+        await transport.fail(*observable_close(code))
 
     # -- the end of a session --------------------------------------------------------------
 
