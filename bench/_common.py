@@ -54,7 +54,7 @@ __all__ = [
     "ts",
 ]
 
-#: Size of every application message, as in DESIGN.md's anchors.
+#: Size of every application message (100 bytes, the size the anchor figures use).
 PAYLOAD_SIZE = 100
 _FILL = b"x" * (PAYLOAD_SIZE - 8)
 #: A fixed 100-byte payload for the throughput and RTT scenarios.

@@ -43,7 +43,7 @@ from _common import (
 
 WORKER = BENCH_DIR / "worker.py"
 
-#: DESIGN.md's timers for the many-sessions scenario.
+#: Timers of the many-sessions scenario: 1 s heartbeats, the target load for idle sessions.
 HEARTBEAT_CONFIG = {"heartbeat_interval": 1.0, "heartbeat_timeout": 3.0}
 #: Aggressive key rotation for the rekey-under-load scenario.
 REKEY_CONFIG = {
