@@ -344,6 +344,9 @@ def _every_session_error() -> Iterator[ts.SessionError]:
     )
     yield ts.SlowConsumer("participant consumed nothing for 30s")
     yield ts.SessionExpired("participant did not resume within 60s")
+    yield ts.MemoryBudgetExceeded("the venue's buffers reached max_buffered_bytes")
+    yield ts.ControlFlood("peer sent HEARTBEAT beyond its control-frame allowance")
+    yield ts.TooManySessions("key already has 8 sessions", retry_after=5.0)
     yield ts.MessageRejected("rejected", ref_seq=3, reason_code=ts.RejectCode.REJECTED)
     yield ts.InvalidMessage("bad message", seq=4)
 

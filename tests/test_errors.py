@@ -32,6 +32,8 @@ def test_close_code_values_are_the_wire_values() -> None:
         "HANDLER_ERROR": 203,
         "INTERNAL_ERROR": 204,
         "SESSION_EXPIRED": 205,
+        "MEMORY_BUDGET": 206,
+        "CONTROL_FLOOD": 207,
         "AUTH_FAILED": 300,
         "UNKNOWN_KEY": 301,
         "KEY_REVOKED": 302,
@@ -39,6 +41,7 @@ def test_close_code_values_are_the_wire_values() -> None:
         "BINDER_REUSED": 304,
         "WRONG_ROLE": 305,
         "RATE_LIMITED": 400,
+        "SESSION_LIMIT": 401,
     }
 
 
@@ -55,6 +58,9 @@ def test_close_code_values_are_the_wire_values() -> None:
         (C.RESUME_REFUSED, ts.ResumeRefused),
         (C.SLOW_CONSUMER, ts.SlowConsumer),
         (C.SESSION_EXPIRED, ts.SessionExpired),
+        (C.MEMORY_BUDGET, ts.MemoryBudgetExceeded),
+        (C.CONTROL_FLOOD, ts.ControlFlood),
+        (C.SESSION_LIMIT, ts.TooManySessions),
         (C.AUTH_FAILED, ts.AuthenticationError),
         (C.UNKNOWN_KEY, ts.AuthenticationError),
         (C.KEY_REVOKED, ts.AuthenticationError),
@@ -77,9 +83,21 @@ def test_rate_limited_carries_retry_after_with_a_default() -> None:
     assert isinstance(limited, ts.RateLimited) and limited.retry_after == 2.5
     default = error_for_code(C.RATE_LIMITED, "", remote=True)
     assert isinstance(default, ts.RateLimited) and default.retry_after == 1.0
+    # A refused session at the per-key cap is rate limited too: wait, then retry.
+    limit = error_for_code(C.SESSION_LIMIT, "", remote=True, retry_after=3.0)
+    assert isinstance(limit, ts.TooManySessions) and isinstance(limit, ts.RateLimited)
+    assert limit.retry_after == 3.0 and limit.category is ts.Category.RATE_LIMITED
 
 
-@pytest.mark.parametrize("cls", [ts.SlowConsumer, ts.SessionExpired])
+CLOSE_CLASSES = {
+    ts.SlowConsumer: C.SLOW_CONSUMER,
+    ts.SessionExpired: C.SESSION_EXPIRED,
+    ts.MemoryBudgetExceeded: C.MEMORY_BUDGET,
+    ts.ControlFlood: C.CONTROL_FLOOD,
+}
+
+
+@pytest.mark.parametrize("cls", list(CLOSE_CLASSES))
 def test_new_close_classes_are_session_closed_and_keep_their_code(
     cls: type[ts.SessionClosed],
 ) -> None:
@@ -87,9 +105,7 @@ def test_new_close_classes_are_session_closed_and_keep_their_code(
     local = cls("venue side")
     assert isinstance(local, ts.SessionClosed) and isinstance(local, ts.SessionError)
     assert not local.remote and local.reason == ""
-    assert (
-        local.code is {ts.SlowConsumer: C.SLOW_CONSUMER, ts.SessionExpired: C.SESSION_EXPIRED}[cls]
-    )
+    assert local.code is CLOSE_CLASSES[cls]
     assert local.category is ts.Category.REAUTHENTICATE
     assert not is_clean_close(local)
     received = error_for_code(local.code, "because", remote=True)

@@ -28,6 +28,7 @@ __all__ = [
     "CloseCode",
     "ConnectionLost",
     "Context",
+    "ControlFlood",
     "FrameError",
     "HandshakeTimeout",
     "HeartbeatTimeout",
@@ -36,6 +37,7 @@ __all__ = [
     "InvalidMessage",
     "KeyRegistry",
     "LocalProtocolError",
+    "MemoryBudgetExceeded",
     "MessageRejected",
     "Metrics",
     "Plugin",
@@ -58,6 +60,7 @@ __all__ = [
     "SessionStats",
     "SlowConsumer",
     "State",
+    "TooManySessions",
     "Validate",
     "VenueServer",
     "connect",
@@ -83,11 +86,13 @@ _LAZY: dict[str, str] = {
     "Category": "._errors",
     "CloseCode": "._errors",
     "ConnectionLost": "._errors",
+    "ControlFlood": "._errors",
     "FrameError": "._errors",
     "HandshakeTimeout": "._errors",
     "HeartbeatTimeout": "._errors",
     "IntegrityError": "._errors",
     "LocalProtocolError": "._errors",
+    "MemoryBudgetExceeded": "._errors",
     "MessageRejected": "._errors",
     "ProtocolError": "._errors",
     "RateLimited": "._errors",
@@ -101,6 +106,7 @@ _LAZY: dict[str, str] = {
     "SessionExpired": "._errors",
     "SessionReset": "._errors",
     "SlowConsumer": "._errors",
+    "TooManySessions": "._errors",
     "InvalidMessage": "._errors",
     "Identity": "._identity",
     "KeyRegistry": "._identity",
@@ -126,12 +132,14 @@ if TYPE_CHECKING:
     from ._errors import Category as Category
     from ._errors import CloseCode as CloseCode
     from ._errors import ConnectionLost as ConnectionLost
+    from ._errors import ControlFlood as ControlFlood
     from ._errors import FrameError as FrameError
     from ._errors import HandshakeTimeout as HandshakeTimeout
     from ._errors import HeartbeatTimeout as HeartbeatTimeout
     from ._errors import IntegrityError as IntegrityError
     from ._errors import InvalidMessage as InvalidMessage
     from ._errors import LocalProtocolError as LocalProtocolError
+    from ._errors import MemoryBudgetExceeded as MemoryBudgetExceeded
     from ._errors import MessageRejected as MessageRejected
     from ._errors import ProtocolError as ProtocolError
     from ._errors import RateLimited as RateLimited
@@ -145,6 +153,7 @@ if TYPE_CHECKING:
     from ._errors import SessionExpired as SessionExpired
     from ._errors import SessionReset as SessionReset
     from ._errors import SlowConsumer as SlowConsumer
+    from ._errors import TooManySessions as TooManySessions
     from ._identity import Identity as Identity
     from ._identity import KeyRegistry as KeyRegistry
     from ._policy import Backoff as Backoff

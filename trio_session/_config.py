@@ -94,12 +94,36 @@ class SessionConfig:
     max_message_size: int = attrs.field(default=2**18, validator=_positive_int)
     #: Writer coalescing cap: at most this many payload bytes per data frame.
     max_batch_bytes: int = attrs.field(default=2**16, validator=_positive_int)
+    #: Payload bytes received and not yet consumed, at most.  The credit granted
+    #: to the peer never lets it exceed this, counting every message it may still
+    #: send at ``max_message_size``; the window shrinks below ``inbound_capacity``
+    #: messages only when ``inbound_capacity * max_message_size`` exceeds it.
+    inbound_max_bytes: int = attrs.field(default=2**28, validator=_positive_int)
+    #: Payload bytes queued for sending, at most: ``send`` waits beyond it (like
+    #: ``outbound_capacity`` in messages) and ``send_lossy`` drops the oldest.
+    outbound_max_bytes: int = attrs.field(default=2**26, validator=_positive_int)
 
     #: Venue: close a session whose outbound queue stays full this long.
     slow_consumer_timeout: float = attrs.field(default=30.0, validator=_positive)
-    #: Venue: handshakes allowed per key per second, and per remote address.
+    #: Venue: handshakes allowed per key per second (counted per key and address
+    #: until the handshake verified, per key once it did), and per remote address.
     handshake_rate_per_key: float = attrs.field(default=50.0, validator=_positive)
     handshake_rate_per_address: float = attrs.field(default=200.0, validator=_positive)
+    #: Venue: sessions (live or detached) one key may hold.  A new session beyond it
+    #: ends the key's oldest detached session (its dead man's switch fires), or is
+    #: refused with ``SESSION_LIMIT`` when none is detached.
+    max_sessions_per_key: int = attrs.field(default=8, validator=_positive_int)
+    #: Venue: new sessions (not resumes) one key may open per second, bursts of
+    #: ``max_sessions_per_key``; more are refused with ``RATE_LIMITED`` before the
+    #: venue signs anything.
+    session_rate_per_key: float = attrs.field(default=2.0, validator=_positive)
+    #: Venue: payload bytes all sessions together may hold in their queues and replay
+    #: buffers; reaching it ends the sessions holding the most (``MEMORY_BUDGET``).
+    max_buffered_bytes: int = attrs.field(default=2**30, validator=_positive_int)
+    #: Control frames (all but DATA) the peer may send per second beyond those our
+    #: own frames call for, bursts of twice that; more ends the session
+    #: (``CONTROL_FLOOD``).
+    control_frame_rate: float = attrs.field(default=100.0, validator=_positive)
     #: Venue: connections accepted but not yet authenticated (TLS, WebSocket upgrade
     #: and handshake still running), at most this many in all ...
     max_preauth_connections: int = attrs.field(default=1024, validator=_positive_int)
@@ -136,3 +160,8 @@ class SessionConfig:
             )
         if self.max_batch_bytes + 64 > self.max_frame_size:
             raise ValueError("SessionConfig.max_batch_bytes must be below max_frame_size")
+        if self.inbound_max_bytes < self.max_message_size:
+            raise ValueError(
+                "SessionConfig.inbound_max_bytes must hold at least one message of "
+                f"max_message_size ({self.inbound_max_bytes!r} < {self.max_message_size!r})"
+            )

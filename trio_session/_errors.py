@@ -20,12 +20,14 @@ __all__ = [
     "Category",
     "CloseCode",
     "ConnectionLost",
+    "ControlFlood",
     "FrameError",
     "HandshakeTimeout",
     "HeartbeatTimeout",
     "IntegrityError",
     "InvalidMessage",
     "LocalProtocolError",
+    "MemoryBudgetExceeded",
     "MessageRejected",
     "ProtocolError",
     "RateLimited",
@@ -39,6 +41,7 @@ __all__ = [
     "SessionExpired",
     "SessionReset",
     "SlowConsumer",
+    "TooManySessions",
 ]
 
 
@@ -87,6 +90,11 @@ class CloseCode(enum.IntEnum):
     HANDLER_ERROR = 203
     INTERNAL_ERROR = 204
     SESSION_EXPIRED = 205
+    #: The venue shed the session: its buffers held the most bytes when all sessions
+    #: together reached the venue's ``max_buffered_bytes``.
+    MEMORY_BUDGET = 206
+    #: The peer sent control frames faster than ``control_frame_rate`` allows.
+    CONTROL_FLOOD = 207
 
     AUTH_FAILED = 300
     UNKNOWN_KEY = 301
@@ -97,6 +105,9 @@ class CloseCode(enum.IntEnum):
     WRONG_ROLE = 305
 
     RATE_LIMITED = 400
+    #: A new session was refused: the key already has ``max_sessions_per_key``
+    #: sessions, none of them detached.
+    SESSION_LIMIT = 401
 
     @property
     def category(self) -> Category:
@@ -354,6 +365,36 @@ class SlowConsumer(SessionClosed):
     default_code = CloseCode.SLOW_CONSUMER
 
 
+class MemoryBudgetExceeded(SessionClosed):
+    """The venue shed the session (``MEMORY_BUDGET``): the bytes buffered by all its
+    sessions reached ``max_buffered_bytes`` and this one held the most.
+
+    Its queued messages are dropped at once, so the venue's memory comes back; a
+    participant that receives it starts a new session (:class:`SessionReset`:
+    resync and reconcile).  It is a :class:`SessionClosed`.
+    """
+
+    default_code = CloseCode.MEMORY_BUDGET
+
+
+class ControlFlood(SessionClosed):
+    """The peer sent control frames (acks, heartbeats, rekey frames ...) faster than
+    ``control_frame_rate`` beyond what our own traffic calls for
+    (``CONTROL_FLOOD``): the session is ended, not resumed.  It is a
+    :class:`SessionClosed`.
+    """
+
+    default_code = CloseCode.CONTROL_FLOOD
+
+
+class TooManySessions(RateLimited):
+    """The venue refused a new session (``SESSION_LIMIT``): the key already has
+    ``max_sessions_per_key`` sessions and none of them is detached.  Retry after
+    ``retry_after`` seconds, or close one of the others."""
+
+    default_code = CloseCode.SESSION_LIMIT
+
+
 class SessionExpired(SessionClosed):
     """The logical session reached its end (``SESSION_EXPIRED``).
 
@@ -371,22 +412,29 @@ def is_clean_close(err: SessionError) -> bool:
     return isinstance(err, SessionClosed) and err.code is CloseCode.NORMAL
 
 
+#: Codes whose error is a SessionClosed subclass of their own.
+_CLOSED_BY_CODE: dict[CloseCode, type[SessionClosed]] = {
+    CloseCode.SLOW_CONSUMER: SlowConsumer,
+    CloseCode.SESSION_EXPIRED: SessionExpired,
+    CloseCode.MEMORY_BUDGET: MemoryBudgetExceeded,
+    CloseCode.CONTROL_FLOOD: ControlFlood,
+}
+
+
 def error_for_code(
     code: CloseCode, reason: str, *, remote: bool, retry_after: float | None = None
 ) -> SessionError:
     """Build the typed error that a received CLOSE/REJECT frame stands for."""
     msg = f"peer closed the session: {code.name}" + (f" ({reason})" if reason else "")
-    if code is CloseCode.RATE_LIMITED:
-        return RateLimited(
-            msg, retry_after=retry_after if retry_after is not None else 1.0, code=code
-        )
+    if code is CloseCode.RATE_LIMITED or code is CloseCode.SESSION_LIMIT:
+        cls = RateLimited if code is CloseCode.RATE_LIMITED else TooManySessions
+        return cls(msg, retry_after=retry_after if retry_after is not None else 1.0, code=code)
     cat = code.category
     if cat is Category.FATAL:
         return AuthenticationError(msg, code=code, remote=remote)
     if code is CloseCode.RESUME_REFUSED:
         return ResumeRefused(msg, code=code, remote=remote)
-    if code is CloseCode.SLOW_CONSUMER:
-        return SlowConsumer(msg, code=code, remote=remote, reason=reason)
-    if code is CloseCode.SESSION_EXPIRED:
-        return SessionExpired(msg, code=code, remote=remote, reason=reason)
+    closed = _CLOSED_BY_CODE.get(code)
+    if closed is not None:
+        return closed(msg, code=code, remote=remote, reason=reason)
     return SessionClosed(msg, code=code, remote=remote, reason=reason)
