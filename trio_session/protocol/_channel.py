@@ -57,7 +57,7 @@ from ._wire import (
     parse_header,
 )
 
-__all__ = ["Channel", "Flow", "FlowState", "parse_close"]
+__all__ = ["Channel", "Flow", "FlowState", "credit_window", "parse_close"]
 
 #: The smallest authenticated frame: a header and a tag.
 MIN_FRAME: Final = HEADER_LEN + TAG_LEN
@@ -285,18 +285,41 @@ class FlowState(enum.Enum):
     STREAMING = "streaming"
 
 
+def message_credit(config: SessionConfig) -> int:
+    """Messages of credit granted beyond those consumed: ``inbound_capacity``, fewer
+    when that many messages of ``max_message_size`` would exceed ``inbound_max_bytes``."""
+    return min(config.inbound_capacity, config.inbound_max_bytes // config.max_message_size)
+
+
+def credit_window(record: SessionRecord | None, config: SessionConfig) -> int:
+    """The window the reference grants now (docs/protocol.md, "Flow control").
+
+    ``consumed + credit``, but never more than the messages of ``max_message_size``
+    that still fit in ``inbound_max_bytes`` next to the bytes already held: however
+    large the messages the peer sends, what it may park here stays within the
+    budget, and the wire format is unchanged (the peer just follows the window).
+    """
+    credit = message_credit(config)
+    if record is None:
+        return credit
+    room = max(0, config.inbound_max_bytes - record.rx_held_bytes) // config.max_message_size
+    return min(record.rx_consumed + credit, record.next_rx_seq + room)
+
+
 class Flow:
     """Data messages over a channel: numbering, replay, credit, acknowledgement.
 
-    Credit counts messages: we grant ``window`` = consumed + inbound capacity
-    (the reader never blocks on a full queue), and send only below the peer's
-    window.  Every frame that carries ``(ack, window)`` takes them from
+    Credit counts messages: we grant ``window`` = consumed + credit (the reader
+    never blocks on a full queue, and the bytes a peer can park stay within
+    ``inbound_max_bytes``: :func:`credit_window`), and send only below the
+    peer's window.  Every frame that carries ``(ack, window)`` takes them from
     :meth:`grant`.
     """
 
     __slots__ = (
         "_clock",
-        "_inbound_capacity",
+        "_credit",
+        "_inbound_max_bytes",
         "_max_batch_bytes",
         "_max_message_size",
         "_replay_max_bytes",
@@ -322,14 +345,15 @@ class Flow:
         self.record = record = channel.record
         self.stats = stats
         self._clock = clock
-        self._inbound_capacity = config.inbound_capacity
+        self._credit = message_credit(config)
+        self._inbound_max_bytes = config.inbound_max_bytes
         self._max_message_size = config.max_message_size
         self._max_batch_bytes = config.max_batch_bytes
         self._replay_max_messages = config.replay_max_messages
         self._replay_max_bytes = config.replay_max_bytes
         self.state = FlowState.STREAMING
         #: The credit we granted (exclusive data seq limit) and the ack we last sent.
-        self.adv_window = record.rx_consumed + config.inbound_capacity
+        self.adv_window = credit_window(record, config)
         self.ack_sent = record.next_rx_seq
         #: When the oldest unacknowledged received data arrived (delayed ack).
         self.unacked_since: float | None = None
@@ -366,7 +390,11 @@ class Flow:
     def grant(self) -> tuple[int, int]:
         """(ack, window) to advertise now; records them as sent."""
         record = self.record
-        window = record.rx_consumed + self._inbound_capacity
+        window = record.rx_consumed + self._credit
+        room = (self._inbound_max_bytes - record.rx_held_bytes) // self._max_message_size
+        limit = record.next_rx_seq + max(0, room)  # the byte budget (credit_window)
+        if window > limit:
+            window = limit
         if window < self.adv_window:
             window = self.adv_window
         self.adv_window = window
@@ -449,7 +477,7 @@ class Flow:
     def ack_due(self, now: float) -> bool:
         """Whether a separate ACK is worth a frame (docs/protocol.md, "Flow control")."""
         record = self.record
-        cap = self._inbound_capacity
+        cap = self._credit
         if record.next_rx_seq - self.ack_sent >= max(1, cap // 4):
             return True
         if self.unacked_since is not None and now >= self.unacked_since + ACK_DELAY:
@@ -470,15 +498,18 @@ class Flow:
                 remote=True,
             )
         limit = self._max_message_size
+        nbytes = 0
         for m in data.msgs:
-            if len(m) > limit:
-                raise FrameError(f"message of {len(m)} bytes exceeds max_message_size", remote=True)
-        self.record.next_rx_seq = seq + n
+            lm = len(m)
+            if lm > limit:
+                raise FrameError(f"message of {lm} bytes exceeds max_message_size", remote=True)
+            nbytes += lm
+        self.record.received(seq + n, nbytes)
         if self.unacked_since is None:
             self.unacked_since = self._clock()
         self.peer_grant(data.ack, data.window)
         self.stats.messages_received += n
-        return MessagesReceived(seq, data.msgs, flags == FLAG_SYSTEM)
+        return MessagesReceived(seq, data.msgs, flags == FLAG_SYSTEM, nbytes)
 
     def accept_ack(self, body: memoryview) -> None:
         ack = decode_body(FrameType.ACK, body, Ack)

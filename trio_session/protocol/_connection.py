@@ -51,6 +51,7 @@ from ._events import CloseReceived, Event
 from ._handshake import ClientHandshake, Handshake, HandshakeResult, VenueHandshake, parse_reject
 from ._keys import KeySchedule
 from ._liveness import Liveness, ParticipantLiveness, VenueLiveness
+from ._meter import ControlMeter, earned_by
 from ._outbox import Outbox
 from ._record import SessionRecord
 from ._rekey import ParticipantRekey, RekeyMachine, VenueRekey
@@ -93,6 +94,7 @@ class Connection(abc.ABC):
         "_handshake",
         "_liveness",
         "_max_frame_size",
+        "_meter",
         "_outbox",
         "_ratchet_early",
         "_ratchet_jitter",
@@ -124,6 +126,7 @@ class Connection(abc.ABC):
         self.stats = ConnectionStats()
         self._channel: Channel | None = None
         self._flow: Flow | None = None
+        self._meter: ControlMeter | None = None
         self._ratchet_early = False
         self._max_frame_size = config.max_frame_size
         now = clock()
@@ -226,6 +229,8 @@ class Connection(abc.ABC):
             event = flow.accept_data(seq, flags, body)
             self._rekey.count_messages(len(event.payloads))
             return [event]
+        if self._meter is not None:
+            self._meter.spend(self._clock(), frame_type)
         if frame_type is FrameType.ACK:
             flow.accept_ack(body)
             return []
@@ -272,6 +277,9 @@ class Connection(abc.ABC):
         self._rekey.attach(channel, channel.tx.epoch_started)
         if result.heartbeat_ms is not None:
             self._liveness.adopt_venue_timing(*result.heartbeat_ms)
+        # Heartbeats and probes come at most twice per interval: always allowed.
+        rate = self.config.control_frame_rate + 4 / self._liveness.interval
+        self._meter = ControlMeter(rate, self._clock())
         # Validates the peer's resume position before the record changes.
         retransmit = flow.resume_from(result.peer_next_rx, result.peer_window)
         self.state = _OPEN
@@ -287,6 +295,8 @@ class Connection(abc.ABC):
         rekeys, close), in the order they must be written.  Call from the writer."""
         out = self._outbox.take(self._flow, self.state is _OPEN, self._clock)
         if out:
+            if self._meter is not None:
+                self._meter.earn(earned_by(out))
             self._liveness.last_tx = self._clock()
             self.stats.frames_sent += len(out)
             self.stats.bytes_sent += sum(map(len, out))
@@ -320,6 +330,8 @@ class Connection(abc.ABC):
         if self.state is not _OPEN or flow is None:
             raise LocalProtocolError(f"cannot send data in state {self.state.value}")
         frame = flow.send_data(payloads, FLAG_SYSTEM if system else 0)
+        if self._meter is not None:
+            self._meter.earn(2)  # the peer may acknowledge it on arrival and on consumption
         self._liveness.last_tx = self._clock()
         self._rekey.count_messages(len(payloads))
         return frame
@@ -475,6 +487,21 @@ class VenueConnection(Connection):
     def hello(self) -> ClientHello | None:
         """The ClientHello, once received."""
         return self._venue_handshake.hello
+
+    def verify_resume(self, session: SessionRecord) -> bool:
+        """Check the ClientHello's resume binder for ``session`` before :meth:`accept`
+        (a MAC, no public-key operation): True when it verified, False when the
+        ClientHello cannot resume ``session`` (accept() then starts a new one).
+
+        For admission that trusts a proven resume more than a claim.  Raises
+        AuthenticationError for an invalid or reused binder (``AUTH_FAILED``,
+        ``BINDER_REUSED``).
+        """
+        try:
+            return self._venue_handshake.verify_resume(session)
+        except SessionError as exc:
+            self._fail(exc)
+            raise
 
     def accept(self, peer_public_key: bytes, session: SessionRecord | None = None) -> None:
         """Answer the ClientHello with ServerHello.

@@ -60,6 +60,8 @@ class MessagesReceived(Event):
     payloads: list[bytes]
     #: Session-layer notices (FLAG_SYSTEM), e.g. per-message rejects.
     system: bool = False
+    #: Payload bytes of ``payloads`` (what the runtime's byte budgets count).
+    nbytes: int = attrs.field(default=0, eq=False)
 
 
 @attrs.frozen

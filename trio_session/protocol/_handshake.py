@@ -36,7 +36,7 @@ from .._errors import (
 )
 from .._identity import Identity
 from . import _crypto as c
-from ._channel import Channel, Flow
+from ._channel import Channel, Flow, credit_window
 from ._events import CloseReceived, Event, HandshakeComplete, HelloReceived
 from ._record import SessionRecord
 from ._types import Role
@@ -221,11 +221,10 @@ class ClientHandshake(Handshake):
         p_nonce = rng(32)
         self._e_pk, self._e_sk = c.kx_keypair(rng(32))
         resume_req = None
-        window = config.inbound_capacity
+        window = credit_window(self._resume, config)
         gens: list[int] = []
         if self._resume is not None:
             resume_req = ResumeRequest(self._resume.session_id, self._resume.next_rx_seq)
-            window = self._resume.rx_consumed + config.inbound_capacity
             gens = sorted(self._resume.resume_secrets)[-MAX_BINDERS:]
         hello = ClientHello(
             ver=[PROTOCOL_VERSION],
@@ -360,6 +359,7 @@ class VenueHandshake(Handshake):
         "_rng",
         "_session_id",
         "_th2s",
+        "_verified",
         "_wall_ms",
         "hello",
     )
@@ -382,6 +382,8 @@ class VenueHandshake(Handshake):
         self._binders: list[tuple[int, bytes]] = []
         self._peer_pk = b""
         self._pending: SessionRecord | None = None
+        #: The session whose binder verify_resume() checked.
+        self._verified: SessionRecord | None = None
         self._resume_gen: int | None = None
         self._resume_k: bytes | None = None
         self._kx: tuple[bytes, bytes] = (b"", b"")
@@ -441,26 +443,44 @@ class VenueHandshake(Handshake):
             raise LocalProtocolError("peer_public_key must be 32 bytes")
         self._peer_pk = bytes(peer_public_key)
         cfg = self._config
-        if session is not None and (
-            session.compromised
-            or (
-                hello.resume is not None
-                and (
-                    session.key_id != hello.key_id or session.session_id != hello.resume.session_id
-                )
-            )
-        ):
-            session = None  # never hand one participant's session to another
+        session = self._resumable(hello, session)
         if hello.resume is not None and session is not None:
-            self._resume_gen, self._resume_k = self._check_binders(session, hello.resume.session_id)
+            if self._verified is not session:
+                self.verify_resume(session)
             self._pending = session
             self.resumed = True
             self._session_id = session.session_id
-            next_rx, window = session.next_rx_seq, session.rx_consumed + cfg.inbound_capacity
+            next_rx, window = session.next_rx_seq, credit_window(session, cfg)
         else:
             self._session_id = self._rng(16)
-            next_rx, window = 0, cfg.inbound_capacity
+            next_rx, window = 0, credit_window(None, cfg)
         return self._server_hello(hello, session, next_rx, window)
+
+    def verify_resume(self, session: SessionRecord) -> bool:
+        """Check the resume binder for ``session`` before :meth:`accept` signs (MACs
+        only); False when this ClientHello cannot resume ``session`` at all."""
+        hello = self.hello
+        if self.state is not HandshakeState.AWAITING_ACCEPT or hello is None:
+            raise LocalProtocolError(f"verify_resume() in handshake state {self.state.value}")
+        if hello.resume is None or self._resumable(hello, session) is None:
+            return False
+        self._resume_gen, self._resume_k = self._check_binders(session, hello.resume.session_id)
+        self._verified = session
+        return True
+
+    @staticmethod
+    def _resumable(hello: ClientHello, session: SessionRecord | None) -> SessionRecord | None:
+        """``session``, unless it must not be handed to this ClientHello (never hand
+        one participant's session to another)."""
+        resume = hello.resume
+        if session is None or session.compromised:
+            return None
+        if resume is not None and (session.key_id, session.session_id) != (
+            hello.key_id,
+            resume.session_id,
+        ):
+            return None
+        return session
 
     def _server_hello(
         self, hello: ClientHello, session: SessionRecord | None, next_rx: int, window: int

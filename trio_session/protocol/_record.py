@@ -10,6 +10,9 @@ cache) while no connection is attached:
   the application took: the base of the credit window we grant);
 * what the peer told us: ``peer_ack`` (everything below it arrived) and
   ``peer_window`` (the credit it granted);
+* ``rx_held_bytes``: payload bytes of the peer's messages received and not yet
+  consumed (counted by whole DATA frames), which bounds the credit we grant.
+  Not part of a snapshot: the messages themselves live in the runtime's queue;
 * the replay buffer: messages sent and not yet acknowledged, retransmitted by
   their original seqs after a resume;
 * resume secrets by generation, and recently spent ones (to recognise a
@@ -69,6 +72,10 @@ class SessionRecord:
     peer_ack: int = 0
     #: The peer's latest credit (we may send messages with seq below it).
     peer_window: int = 0
+    #: Payload bytes of the peer's DATA frames not yet wholly consumed, and those
+    #: frames as (data seq after the frame, payload bytes), oldest first.
+    rx_held_bytes: int = 0
+    rx_frames: deque[tuple[int, int]] = attrs.field(factory=deque)
     #: Sent, unacknowledged messages, one entry per DATA frame, oldest first.
     replay: deque[ReplayEntry] = attrs.field(factory=deque)
     #: Messages and payload bytes in ``replay`` (kept so limits cost nothing).
@@ -125,11 +132,24 @@ class SessionRecord:
             out.append((first, msgs, flags))
         return out
 
+    def received(self, end_seq: int, nbytes: int) -> None:
+        """A DATA frame of ``nbytes`` payload bytes arrived; the next data seq is ``end_seq``."""
+        self.next_rx_seq = end_seq
+        self.rx_held_bytes += nbytes
+        self.rx_frames.append((end_seq, nbytes))
+
     def consume(self, n: int) -> None:
-        """The application took ``n`` more of the peer's messages."""
+        """The application took ``n`` more of the peer's messages.
+
+        A frame's bytes are released once all its messages are consumed (an
+        upper bound of what is held, exact for a runtime that consumes by frame).
+        """
         if n < 0 or self.rx_consumed + n > self.next_rx_seq:
             raise LocalProtocolError("consumed more messages than were received")
-        self.rx_consumed += n
+        consumed = self.rx_consumed = self.rx_consumed + n
+        frames = self.rx_frames
+        while frames and frames[0][0] <= consumed:
+            self.rx_held_bytes -= frames.popleft()[1]
 
     # -- resume secrets ----------------------------------------------------------------
 
