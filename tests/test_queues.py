@@ -36,7 +36,7 @@ def _outbound(capacity: int = 8, max_batch_bytes: int = BIG) -> Outbound:
 
 def test_writer_takes_lossless_then_conflated_then_lossy() -> None:
     out = _outbound()
-    assert out.put_nowait(b"a", 1) and out.put_nowait([b"b", b"c"], 2)
+    assert out.put_nowait(b"a", 1, 1) and out.put_nowait([b"b", b"c"], 2, 2)
     out.put_latest("k", b"k1")
     out.put_latest("j", b"j1")
     out.put_latest("k", b"k2")  # replaces k1, moves behind j
@@ -50,7 +50,7 @@ def test_writer_takes_lossless_then_conflated_then_lossy() -> None:
 
 def test_take_respects_the_window_and_the_byte_budgets() -> None:
     out = _outbound(max_batch_bytes=25)
-    out.put_nowait([b"x" * 10] * 5, 5)
+    out.put_nowait([b"x" * 10] * 5, 5, 50)
     assert out.take(1, BIG) == [b"x" * 10]  # credit for one
     assert out.take(100, BIG) == [b"x" * 10] * 2  # 25-byte batches
     assert out.take(100, 15) == [b"x" * 10]  # replay byte budget
@@ -71,11 +71,11 @@ def test_lossy_queue_drops_its_oldest_beyond_capacity() -> None:
 
 def test_notices_keep_their_place_in_the_lossless_stream() -> None:
     out = _outbound()
-    out.put_nowait(b"r0", 1)
-    out.put_nowait(b"r1", 1)  # still in the channel when the notice is queued
+    out.put_nowait(b"r0", 1, 2)
+    out.put_nowait(b"r1", 1, 2)  # still in the channel when the notice is queued
     out.put_notice(reject_notice(4, "no", ts.RejectCode.REJECTED, 0.5))
     out.put_notice(reject_notice(5, "x" * 300, ts.RejectCode.INVALID, None))
-    out.put_nowait(b"r2", 1)
+    out.put_nowait(b"r2", 1, 2)
     out.put_latest("k", b"k")
     assert out.take_notices(10) == []  # not at the head yet
     # Lossless messages stop at the notice; conflated ones are not ordered against them.
@@ -90,13 +90,13 @@ def test_notices_keep_their_place_in_the_lossless_stream() -> None:
 
 async def test_a_full_lossless_queue_blocks_and_close_releases_senders() -> None:
     out = _outbound(capacity=1)
-    assert out.put_nowait(b"a", 1)
-    assert not out.put_nowait(b"b", 1) and out.depth == 1
+    assert out.put_nowait(b"a", 1, 1)
+    assert not out.put_nowait(b"b", 1, 1) and out.depth == 1
     failed: list[BaseException] = []
 
     async def sender() -> None:
         try:
-            await out.put(b"c", 1)
+            await out.put(b"c", 1, 1)
         except trio.BrokenResourceError as exc:
             failed.append(exc)
 
@@ -108,7 +108,7 @@ async def test_a_full_lossless_queue_blocks_and_close_releases_senders() -> None
             out.close()
     assert len(failed) == 1
     with pytest.raises(trio.BrokenResourceError):
-        out.put_nowait(b"d", 1)
+        out.put_nowait(b"d", 1, 1)
 
 
 def _waits_for_credit(out: Outbound) -> bool:
@@ -128,7 +128,7 @@ async def test_the_writer_parks_until_woken() -> None:
             nursery.start_soon(writer, False)
             await trio.testing.wait_all_tasks_blocked()
             assert _waits_for_credit(out) and woke == []
-            out.put_nowait(b"a", 1)  # data wakes a parked writer
+            out.put_nowait(b"a", 1, 1)  # data wakes a parked writer
         assert woke == [True] and not _waits_for_credit(out)
         # A wake-up that came while it was running: the next park returns at once.
         out.wake_pending = False

@@ -27,9 +27,10 @@ from typing import Any, final
 
 import trio
 
+from ._budget import ByteLedger
 from ._config import SessionConfig
 from ._core import SessionCore
-from ._errors import ConnectionLost, SessionError
+from ._errors import Category, ConnectionLost, SessionError
 from ._lifecycle import State
 from ._link import Link
 from ._session import Session, new_session
@@ -40,10 +41,16 @@ __all__ = ["SessionControl", "open_session"]
 
 
 def open_session(
-    role: Role, config: SessionConfig, messages: Any | None, key_id: str
+    role: Role,
+    config: SessionConfig,
+    messages: Any | None,
+    key_id: str,
+    *,
+    ledger: ByteLedger | None = None,
 ) -> SessionControl:
-    """Create a session (state CONNECTING) and the runner's handle on it."""
-    core = SessionCore(role, config, messages, key_id)
+    """Create a session (state CONNECTING) and the runner's handle on it; its
+    buffered bytes count in ``ledger`` (the venue's budget) if given."""
+    core = SessionCore(role, config, messages, key_id, ledger)
     return SessionControl(core, new_session(core))
 
 
@@ -88,9 +95,30 @@ class SessionControl:
         return self._core.closing
 
     @property
+    def ending(self) -> bool:
+        """The session is over or on its way out: finished, closing, or its
+        connection ending with a code that ends the session (it must not be resumed)."""
+        core = self._core
+        if core.closing or core.finished.is_set():
+            return True
+        link = self._link
+        err = link.error if link is not None else None
+        return err is not None and err.category is not Category.RESUMABLE
+
+    @property
     def error(self) -> SessionError | None:
         """Why the session ended, a clean close included (None while it runs)."""
         return self._core.error
+
+    @property
+    def stalled_since(self) -> float | None:
+        """Venue: since when queued messages wait on a participant that consumes
+        nothing (None when they do not); it goes on while the session is detached."""
+        return self._core.stalled_since
+
+    def buffered_bytes(self) -> int:
+        """Payload bytes the session holds in its queues and replay buffer."""
+        return self._core.buffered_bytes()
 
     async def wait_finished(self) -> None:
         await self._core.finished.wait()
@@ -171,6 +199,20 @@ class SessionControl:
     def finish(self, error: SessionError) -> None:
         """End the session for good with ``error`` (the first one wins)."""
         self._core.finish(error)
+
+    def shed(self, error: SessionError) -> None:
+        """End the session for good and free its buffers at once: the connection
+        (if any) tells the peer ``error``'s code, queued messages both ways and the
+        replay buffer are dropped."""
+        if self._link is not None:
+            self._link.end(error)
+        self._core.finish(error)
+        self._core.drop_buffers(inbound=True)
+
+    def drop_unsent(self) -> None:
+        """The session ended and will never send again: free its queued and
+        unacknowledged outbound messages (received ones stay for the application)."""
+        self._core.drop_buffers(inbound=False)
 
     @contextmanager
     def supervising(self) -> Iterator[trio.CancelScope]:

@@ -12,8 +12,8 @@ A :class:`SessionCore` is shared by three parties, each with its own job:
   connections, detaches them and ends the session.
 
 Its own methods are the few rules they share: entering a state, binding a
-logical-session record, crediting consumed messages, and finishing exactly once
-with one typed error.
+logical-session record, crediting consumed messages, accounting the bytes its
+buffers hold (``_budget.py``), and finishing exactly once with one typed error.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, final
 import attrs
 import trio
 
+from ._budget import ByteLedger
 from ._codec import Codec
 from ._config import SessionConfig
 from ._errors import SessionError, is_clean_close
@@ -100,14 +101,27 @@ class SessionCore:
     """The state of one logical session that outlives its connections."""
 
     def __init__(
-        self, role: Role, config: SessionConfig, messages: Any | None, key_id: str
+        self,
+        role: Role,
+        config: SessionConfig,
+        messages: Any | None,
+        key_id: str,
+        ledger: ByteLedger | None = None,
     ) -> None:
         self.role = role
         self.config = config
         self.key_id = key_id
         self.codec = Codec(messages)
-        self.outbound = Outbound(config.outbound_capacity, config.max_batch_bytes)
-        self.inbound = Inbound()
+        #: Where this session's buffered bytes are counted (the venue's budget).
+        self.ledger = ledger if ledger is not None else ByteLedger()
+        self._replay_counted = 0
+        self.outbound = Outbound(
+            config.outbound_capacity,
+            config.max_batch_bytes,
+            config.outbound_max_bytes,
+            self.ledger,
+        )
+        self.inbound = Inbound(self.ledger)
         self.states = StateHistory()
         self.counters = Counters()
         #: The logical-session record (ids, sequence numbers, replay buffer).
@@ -126,6 +140,9 @@ class SessionCore:
         self.connection_done.set()
         #: The runner's scope, cancelled by :meth:`finish` (stops reconnecting).
         self.runner_scope: trio.CancelScope | None = None
+        #: Venue: since when queued messages wait on a participant that does not
+        #: consume (no credit, or a blocked write); kept while it is detached.
+        self.stalled_since: float | None = None
         self.log = SessionLog(logger, {"session_id": "-"})
 
     def set_state(self, state: State) -> None:
@@ -144,6 +161,42 @@ class SessionCore:
         r = self.record
         return self.outbound.has_data() or (r is not None and r.replay_messages > 0)
 
+    # -- bytes ---------------------------------------------------------------------------
+
+    def buffered_bytes(self) -> int:
+        """Payload bytes this session holds: queued both ways and unacknowledged."""
+        r = self.record
+        return self.outbound.bytes + self.inbound.bytes + (r.replay_bytes if r else 0)
+
+    def sync_replay(self) -> None:
+        """Bring the ledger up to date with the replay buffer (which the protocol
+        fills and trims); the queues keep their own bytes up to date."""
+        r = self.record
+        held = r.replay_bytes if r is not None else 0
+        delta = held - self._replay_counted
+        if delta:
+            self._replay_counted = held
+            self.ledger.add(delta)
+
+    def drop_buffers(self, *, inbound: bool) -> None:
+        """Free what the session holds for sending at once, and with ``inbound``
+        what it received and the application has not read yet."""
+        self.outbound.clear()
+        if inbound:
+            self.inbound.clear()
+        r = self.record
+        if r is not None:
+            r.trim(r.next_tx_seq)
+        self.sync_replay()
+
+    def _leave_ledger(self) -> None:
+        """The session finished: its bytes no longer count against the budget."""
+        self.sync_replay()
+        ledger = self.ledger
+        ledger.add(-(self.outbound.bytes + self.inbound.bytes + self._replay_counted))
+        self.ledger = self.outbound.ledger = self.inbound.ledger = ByteLedger()
+        self._replay_counted = 0
+
     def credit(self, consumed: int) -> None:
         """The application consumed ``consumed`` messages: grant the peer that much credit.
 
@@ -157,7 +210,7 @@ class SessionCore:
             if conn.messages_consumed(consumed):
                 self.outbound.wake()
         elif target is not None:
-            target.rx_consumed = min(target.rx_consumed + consumed, target.next_rx_seq)
+            target.consume(min(consumed, target.next_rx_seq - target.rx_consumed))
 
     def finish(self, error: SessionError) -> None:
         """End the session for good: state CLOSED, connection and runner stopped,
@@ -174,6 +227,7 @@ class SessionCore:
             self.runner_scope.cancel()
         self.inbound.close()
         self.outbound.close()  # senders blocked on a full queue get the session's error
+        self._leave_ledger()
         self.drained.set()
         lvl = logging.DEBUG if is_clean_close(self.error) else logging.INFO
         self.log.log(lvl, "session ended: %s", self.error)

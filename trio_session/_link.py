@@ -38,7 +38,7 @@ from ._errors import (
 )
 from ._lifecycle import State
 from ._queues import OutNotice
-from ._transport import Transport
+from ._transport import Transport, observable_close
 from .protocol import (
     CloseReceived,
     Connection,
@@ -53,6 +53,9 @@ __all__ = ["MIN_TIMER_STEP", "Link", "close_forcefully"]
 #: Timer tasks never re-check more often than this when a deadline is already
 #: due but waits on another task (e.g. the writer is blocked on a full socket).
 MIN_TIMER_STEP: Final = 0.005
+#: Ends after which the WebSocket is failed rather than closed gracefully: the
+#: peer is silent or does not read, so its close frame would never come.
+_NO_LINGER: Final = frozenset({CloseCode.HEARTBEAT_TIMEOUT, CloseCode.SLOW_CONSUMER})
 
 
 @final
@@ -82,8 +85,11 @@ class Link:
         self._on_confirmed = on_confirmed
         self._hb_sleep: trio.CancelScope | None = None
         self._rot_sleep: trio.CancelScope | None = None
-        #: Venue: since when queued messages wait for credit the peer does not grant.
-        self._stalled_since: float | None = None
+        #: Venue: when the write in progress started (None between writes).
+        self._send_started: float | None = None
+        #: Control frames sealed by the writer and not yet written (a cancelled
+        #: writer leaves them for the CLOSE, whose seq comes after theirs).
+        self._owed: list[bytes] = []
 
     async def run(self) -> SessionError:
         """Run the four tasks until the connection ends; returns why it ended (a
@@ -102,6 +108,7 @@ class Link:
             self._scope = None
             if core.link is self:
                 core.link = None
+            self._keep_stall()
             self._absorb_stats()
             await self._close_transport()
             # Release anyone waiting on this connection's progress.
@@ -138,6 +145,13 @@ class Link:
         s = conn.session
         return conn.authenticated and s is not None and s.next_rx_seq >= self._replay_until
 
+    def _keep_stall(self) -> None:
+        """A write blocked when the connection ended is a stall that goes on while
+        the session is detached (the participant still consumes nothing)."""
+        started, core = self._send_started, self._core
+        if started is not None and (core.stalled_since is None or started < core.stalled_since):
+            core.stalled_since = started
+
     def _absorb_stats(self) -> None:
         s, c = self.conn.stats, self._core.counters
         c.rekeys += s.rekeys
@@ -167,16 +181,29 @@ class Link:
             if err is None:
                 await close_forcefully(transport)  # cancelled: drop, do not linger
                 return
+            # The WebSocket close carries the code too (docs/protocol.md,
+            # "Observable close codes"), for peers that cannot read our CLOSE.
+            code, reason = observable_close(err.code)
+            if err.code in _NO_LINGER or (
+                err.remote and not isinstance(err, (SessionClosed, ConnectionLost))
+            ):
+                # An invalid frame, or a peer that no longer answers or reads:
+                # waiting for its side of the close would only hold the connection.
+                await transport.fail(code, reason)
+                return
             with trio.move_on_after(self._core.config.close_timeout) as scope:
-                await transport.aclose()
+                await transport.aclose(code, reason)
             if scope.cancelled_caught:
                 await close_forcefully(transport)
 
     async def _send_close(self, err: SessionError) -> None:
         try:
             self.conn.close(err.code, type(err).__name__)
+            # Control frames the writer had sealed but not written when it was
+            # cancelled go first: the CLOSE's control seq follows theirs.
+            frames = self._owed + self.conn.data_to_send()
             with trio.move_on_after(min(0.5, self._core.config.close_timeout)):
-                for frame in self.conn.data_to_send():
+                for frame in frames:
                     await self.transport.send(frame)
         except SessionError:
             pass
@@ -202,6 +229,7 @@ class Link:
         counters, out = core.counters, core.outbound
         while True:
             events = conn.receive_data(await transport.receive())
+            core.sync_replay()  # acknowledgements trimmed the replay buffer
             self._note_authenticated()
             for ev in events:
                 if type(ev) is MessagesReceived:
@@ -226,7 +254,7 @@ class Link:
 
     def _deliver(self, ev: MessagesReceived) -> bool:
         core = self._core
-        if not core.inbound.put(ev.payloads, ev.system):
+        if not core.inbound.put(ev.payloads, ev.system, ev.nbytes):
             return False
         core.counters.received += len(ev.payloads)
         hb = self._hb_sleep
@@ -262,8 +290,10 @@ class Link:
                 due = conn.rotation_deadline()
                 if due < rot.deadline:
                     rot.deadline = due
-            for frame in conn.data_to_send():
-                await send(frame)
+            owed = self._owed = conn.data_to_send()
+            while owed:
+                await send(owed[0])
+                del owed[0]
             if conn.state is not ConnectionState.OPEN:
                 if conn.state in (ConnectionState.CLOSING, ConnectionState.ERROR) and (
                     not conn.has_pending_control()
@@ -287,21 +317,25 @@ class Link:
         if window > 0:
             pending = out.pending
             if pending and type(pending[0]) is OutNotice:
-                return conn.send_data(out.take_notices(window), system=True)
+                frame = conn.send_data(out.take_notices(window), system=True)
+                core.sync_replay()
+                return frame
             batch = out.take(window, conn.send_bytes_budget())
             if batch:
-                self._stalled_since = None
+                core.stalled_since = None
                 core.counters.sent += len(batch)  # in the replay buffer from here: sent
-                return conn.send_data(batch)
+                frame = conn.send_data(batch)
+                core.sync_replay()
+                return frame
         if out.has_data():
-            if self._stalled_since is None:
-                self._stalled_since = trio.current_time()
+            if core.stalled_since is None:
+                core.stalled_since = trio.current_time()
                 hb = self._hb_sleep
                 if hb is not None and core.role is Role.VENUE:
-                    due = self._stalled_since + core.config.slow_consumer_timeout
+                    due = core.stalled_since + core.config.slow_consumer_timeout
                     hb.deadline = min(hb.deadline, due)
         else:
-            self._stalled_since = None
+            core.stalled_since = None
             if core.record is not None and not core.record.replay_messages:
                 core.drained.set()
         return None
@@ -310,8 +344,19 @@ class Link:
         # Venue: a participant that stops reading its socket fills TCP buffers and
         # blocks us here rather than in credit, so every write is bounded.
         limit = self._core.config.slow_consumer_timeout
-        with trio.move_on_after(limit) as scope:
-            await self.transport.send(frame)
+        self._send_started = started = trio.current_time()
+        stalled = self._core.stalled_since
+        # A stall carried over from before a resume leaves less time for this write.
+        deadline = started + limit if stalled is None else min(started, stalled) + limit
+        try:
+            with trio.move_on_at(deadline) as scope:
+                await self.transport.send(frame)
+        except SessionError:
+            self._send_started = None  # failed, not blocked
+            raise
+        # Cancelled (the connection ended while this write was blocked): the
+        # start stays, and _keep_stall carries it over to the detached session.
+        self._send_started = None
         if scope.cancelled_caught:
             raise SlowConsumer(f"participant did not read for {limit}s")
 
@@ -324,8 +369,8 @@ class Link:
         while True:
             now = trio.current_time()
             deadline = conn.heartbeat_deadline()
-            if venue and self._stalled_since is not None:
-                deadline = min(deadline, self._stalled_since + slow_limit)
+            if venue and core.stalled_since is not None:
+                deadline = min(deadline, core.stalled_since + slow_limit)
             # An adjustable sleep: the reader pulls the deadline in when received
             # data makes a (delayed) acknowledgement due sooner.
             with trio.move_on_at(max(deadline, now + MIN_TIMER_STEP)) as sleep:
@@ -335,7 +380,7 @@ class Link:
             conn.handle_heartbeat_timer()
             if conn.has_pending_control():
                 core.outbound.wake()
-            stalled = self._stalled_since
+            stalled = core.stalled_since
             if venue and stalled is not None and trio.current_time() - stalled >= slow_limit:
                 raise SlowConsumer(
                     f"participant consumed nothing for {slow_limit}s while messages waited"

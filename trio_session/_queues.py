@@ -2,6 +2,8 @@
 
 Both outlive connections: messages queued during an outage go out after the
 resume, and messages received before a connection broke are still delivered.
+Both count the payload bytes they hold (``bytes``), and report them to the
+session's :class:`~trio_session._budget.ByteLedger` (the venue's budget).
 
 :class:`Outbound` holds the three send policies and the notices (rejections)
 in stream order, and is where the writer task waits for work.  Waking it is a
@@ -25,6 +27,7 @@ from typing import Any, final
 
 import trio
 
+from ._budget import ByteLedger
 from ._errors import MessageRejected, RejectCode, SessionError
 from .protocol import SessionRecord
 from .protocol._wire import NOTICE_REJECT, Notice, decode_notice, encode_body
@@ -56,17 +59,32 @@ class Outbound:
     """Messages waiting to be sent, by policy, and the writer's wake-up.
 
     * ``block`` (lossless): a channel of ``capacity`` items (a message or a
-      ``send_many`` list); senders wait while it is full.  The writer stages
-      items into ``pending``, where notices keep their place in the stream.
+      ``send_many`` list); senders wait while it is full, or while ``max_bytes``
+      payload bytes are queued.  The writer stages items into ``pending``, where
+      notices keep their place in the stream.
     * ``conflate``: the latest message per key, FIFO by last update.
-    * ``drop_oldest``: a deque of at most ``capacity`` messages.
+    * ``drop_oldest``: a deque of at most ``capacity`` messages, which also drops
+      its oldest while the queue holds ``max_bytes``.
 
     The writer takes lossless messages first, then conflated, then lossy ones.
     """
 
-    def __init__(self, capacity: int, max_batch_bytes: int) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        max_batch_bytes: int,
+        max_bytes: float = math.inf,
+        ledger: ByteLedger | None = None,
+    ) -> None:
         self.capacity = capacity
         self.max_batch_bytes = max_batch_bytes
+        self.max_bytes = max_bytes
+        #: Payload bytes queued (all policies, notices included).
+        self.bytes = 0
+        self.ledger = ledger if ledger is not None else ByteLedger()
+        #: Senders waiting for ``bytes`` to drop below ``max_bytes``.
+        self._room = trio.lowlevel.ParkingLot()
+        self._closed = False
         self._send, self._recv = trio.open_memory_channel[bytes | list[bytes]](capacity)
         self.pending: deque[bytes] = deque()
         self.latest: OrderedDict[Hashable, bytes] = OrderedDict()
@@ -86,51 +104,95 @@ class Outbound:
 
     # -- producers (the application) ---------------------------------------------
 
-    def put_nowait(self, item: bytes | list[bytes], count: int) -> bool:
-        """Queue a lossless item if there is room (False when full).
+    def put_nowait(self, item: bytes | list[bytes], count: int, nbytes: int) -> bool:
+        """Queue a lossless item of ``nbytes`` payload bytes if there is room
+        (False when full).
 
         Raises ``trio.BrokenResourceError`` once the session has finished.
         """
+        if self.bytes >= self.max_bytes:
+            if self._closed:
+                raise trio.BrokenResourceError("the session finished")
+            return False
         try:
             self._send.send_nowait(item)
         except trio.WouldBlock:
             return False
+        except trio.ClosedResourceError:
+            raise trio.BrokenResourceError("the session finished") from None
         self.queued += count
+        self.bytes += nbytes
+        self.ledger.add(nbytes)
         if self._parked:  # wake_for_data(), inline on the hot path
             self.wake()
         return True
 
-    async def put(self, item: bytes | list[bytes], count: int) -> None:
-        """Queue a lossless item, waiting while the queue is full."""
-        await self._send.send(item)
+    async def put(self, item: bytes | list[bytes], count: int, nbytes: int) -> None:
+        """Queue a lossless item, waiting while the queue is full (in items or bytes)."""
+        while self.bytes >= self.max_bytes:
+            if self._closed:
+                raise trio.BrokenResourceError("the session finished")
+            await self._room.park()
+        try:
+            await self._send.send(item)
+        except trio.ClosedResourceError:
+            raise trio.BrokenResourceError("the session finished") from None
         self.queued += count
+        self.bytes += nbytes
+        self.ledger.add(nbytes)
         self.wake_for_data()
 
     def put_latest(self, key: Hashable, payload: bytes) -> None:
         latest = self.latest
-        if key in latest:
+        old = latest.get(key)
+        if old is not None:
             latest.move_to_end(key)  # FIFO by last update
             self.conflated += 1
+            self._added(-len(old))
         latest[key] = payload
+        self._added(len(payload))
         self.wake_for_data()
 
     def put_lossy(self, payload: bytes) -> None:
-        if len(self.lossy) >= self.capacity:
-            self.lossy.popleft()
+        lossy, n = self.lossy, len(payload)
+        while lossy and (len(lossy) >= self.capacity or self.bytes + n > self.max_bytes):
+            self._added(-len(lossy.popleft()))
             self.dropped += 1
-        self.lossy.append(payload)
+        lossy.append(payload)
+        self._added(n)
         self.wake_for_data()
 
     def put_notice(self, notice: Notice) -> None:
         """Queue a notice behind everything sent before it (even senders still
         blocked on the full channel were staged first: their call came earlier)."""
         self._stage_all()
-        self.pending.append(OutNotice(encode_body(notice)))
+        body = OutNotice(encode_body(notice))
+        self.pending.append(body)
+        self._added(len(body))
         self.wake()
 
     def close(self) -> None:
-        """The session finished: senders blocked on a full queue wake with an error."""
-        self._recv.close()
+        """The session finished: senders blocked on a full queue wake with an error
+        (what is queued stays, until :meth:`clear`)."""
+        self._send.close()
+        self._closed = True
+        self._room.unpark_all()
+
+    def clear(self) -> None:
+        """Drop everything queued (the session ended and will never send it)."""
+        self._stage_all()
+        self.queued = 0
+        self.pending.clear()
+        self.latest.clear()
+        self.lossy.clear()
+        self._added(-self.bytes)
+
+    def _added(self, n: int) -> None:
+        """``n`` payload bytes more (negative: fewer) are queued."""
+        self.bytes += n
+        self.ledger.add(n)
+        if n < 0 and self._room and self.bytes < self.max_bytes:
+            self._room.unpark_all()
 
     # -- the consumer (the writer task) ------------------------------------------
 
@@ -148,8 +210,12 @@ class Outbound:
         own frame, in queue order."""
         pending = self.pending
         notices: list[bytes] = []
+        size = 0
         while pending and type(pending[0]) is OutNotice and len(notices) < window:
-            notices.append(bytes(pending.popleft()))
+            notice = bytes(pending.popleft())
+            notices.append(notice)
+            size += len(notice)
+        self._added(-size)
         return notices
 
     def take(self, window: int, budget: int) -> list[bytes]:
@@ -160,6 +226,7 @@ class Outbound:
         size = 0
         pending = self.pending
         recv = self._recv
+        full = False
         while len(msgs) < window:
             if not pending:
                 try:
@@ -172,9 +239,20 @@ class Outbound:
                 break  # notices travel in their own frame, in queue order
             lm = len(m)
             if size + lm > cap and (msgs or lm > budget):
-                return msgs
+                full = True
+                break
             msgs.append(pending.popleft())
             size += lm
+        if not full:
+            size = self._take_unordered(msgs, window, cap, budget, size)
+        if size:
+            self._added(-size)
+        return msgs
+
+    def _take_unordered(
+        self, msgs: list[bytes], window: int, cap: int, budget: int, size: int
+    ) -> int:
+        """Add conflated, then lossy messages to ``msgs``; returns the batch's size."""
         latest, lossy = self.latest, self.lossy
         while (latest or lossy) and len(msgs) < window:
             m = next(iter(latest.values())) if latest else lossy[0]
@@ -187,7 +265,7 @@ class Outbound:
                 lossy.popleft()
             msgs.append(m)
             size += lm
-        return msgs
+        return size
 
     def _stage(self, item: bytes | list[bytes]) -> None:
         """Move one channel item into ``pending``."""
@@ -249,8 +327,13 @@ class Inbound:
     one, and switches which session consumption credits.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ledger: ByteLedger | None = None) -> None:
         self._send, self._recv = trio.open_memory_channel[Any](math.inf)
+        #: Payload bytes in the channel (what ``buf`` holds is not counted: at most
+        #: one batch, being read).
+        self.bytes = 0
+        self._sizes: deque[int] = deque()
+        self.ledger = ledger if ledger is not None else ByteLedger()
         #: Payloads (bytes) and decoded notices (a Notice, or the error a bad one made).
         self.buf: deque[Any] = deque()
         #: Data seq of the next message handed to the application.
@@ -271,13 +354,17 @@ class Inbound:
 
     # -- the reader ---------------------------------------------------------------
 
-    def put(self, payloads: list[bytes], system: bool) -> bool:
-        """Queue a received batch; False once the session finished (not delivered)."""
+    def put(self, payloads: list[bytes], system: bool, nbytes: int = 0) -> bool:
+        """Queue a received batch of ``nbytes`` payload bytes; False once the
+        session finished (not delivered)."""
         try:
             self._send.send_nowait(Notices(payloads) if system else payloads)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             return False
         self.queued += len(payloads)
+        self._sizes.append(nbytes)
+        self.bytes += nbytes
+        self.ledger.add(nbytes)
         return True
 
     def put_reset(self, record: SessionRecord) -> None:
@@ -286,6 +373,22 @@ class Inbound:
 
     def close(self) -> None:
         self._send.close()
+
+    def clear(self) -> None:
+        """Drop everything not yet read (the session was shed for memory)."""
+        self.close()
+        while True:
+            try:
+                item = self._recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if type(item) is _Reset:
+                self.consume_target = item.record
+        self.buf.clear()
+        self.queued = 0
+        self._sizes.clear()
+        self.ledger.add(-self.bytes)
+        self.bytes = 0
 
     # -- the application -------------------------------------------------------------
 
@@ -299,6 +402,10 @@ class Inbound:
             return 0
         n = len(item)
         self.queued -= n
+        nbytes = self._sizes.popleft()
+        if nbytes:
+            self.bytes -= nbytes
+            self.ledger.add(-nbytes)
         if type(item) is Notices:
             self.buf.extend(_decode_notice_safely(p) for p in item)
         else:

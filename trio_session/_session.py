@@ -143,7 +143,7 @@ class Session:
         """
         payload = self._codec.encode(message)
         self._check_can_send(payload)
-        await self._enqueue(payload, 1, fail_fast)
+        await self._enqueue(payload, 1, len(payload), fail_fast)
 
     async def send_many(self, messages: Sequence[Any], *, fail_fast: bool = False) -> None:
         """Send several messages losslessly as one queue item (cheaper per message)."""
@@ -152,9 +152,11 @@ class Session:
             return
         for p in payloads:
             self._check_can_send(p)
-        await self._enqueue(payloads, len(payloads), fail_fast)
+        await self._enqueue(payloads, len(payloads), sum(map(len, payloads)), fail_fast)
 
-    async def _enqueue(self, item: bytes | list[bytes], count: int, fail_fast: bool) -> None:
+    async def _enqueue(
+        self, item: bytes | list[bytes], count: int, nbytes: int, fail_fast: bool
+    ) -> None:
         """The lossless path shared by send() and send_many()."""
         if fail_fast and self._core.states.state is not State.LIVE:
             state = self._core.states.state.value
@@ -164,10 +166,10 @@ class Session:
         # of the next one (one pass less per message on the latency path).
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            if self._out.put_nowait(item, count):
+            if self._out.put_nowait(item, count, nbytes):
                 await trio.lowlevel.cancel_shielded_checkpoint()
             else:  # full: wait like MemorySendChannel.send
-                await self._out.put(item, count)
+                await self._out.put(item, count, nbytes)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise self._final_error()  # noqa: B904 - keeps the error's own cause
 
