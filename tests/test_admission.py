@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 import trio_session as ts
-from trio_session._admission import Admission, TokenBuckets
+from trio_session._admission import Admission, TokenBuckets, host_of
 
 
 class _Clock:
@@ -58,8 +60,54 @@ def test_admission_limits_per_host_and_per_key() -> None:
     assert info.value.retry_after == pytest.approx(1.0)
     assert info.value.code is ts.CloseCode.RATE_LIMITED and not info.value.remote
     admission.admit_address("[::1]:5000")
-    admission.admit_key("alice")
-    admission.admit_key("alice")
+    admission.admit_unverified("alice", "10.0.0.1:5000")
+    admission.admit_unverified("alice", "10.0.0.1:5001")
     with pytest.raises(ts.RateLimited):
-        admission.admit_key("alice")
-    admission.admit_key("bob")
+        admission.admit_unverified("alice", "10.0.0.1:5002")  # same key, same host
+    admission.admit_unverified("bob", "10.0.0.1:5000")
+
+
+def test_claims_from_other_addresses_never_spend_the_owners_budget() -> None:
+    """An attacker claiming alice's key id from its own addresses exhausts only its
+    own (key, address) budgets: alice's proven resumes and her unverified attempts
+    from her address are admitted all the same."""
+    clock = _Clock()
+    admission = Admission(ts.SessionConfig(handshake_rate_per_key=2.0), clock)
+    for i in range(100):
+        with contextlib.suppress(ts.RateLimited):
+            admission.admit_unverified("alice", f"10.9.{i % 7}.1:4000")
+    admission.admit_verified("alice")  # a resume whose binder verified
+    admission.admit_unverified("alice", "192.0.2.10:5000")  # alice from her own address
+
+
+def test_the_verified_budget_is_spent_only_by_proven_handshakes() -> None:
+    clock = _Clock()
+    admission = Admission(ts.SessionConfig(handshake_rate_per_key=2.0), clock)
+    admission.verified_handshake("alice")
+    admission.verified_handshake("alice")  # two new sessions: the budget is empty
+    with pytest.raises(ts.RateLimited) as info:  # refused before the venue signs
+        admission.admit_unverified("alice", "192.0.2.10:5000")
+    assert info.value.retry_after == pytest.approx(0.5)
+    with pytest.raises(ts.RateLimited):
+        admission.admit_verified("alice")
+    admission.verified_handshake("alice")  # charging an empty bucket keeps it empty
+    clock.now += 0.5
+    admission.admit_verified("alice")
+    admission.admit_unverified("bob", "192.0.2.10:5000")
+
+
+def test_available_does_not_take_and_charge_never_goes_negative() -> None:
+    clock = _Clock()
+    buckets = TokenBuckets(1.0, clock)
+    assert buckets.available("a") == 0.0
+    assert buckets.available("a") == 0.0  # nothing taken
+    buckets.charge("a")
+    buckets.charge("a")
+    assert buckets.available("a") == pytest.approx(1.0)
+    clock.now += 1.0
+    assert buckets.take("a") == 0.0
+
+
+def test_host_of_drops_the_port() -> None:
+    assert host_of("10.0.0.1:5000") == "10.0.0.1"
+    assert host_of("[::1]:443") == "[::1]"

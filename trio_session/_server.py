@@ -9,7 +9,9 @@ venue can cancel the participant's resting orders; a graceful logout fires
 ``on_logout`` instead — the two are never confused.
 
 Every handshake is admitted cheapest check first (``_admission.py``), then
-driven by the shared handshake loop (``_driver.py``).
+driven by the shared handshake loop (``_driver.py``).  What one identity and
+all sessions together may hold is bounded too: ``max_sessions_per_key``
+(``_key_sessions.py``) and ``max_buffered_bytes`` (``_budget.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import attrs
 import trio
 
 from ._admission import Admission
+from ._budget import MemoryGuard
 from ._config import SessionConfig
 from ._control import SessionControl, open_session
 from ._driver import run_handshake
@@ -37,9 +40,11 @@ from ._errors import (
     RateLimited,
     SessionError,
     SessionExpired,
+    SlowConsumer,
     is_clean_close,
 )
 from ._identity import Identity, KeyRegistry
+from ._key_sessions import KeySessions
 from ._lifecycle import State
 from ._link import close_forcefully
 from ._session import Session
@@ -158,10 +163,13 @@ class VenueRunner:
         #: Sessions by session id, kept until they end.
         self.sessions: dict[bytes, SessionControl] = {}
         self.admission = Admission(config, trio.current_time)
+        #: The sessions of each key, for ``max_sessions_per_key``.
+        self.by_key = KeySessions(config.max_sessions_per_key)
+        #: The bytes all sessions buffer, for ``max_buffered_bytes``.
+        self.memory = MemoryGuard(config.max_buffered_bytes, self.sessions.values)
         self._nursery: trio.Nursery | None = None
         self._ttl_scopes: dict[bytes, trio.CancelScope] = {}
         self._takeover: set[bytes] = set()
-        self._hooked: set[bytes] = set()
 
     def live_sessions(self) -> list[Session]:
         """Sessions alive now (LIVE or detached awaiting resume)."""
@@ -176,6 +184,7 @@ class VenueRunner:
         failure: BaseException | None = None
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self.memory.run)
             self.registry.add_revocation_listener(self.on_revoked)
             try:
                 yield nursery
@@ -213,9 +222,10 @@ class VenueRunner:
                     transport,
                     conn,
                     admit=partial(self.admission.admit_address, transport.remote_address),
-                    on_hello=partial(self._accept, conn, resuming),
+                    on_hello=partial(self._accept, conn, resuming, transport.remote_address),
                 )
                 transport.mark_authenticated()
+                control = resuming[0] if done.resumed else self._open_new(conn)
         except trio.TooSlowError:
             logger.debug("handshake from %s timed out", transport.remote_address)
             await self._reject(transport, conn, CloseCode.HANDSHAKE_TIMEOUT)
@@ -232,45 +242,88 @@ class VenueRunner:
             if not isinstance(exc, ConnectionLost):
                 await self._reject(transport, conn, exc.code)
             return
-        assert conn.session is not None
         if done.resumed:
-            control = resuming[0]
+            if control.ending:  # the venue began closing it between M1 and M3
+                await self._reject(transport, conn, CloseCode.RESUME_REFUSED)
+                return
             self._take_over(control)
-        else:
-            control = self._new_session(conn.session)
         await self._run(control, transport, conn, done)
 
     def _accept(
-        self, conn: VenueConnection, resuming: list[SessionControl], hello: HelloReceived
+        self,
+        conn: VenueConnection,
+        resuming: list[SessionControl],
+        remote_address: str,
+        hello: HelloReceived,
     ) -> None:
-        """ClientHello: key rate, registry, the session to resume, then accept()."""
-        self.admission.admit_key(hello.key_id)
-        public_key = self.registry.lookup(hello.key_id)
+        """ClientHello: registry, then the budget the attempt can prove it may use
+        (a verified resume binder, or the unverified one of its key and address),
+        then accept().  No public-key operation before all of them passed."""
+        key_id = hello.key_id
+        public_key = self.registry.lookup(key_id)  # unknown keys allocate nothing
         existing = self._resumable(hello)
+        if existing is not None and self._binder_verifies(conn, existing):
+            self.admission.admit_verified(key_id)
+            resuming.append(existing)
+        else:
+            existing = None
+            self.admission.admit_unverified(key_id, remote_address)
+            self.by_key.check_room(key_id)
+        conn.accept(public_key, existing.record if existing else None)
+
+    def _binder_verifies(self, conn: VenueConnection, existing: SessionControl) -> bool:
+        """Check the resume binder (a MAC: cheap); raises for a bad or reused one."""
+        assert existing.record is not None
         try:
-            conn.accept(public_key, existing.record if existing else None)
+            return conn.verify_resume(existing.record)
         except AuthenticationError as exc:
-            if exc.code is CloseCode.BINDER_REUSED and existing is not None:
+            if exc.code is CloseCode.BINDER_REUSED:
                 # The session is left alone: a replayed ClientHello cannot complete M3.
                 logger.error(
                     "resume binder reused for session %s (replayed ClientHello?)",
                     existing.session.session_id,
                 )
             raise
-        if conn.resumed and existing is not None:
-            resuming.append(existing)
 
     def _resumable(self, hello: HelloReceived) -> SessionControl | None:
+        """The session a ClientHello asks to resume, if it can be: not one that is
+        ending (the venue closed it, or is closing it), which gets a new session."""
         sid = hello.resume_session_id
         existing = self.sessions.get(sid) if sid is not None else None
-        if existing is None or existing.finished or existing.session.key_id != hello.key_id:
+        if existing is None or existing.ending or existing.session.key_id != hello.key_id:
             return None
         return existing
 
+    def _open_new(self, conn: VenueConnection) -> SessionControl:
+        """The participant's signature verified: a new session, within its key's
+        budget and cap (ending the key's longest-detached session to make room)."""
+        record = conn.session
+        assert record is not None
+        key_id = record.key_id
+        self.admission.verified_handshake(key_id)
+        for old in self.by_key.make_room(key_id):
+            logger.info(
+                "key %s opened a new session at max_sessions_per_key (%d): ending its "
+                "detached session %s",
+                key_id,
+                self.config.max_sessions_per_key,
+                old.session.session_id,
+            )
+            old.finish(
+                SessionExpired(
+                    "replaced: the participant opened a new session while this one was "
+                    f"detached and its key had max_sessions_per_key ({self.by_key.cap})"
+                )
+            )
+        return self._new_session(record)
+
     def _new_session(self, record: SessionRecord) -> SessionControl:
-        control = open_session(Role.VENUE, self.config, self.messages, record.key_id)
+        control = open_session(
+            Role.VENUE, self.config, self.messages, record.key_id, ledger=self.memory.ledger
+        )
         control.bind(record)
         self.sessions[record.session_id] = control
+        self.by_key.add(record.key_id, record.session_id, control)
         self._start(self._run_handler, control.session)
         self._start(self._watch_end, control)
         return control
@@ -279,7 +332,11 @@ class VenueRunner:
         """A resume arrived: drop the old connection (if any) and stop the TTL."""
         sid = _sid(control)
         self._takeover.add(sid)
+        self.by_key.attached(sid)
         control.preempt()
+        self._stop_ttl(sid)
+
+    def _stop_ttl(self, sid: bytes) -> None:
         scope = self._ttl_scopes.pop(sid, None)
         if scope is not None:
             scope.cancel()
@@ -308,9 +365,10 @@ class VenueRunner:
                 return
             if err.category is Category.RESUMABLE and not control.closing:
                 control.detach(State.STALE)
+                self.by_key.detached(sid, trio.current_time())
                 self._start(self._expire, control)
                 return
-            control.finish(err)
+            self._end(control, err)
 
     async def _reject(
         self,
@@ -330,22 +388,49 @@ class VenueRunner:
 
     # -- the end of a session --------------------------------------------------------------
 
+    def _end(self, control: SessionControl, err: SessionError) -> None:
+        """End a session for good.  A slow consumer's unsent data is dropped at once
+        (the participant consumed none of it); what it sent is still delivered."""
+        control.finish(err)
+        if isinstance(err, SlowConsumer):
+            control.drop_unsent()
+
     async def _expire(self, control: SessionControl) -> None:
-        """The dead man's switch timer: end the session unless resumed within the TTL."""
+        """The dead man's switch timer: end the session unless resumed within the TTL.
+
+        A session whose participant had stopped consuming before its connection
+        was lost ends at the slow-consumer deadline if that comes first: queued
+        data waits on it no longer than ``slow_consumer_timeout``, connected or not.
+        """
         sid = _sid(control)
-        ttl = self.config.resume_ttl
+        cfg = self.config
+        ttl_at = trio.current_time() + cfg.resume_ttl
+        stalled = control.stalled_since
+        stall_at = float("inf") if stalled is None else stalled + cfg.slow_consumer_timeout
         with trio.CancelScope() as scope:
             self._ttl_scopes[sid] = scope
-            await trio.sleep(ttl)
+            await trio.sleep_until(min(ttl_at, stall_at))
+            self._ttl_scopes.pop(sid, None)
             if control.finished or sid in self._takeover:
                 return
-            logger.warning(
-                "session %s not resumed within %ss: dead man's switch",
-                control.session.session_id,
-                ttl,
-            )
-            control.finish(SessionExpired(f"participant did not resume within {ttl}s"))
-            self._ttl_scopes.pop(sid, None)
+            if stall_at < ttl_at:
+                logger.warning(
+                    "session %s: participant consumed nothing for %ss and is gone: slow consumer",
+                    control.session.session_id,
+                    cfg.slow_consumer_timeout,
+                )
+                err: SessionError = SlowConsumer(
+                    f"participant consumed nothing for {cfg.slow_consumer_timeout}s while "
+                    "messages waited (and its connection was lost)"
+                )
+            else:
+                logger.warning(
+                    "session %s not resumed within %ss: dead man's switch",
+                    control.session.session_id,
+                    cfg.resume_ttl,
+                )
+                err = SessionExpired(f"participant did not resume within {cfg.resume_ttl}s")
+            self._end(control, err)
 
     async def _watch_end(self, control: SessionControl) -> None:
         """Call at most one end hook per session, once it is over.
@@ -358,21 +443,24 @@ class VenueRunner:
         and the participant did not answer within ``close_timeout``.
         """
         await control.wait_finished()
+        self._forget(control)
         err = control.error
         if err is not None and is_clean_close(err):
             if err.remote:
                 await self._hook(self.on_logout, control)
-            else:
-                self.sessions.pop(_sid(control), None)
             return
         await self._hook(self.on_session_lost, control)
 
-    async def _hook(self, hook: Hook | None, control: SessionControl) -> None:
+    def _forget(self, control: SessionControl) -> None:
+        """The session ended: it no longer counts anywhere, and its TTL timer stops."""
         sid = _sid(control)
         self.sessions.pop(sid, None)
-        if hook is None or sid in self._hooked:
+        self.by_key.remove(control.session.key_id, sid)
+        self._stop_ttl(sid)
+
+    async def _hook(self, hook: Hook | None, control: SessionControl) -> None:
+        if hook is None:
             return
-        self._hooked.add(sid)
         session = control.session
         try:
             result = hook(session)
