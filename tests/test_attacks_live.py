@@ -56,6 +56,7 @@ from trio_session.protocol._wire import (
     ClientHello,
     Data,
     FrameType,
+    Heartbeat,
     Reject,
     decode_body,
     encode_body,
@@ -281,7 +282,8 @@ class Raw:
         assert isinstance(done, HandshakeComplete), done
         self.done = done
         await self.flush()  # M3 (+ retransmissions)
-        # The venue confirms at once with an authenticated frame (protocol.md step 16).
+        # The venue confirms at once with an authenticated frame (protocol.md, Venue
+        # processing, step 17).
         events = await self.recv_events()
         assert not any(isinstance(e, CloseReceived) for e in events), events
         assert self.conn.authenticated
@@ -342,9 +344,12 @@ async def raw_participant(
 
 
 async def expect_dropped(raw: Raw) -> Outcome:
-    """The venue drops the connection after an invalid frame, without a CLOSE of its own."""
+    """The venue drops the connection after an invalid frame, without a CLOSE of its own;
+    its WebSocket close carries the (resumable) protocol code, or a WebSocket-level one."""
     out = await raw.outcome()
     assert out.closes == [], f"venue answered an invalid frame with {out.closes}"
+    assert out.ws_code is not None, "the venue dropped TCP without a WebSocket close"
+    assert 4100 <= out.ws_code < 4200 or out.ws_code in (1002, 1008, 1009), out.ws_code
     return out
 
 
@@ -397,7 +402,8 @@ async def test_replay_same_connection(probe: VenueProbe, recorder: Recorder) -> 
                 captured = await raw.send_data(b"buy 100")
                 await raw.expect_echo(b"buy 100")
                 await raw.send(captured)  # the attacker replays the captured frame
-                await expect_dropped(raw)
+                out = await expect_dropped(raw)
+                assert out.ws_code == 4000 + ts.CloseCode.SEQUENCE_ERROR
             assert probe.error_codes(raw.session_id) == [ts.CloseCode.SEQUENCE_ERROR]
             await assert_serves(server)
             assert recorder.messages(raw.session_id) == [b"buy 100"]  # exactly once
@@ -461,7 +467,9 @@ async def test_injection_wrong_tag(probe: VenueProbe, recorder: Recorder) -> Non
                 body = encode_body(Data(raw.conn.session.next_rx_seq, 4096, [b"buy 999"]))
                 forged = pack_header(FrameType.DATA, 0, 0, 1) + body + os.urandom(16)
                 await raw.send(forged)
-                await expect_dropped(raw)
+                out = await expect_dropped(raw)
+                # Observable without reading CLOSE frames: WebSocket 4000 + code, and the name.
+                assert out.ws_code == 4000 + ts.CloseCode.INTEGRITY_FAILURE
             assert probe.error_codes(raw.session_id) == [ts.CloseCode.INTEGRITY_FAILURE]
             await assert_serves(server)
             assert recorder.messages(raw.session_id) == [b"buy 100"]
@@ -1097,6 +1105,7 @@ async def test_slow_consumer(probe: VenueProbe) -> None:
             assert flood.session.error.code is ts.CloseCode.SLOW_CONSUMER
             assert len(out.delivered) == 4  # exactly the credit it granted
             assert [c.code for c in out.closes] == [ts.CloseCode.SLOW_CONSUMER]
+            assert out.ws_code == 4000 + ts.CloseCode.SLOW_CONSUMER  # after the CLOSE too
             assert closed_at is not None, (
                 f"SLOW_CONSUMER came {late:.2f}s after the stall began; "
                 f"slow_consumer_timeout is {stall}s"
@@ -1179,6 +1188,65 @@ async def test_slow_consumer_not_reading_socket(probe: VenueProbe) -> None:
             assert closed_at - start < grace
             assert flood.session.error is not None
             assert flood.session.error.code is ts.CloseCode.SLOW_CONSUMER
+            await assert_serves(server)
+
+
+async def _echo_rtts(session: ts.Session, rtts: list[float]) -> None:
+    while True:
+        start = trio.current_time()
+        await session.send(b"ping")
+        assert await session.receive() == b"ping"
+        rtts.append(trio.current_time() - start)
+        await trio.sleep(0.002)
+
+
+async def test_control_frame_flood(probe: VenueProbe, recorder: Recorder) -> None:
+    """An authenticated participant floods validly tagged HEARTBEATs (each asks the
+    venue for an answer).  Beyond ``control_frame_rate`` (bursts of twice that) it is
+    closed with CONTROL_FLOOD, within milliseconds; a participant beside it keeps its
+    round-trip time."""
+    with trio.fail_after(DEADLINE):
+        async with live_venue(recorder.handler) as server:
+            async with ts.connect(url(server), OTHER, VENUE.public_key) as bystander:
+                rtts: list[float] = []
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_echo_rtts, bystander, rtts)
+                    await trio.sleep(0.3)
+                    baseline = len(rtts)
+                    # The forged HEARTBEATs bypass its own meter's bookkeeping: the raw
+                    # participant must not count the venue's answers to them.
+                    unmetered = ts.SessionConfig(control_frame_rate=1e9)
+                    async with raw_participant(server, config=unmetered) as raw:
+                        body = encode_body(Heartbeat(0, 0, 64, 0))
+                        sent, start = 0, trio.current_time()
+                        outcomes: list[Outcome] = []
+
+                        async def read() -> None:
+                            outcomes.append(await raw.outcome())
+
+                        async with trio.open_nursery() as reading:
+                            reading.start_soon(read)
+                            with pytest.raises(trio_websocket.ConnectionClosed):
+                                while sent < 100_000:
+                                    frame = forge.seal_control(raw.conn, FrameType.HEARTBEAT, body)
+                                    await raw.send(frame)
+                                    sent += 1
+                            closed_after = trio.current_time() - start
+                        (out,) = outcomes
+                    await trio.sleep(0.3)
+                    nursery.cancel_scope.cancel()
+            during = sorted(rtts[baseline:])
+            print(
+                f"\ncontrol flood: closed after {sent} frames in {closed_after * 1e3:.0f} ms; "
+                f"bystander max RTT {during[-1] * 1e3:.1f} ms over {len(during)} echoes"
+            )
+            assert [c.code for c in out.closes] == [ts.CloseCode.CONTROL_FLOOD]
+            assert out.ws_code == 4000 + ts.CloseCode.CONTROL_FLOOD
+            assert probe.error_codes(raw.session_id) == [ts.CloseCode.CONTROL_FLOOD]
+            (flooder,) = [s for s in recorder.sessions if s.key_id == PARTICIPANT.key_id]
+            assert isinstance(flooder.error, ts.ControlFlood)  # ended: never resumed
+            assert sent < 1_000 and closed_after < 1.0
+            assert len(during) > 50 and during[-1] < 0.25
             await assert_serves(server)
 
 
