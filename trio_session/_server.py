@@ -108,7 +108,8 @@ async def serve(
     answer to the venue's close once the handler returned).  Runs until
     cancelled.
     """
-    cfg = config or SessionConfig()
+    # modes=None prefers "aead" without TLS (docs/api.md, SessionConfig.modes).
+    cfg = (config or SessionConfig()).for_venue(tls=ssl_context is not None)
     venue = VenueRunner(handler, identity, registry, cfg, messages, on_session_lost, on_logout)
     async with venue.running() as nursery:
         tserver: TransportServer = await nursery.start(

@@ -45,7 +45,9 @@ from ._wire import (
     FIN_LEN,
     HANDSHAKE_TYPES,
     HEADER_LEN,
+    MODE_AEAD,
     MODE_MAC,
+    MODES,
     PROTOCOL_VERSION,
     SIG_LEN,
     ClientFinish,
@@ -66,6 +68,7 @@ __all__ = [
     "HandshakeResult",
     "HandshakeState",
     "VenueHandshake",
+    "choose_mode",
     "parse_reject",
 ]
 
@@ -75,6 +78,9 @@ TRANSCRIPT_LABEL: Final = b"tsess/v1"
 TRAILER_SIG_FIN: Final = SIG_LEN + FIN_LEN
 #: First byte of a REJECT frame.
 REJECT_BYTE: Final = bytes((FrameType.REJECT,))
+#: What a participant offers when its config leaves ``modes`` to the transport
+#: and the runtime did not resolve it (a transport without a URL).
+DEFAULT_OFFER: Final = (MODE_MAC, MODE_AEAD)
 #: M3's prefix is fixed (an empty map), and it is not hashed: anything else is refused.
 CANONICAL_M3_PREFIX: Final = pack_header(FrameType.CLIENT_FINISH, 0, 0, 0) + encode_body(
     ClientFinish()
@@ -117,6 +123,8 @@ class HandshakeResult:
     reply: bytes = b""
     #: Participant: the heartbeat timing the venue dictated (ms, ms).
     heartbeat_ms: tuple[int, int] | None = None
+    #: How the connection's frames are protected, as M2 chose.
+    mode: str = MODE_MAC
 
     def __repr__(self) -> str:
         return f"<HandshakeResult {self.record!r} resumed={self.resumed}>"
@@ -131,6 +139,17 @@ class HandshakeResult:
             retransmitted,
             self.replay_until,
         )
+
+
+def choose_mode(offered: list[str], accepted: tuple[str, ...] | None) -> str | None:
+    """The venue's choice of mode, or None when there is no common one.
+
+    ``accepted`` in the venue's order of preference; None means "both, in the
+    participant's order".  Modes unknown to us in the offer are skipped.
+    """
+    if accepted is None:
+        return next((mode for mode in offered if mode in MODES), None)
+    return next((mode for mode in accepted if mode in offered), None)
 
 
 def parse_reject(frame: bytes) -> CloseReceived:
@@ -201,7 +220,15 @@ class ClientHandshake(Handshake):
     """
 
     accepts_reject = True
-    __slots__ = ("_e_pk", "_e_sk", "_offered_gens", "_resume", "_venue_pk", "hello_frame")
+    __slots__ = (
+        "_e_pk",
+        "_e_sk",
+        "_offered_gens",
+        "_offered_modes",
+        "_resume",
+        "_venue_pk",
+        "hello_frame",
+    )
 
     def __init__(
         self,
@@ -227,9 +254,10 @@ class ClientHandshake(Handshake):
             resume_req = ResumeRequest(self._resume.session_id, self._resume.next_rx_seq)
             window = self._resume.rx_consumed + config.inbound_capacity
             gens = sorted(self._resume.resume_secrets)[-MAX_BINDERS:]
+        self._offered_modes = list(config.modes or DEFAULT_OFFER)
         hello = ClientHello(
             ver=[PROTOCOL_VERSION],
-            modes=[MODE_MAC],
+            modes=self._offered_modes,
             key_id=identity.key_id,
             p_nonce=p_nonce,
             e_p=self._e_pk,
@@ -261,16 +289,19 @@ class ClientHandshake(Handshake):
         sig_v = frame[-TRAILER_SIG_FIN:-FIN_LEN]
         fin_v = frame[-FIN_LEN:]
         m2 = decode_body(frame_type, memoryview(prefix)[HEADER_LEN:], ServerHello)
-        if m2.ver != PROTOCOL_VERSION or m2.mode != MODE_MAC:
-            raise AuthenticationError(
-                f"venue chose unsupported version/mode {m2.ver}/{m2.mode}",
-                code=CloseCode.VERSION_MISMATCH,
-                remote=True,
-            )
+        # The signature first: a choice changed in transit (a downgrade) is then
+        # reported as the tampering it is, not as the venue's mistake.
         th2 = c.h(TRANSCRIPT_LABEL, self._venue_pk, self.hello_frame, prefix)
         if not c.verify_signature(self._venue_pk, c.SIG_CTX_SERVER + th2, sig_v):
             raise AuthenticationError(
                 "venue signature does not verify (wrong venue key or tampered handshake)",
+                remote=True,
+            )
+        if m2.ver != PROTOCOL_VERSION or m2.mode not in self._offered_modes:
+            raise AuthenticationError(
+                f"venue chose version/mode {m2.ver}/{m2.mode!r}, "
+                f"we offered {PROTOCOL_VERSION}/{self._offered_modes}",
+                code=CloseCode.VERSION_MISMATCH,
                 remote=True,
             )
         kx_c2v, kx_v2c = c.kx_client(self._e_pk, self._e_sk, m2.e_v)
@@ -302,6 +333,7 @@ class ClientHandshake(Handshake):
             replay_until=m2.next_tx_seq,
             reply=m3,
             heartbeat_ms=(m2.heartbeat_ms, m2.heartbeat_timeout_ms),
+            mode=m2.mode,
         )
 
     def _session_for(self, m2: ServerHello) -> tuple[SessionRecord, bytes | None, int]:
@@ -353,6 +385,7 @@ class VenueHandshake(Handshake):
         "_kx",
         "_m1",
         "_m1_prefix",
+        "_mode",
         "_peer_pk",
         "_pending",
         "_resume_gen",
@@ -377,6 +410,7 @@ class VenueHandshake(Handshake):
         self._wall_ms = wall_ms
         self._m1 = b""
         self._m1_prefix = b""
+        self._mode = MODE_MAC
         #: The ClientHello, once received.
         self.hello: ClientHello | None = None
         self._binders: list[tuple[int, bytes]] = []
@@ -415,12 +449,16 @@ class VenueHandshake(Handshake):
         hello = decode_body(FrameType.CLIENT_HELLO, memoryview(prefix)[HEADER_LEN:], ClientHello)
         if (hello.resume is None) != (flags == 0):
             raise FrameError("CLIENT_HELLO resume request and binders disagree", remote=True)
-        if PROTOCOL_VERSION not in hello.ver or MODE_MAC not in hello.modes:
+        mode = choose_mode(hello.modes, self._config.modes)
+        if PROTOCOL_VERSION not in hello.ver or mode is None:
+            accepted = list(self._config.modes or MODES)
             raise AuthenticationError(
-                f"no common version/mode (offered {hello.ver}/{hello.modes})",
+                f"no common version/mode: offered {hello.ver}/{hello.modes}, "
+                f"venue accepts {[PROTOCOL_VERSION]}/{accepted}",
                 code=CloseCode.VERSION_MISMATCH,
                 remote=True,
             )
+        self._mode = mode
         self._binders = [
             BINDER_ENTRY.unpack_from(frame, len(prefix) + i * BINDER_ENTRY.size)
             for i in range(flags)
@@ -470,7 +508,7 @@ class VenueHandshake(Handshake):
         e_pk, e_sk = c.kx_keypair(self._rng(32))
         m2 = ServerHello(
             ver=PROTOCOL_VERSION,
-            mode=MODE_MAC,
+            mode=self._mode,
             session_id=self._session_id,
             v_nonce=v_nonce,
             e_v=e_pk,
@@ -562,6 +600,7 @@ class VenueHandshake(Handshake):
             peer_next_rx=peer_next,
             peer_window=window,
             new_gen=0 if self._resume_gen is None else self._resume_gen + 1,
+            mode=self._mode,
         )
 
     def commit(
