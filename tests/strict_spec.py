@@ -108,7 +108,7 @@ def strict_map(
     known = set(required) | set(optional)
     check(set(body) <= known, f"unknown keys {set(body) - known}")
     check(set(required) <= set(body), f"missing keys {set(required) - set(body)}")
-    out = {name: default for name, (default, _) in optional.items()} | body
+    out: dict[str, Any] = {name: default for name, (default, _) in optional.items()} | body
     tests = required | {name: test for name, (_, test) in optional.items()}
     for name, test in tests.items():
         check(test(out[name]), f"bad field {name}={out[name]!r}")
