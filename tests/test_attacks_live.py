@@ -93,8 +93,9 @@ def mode(request: pytest.FixtureRequest) -> Iterator[str]:
 
 def mode_config(**kwargs: Any) -> ts.SessionConfig:
     """Settings in the running test's mode (the venue accepts only it, participants offer
-    only it, so a test can never pass in the other mode by accident)."""
-    return ts.SessionConfig(modes=(MODE["current"],), **kwargs)
+    only it, so a test can never pass in the other mode by accident), unless ``modes`` is
+    given."""
+    return ts.SessionConfig(**{"modes": (MODE["current"],), **kwargs})
 
 
 # -- what the venue did -----------------------------------------------------------------
@@ -198,11 +199,13 @@ async def live_venue(
         raise body_exc
 
 
-async def assert_serves(server: ts.VenueServer, identity: ts.Identity = PARTICIPANT) -> None:
+async def assert_serves(
+    server: ts.VenueServer, identity: ts.Identity = PARTICIPANT, **config: Any
+) -> None:
     """A normal supervised participant connects, gets an echo, and logs out."""
     with trio.fail_after(5):
         async with ts.connect(
-            url(server), identity, VENUE.public_key, config=mode_config()
+            url(server), identity, VENUE.public_key, config=mode_config(**config)
         ) as session:
             await session.send(b"probe-after-attack")
             assert await session.receive() == b"probe-after-attack"
@@ -571,6 +574,43 @@ async def test_tampered_client_hello_breaks_transcript(
             assert probe.accepts == 1
             assert len(server.sessions) == sessions_before  # no session came of it
             await assert_serves(server)
+
+
+async def test_aead_stripped_from_the_offer(probe: VenueProbe, recorder: Recorder) -> None:
+    """Downgrade to read the traffic: the genuine participant offers ["aead", "mac"]; an
+    on-path attacker forwards ["mac"].  A venue accepting "mac" signs the edited offer and
+    the participant's signature check fails; a venue in mode "aead" only refuses it."""
+    with trio.fail_after(DEADLINE):
+        async with live_venue(recorder.handler, modes=("mac", "aead")) as server:
+            both = ts.SessionConfig(modes=("aead", "mac"))
+            async with raw_participant(server, handshake=False, config=both) as raw:
+                genuine = raw.m1
+                hello = decode_body(FrameType.CLIENT_HELLO, genuine[HEADER_LEN:], ClientHello)
+                assert hello.modes == ["aead", "mac"]
+                stripped = genuine[:HEADER_LEN] + encode_body(
+                    ClientHello(
+                        ver=hello.ver,
+                        modes=["mac"],
+                        key_id=hello.key_id,
+                        p_nonce=hello.p_nonce,
+                        e_p=hello.e_p,
+                        window=hello.window,
+                    )
+                )
+                raw.unsent.clear()
+                await raw.send(stripped)
+                m2 = await raw.recv()
+                assert m2[0] == FrameType.SERVER_HELLO and b"\xa4mode\xa3mac" in m2
+                with pytest.raises(ts.AuthenticationError) as info:
+                    raw.conn.receive_data(m2)
+                assert info.value.code is ts.CloseCode.AUTH_FAILED
+                assert raw.conn.mode is None  # never opened
+        async with live_venue(recorder.handler, modes=("aead",)) as strict:
+            async with raw_ws(strict) as ws:
+                await ws.send_message(client_hello(modes=["mac"]))
+                await expect_reject(ws, ts.CloseCode.VERSION_MISMATCH)
+            assert recorder.sessions == []
+            await assert_serves(strict, modes=("aead",))
 
 
 async def test_handshake_replay(probe: VenueProbe, recorder: Recorder) -> None:
