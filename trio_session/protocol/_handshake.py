@@ -454,7 +454,7 @@ class VenueHandshake(Handshake):
             accepted = list(self._config.modes or MODES)
             raise AuthenticationError(
                 f"no common version/mode: offered {hello.ver}/{hello.modes}, "
-                f"venue accepts {[PROTOCOL_VERSION]}/{accepted}",
+                f"venue accepts {[PROTOCOL_VERSION]}/{accepted} (SessionConfig.modes)",
                 code=CloseCode.VERSION_MISMATCH,
                 remote=True,
             )
