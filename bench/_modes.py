@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from _common import median, percentile
+from _common import median, percentile, proc_cpu_seconds
 
 if TYPE_CHECKING:
     from run import Bench
@@ -21,10 +21,7 @@ MODES = ("mac", "aead")
 
 def run_modes(bench: Bench, log: Any) -> dict[str, Any]:
     z = bench.sizes
-    rows: dict[str, dict[str, list[float]]] = {
-        mode: {"send_many_msgs_per_s": [], "send_msgs_per_s": [], "rtt_p50_us": []}
-        for mode in MODES
-    }
+    rows: dict[str, dict[str, list[float]]] = {mode: {} for mode in MODES}
     with (
         bench.server("ours", {"modes": ["mac"]}, tag="mac") as mac,
         bench.server("ours", {"modes": ["aead"]}, tag="aead") as aead,
@@ -33,17 +30,24 @@ def run_modes(bench: Bench, log: Any) -> dict[str, Any]:
             for mode, srv in (("mac", mac), ("aead", aead)):
                 config = {"modes": [mode]}
                 row = rows[mode]
-                for key, batch in (("send_many_msgs_per_s", z.batch), ("send_msgs_per_s", 0)):
-                    params = {"port": srv.port, "n": z.throughput_n, "batch": batch}
-                    res = bench.client("ours-throughput", {**params, "config": config}, tag=mode)
-                    row[key].append(res["msgs_per_s"])
-                params = {"port": srv.port, "n": z.rtt_n, "warmup": z.rtt_warmup}
-                res = bench.client("ours-rtt", {**params, "config": config}, tag=mode)
-                row["rtt_p50_us"].append(percentile(res["rtt_us"], 50))
+                for variant, batch in (("send_many", z.batch), ("send", 0)):
+                    n = z.throughput_n
+                    params = {"port": srv.port, "n": n, "batch": batch, "config": config}
+                    cpu0 = proc_cpu_seconds(srv.pid)
+                    res = bench.client("ours-throughput", params, tag=mode)
+                    venue_cpu = proc_cpu_seconds(srv.pid) - cpu0
+                    row.setdefault(f"{variant}_msgs_per_s", []).append(res["msgs_per_s"])
+                    row.setdefault(f"{variant}_venue_cpu_us_per_msg", []).append(
+                        venue_cpu / n * 1e6
+                    )
+                    client_us = res["client_cpu_s"] / n * 1e6
+                    row.setdefault(f"{variant}_participant_cpu_us_per_msg", []).append(client_us)
+                params = {"port": srv.port, "n": z.rtt_n, "warmup": z.rtt_warmup, "config": config}
+                res = bench.client("ours-rtt", params, tag=mode)
+                row.setdefault("rtt_p50_us", []).append(percentile(res["rtt_us"], 50))
                 log(
-                    f"modes run {run + 1} {mode}: send_many {row['send_many_msgs_per_s'][-1]:,.0f}"
-                    f" send {row['send_msgs_per_s'][-1]:,.0f} msgs/s,"
-                    f" rtt p50 {row['rtt_p50_us'][-1]:.0f} us"
+                    f"modes run {run + 1} {mode}: "
+                    + ", ".join(f"{k} {v[-1]:,.2f}" for k, v in row.items())
                 )
     medians = {mode: {k: median(v) for k, v in rows[mode].items()} for mode in MODES}
     mac_m, aead_m = medians["mac"], medians["aead"]
