@@ -13,6 +13,7 @@ import nacl.encoding
 import nacl.hash
 import nacl.signing
 
+from trio_session.protocol import _crypto as c
 from trio_session.protocol import _vectors
 
 SPEC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -215,3 +216,20 @@ def test_aead_frames_recomputed_from_first_principles() -> None:
     name = "DATA c2v seq 0 (2 messages)"
     mac_frames = {f["name"]: bytes.fromhex(f["hex"]) for f in _spec_vectors()["frames"]}
     assert b"order-1" in mac_frames[name] and b"order-1" not in frames[name]
+
+
+def test_labels_table_is_consistent_and_matches_the_code() -> None:
+    """Every row of "Labels and context strings": the hex is the ASCII, the length is right,
+    and each KDF label is the constant the implementation uses."""
+    text = SPEC.read_text(encoding="utf-8")
+    start = text.index("### Labels and context strings")
+    table = text[start : text.index("## Frame format", start)]
+    rows = [r.split("|")[1:-1] for r in table.splitlines() if r.startswith("| ")][1:]
+    labels = {}
+    for row in rows:
+        name, _use, ascii_, length, hex_ = (cell.strip().strip("`") for cell in row)
+        assert ascii_.encode().hex() == hex_ and len(ascii_) == int(length), row
+        labels[name] = ascii_.encode()
+    assert labels["L_EK"] == c.L_EK and labels["L_MK"] == c.L_MK
+    for name in ("L_FIN_V", "L_FIN_P", "L_ROOT", "L_CK_C2V", "L_CK_V2C", "L_RESUME", "L_CK"):
+        assert labels[name] == getattr(c, name), name
