@@ -20,7 +20,7 @@ from trio_session import (
 )
 from trio_session.protocol import ClientConnection, Connection, MessagesReceived, VenueConnection
 from trio_session.protocol import _crypto as c
-from trio_session.protocol._handshake import choose_mode
+from trio_session.protocol._modes import choose_mode
 from trio_session.protocol._wire import SEQ_LIMIT, FrameType
 
 from .. import forge

@@ -38,6 +38,7 @@ from .._identity import Identity
 from . import _crypto as c
 from ._channel import Channel, Flow
 from ._events import CloseReceived, Event, HandshakeComplete, HelloReceived
+from ._modes import offer, venue_choice, verify_choice
 from ._record import SessionRecord
 from ._types import Role
 from ._wire import (
@@ -45,9 +46,7 @@ from ._wire import (
     FIN_LEN,
     HANDSHAKE_TYPES,
     HEADER_LEN,
-    MODE_AEAD,
     MODE_MAC,
-    MODES,
     PROTOCOL_VERSION,
     SIG_LEN,
     ClientFinish,
@@ -68,7 +67,6 @@ __all__ = [
     "HandshakeResult",
     "HandshakeState",
     "VenueHandshake",
-    "choose_mode",
     "parse_reject",
 ]
 
@@ -78,9 +76,6 @@ TRANSCRIPT_LABEL: Final = b"tsess/v1"
 TRAILER_SIG_FIN: Final = SIG_LEN + FIN_LEN
 #: First byte of a REJECT frame.
 REJECT_BYTE: Final = bytes((FrameType.REJECT,))
-#: What a participant offers when its config leaves ``modes`` to the transport
-#: and the runtime did not resolve it (a transport without a URL).
-DEFAULT_OFFER: Final = (MODE_MAC, MODE_AEAD)
 #: M3's prefix is fixed (an empty map), and it is not hashed: anything else is refused.
 CANONICAL_M3_PREFIX: Final = pack_header(FrameType.CLIENT_FINISH, 0, 0, 0) + encode_body(
     ClientFinish()
@@ -139,17 +134,6 @@ class HandshakeResult:
             retransmitted,
             self.replay_until,
         )
-
-
-def choose_mode(offered: list[str], accepted: tuple[str, ...] | None) -> str | None:
-    """The venue's choice of mode, or None when there is no common one.
-
-    ``accepted`` in the venue's order of preference; None means "both, in the
-    participant's order".  Modes unknown to us in the offer are skipped.
-    """
-    if accepted is None:
-        return next((mode for mode in offered if mode in MODES), None)
-    return next((mode for mode in accepted if mode in offered), None)
 
 
 def parse_reject(frame: bytes) -> CloseReceived:
@@ -254,7 +238,7 @@ class ClientHandshake(Handshake):
             resume_req = ResumeRequest(self._resume.session_id, self._resume.next_rx_seq)
             window = self._resume.rx_consumed + config.inbound_capacity
             gens = sorted(self._resume.resume_secrets)[-MAX_BINDERS:]
-        self._offered_modes = list(config.modes or DEFAULT_OFFER)
+        self._offered_modes = offer(config)
         hello = ClientHello(
             ver=[PROTOCOL_VERSION],
             modes=self._offered_modes,
@@ -297,13 +281,7 @@ class ClientHandshake(Handshake):
                 "venue signature does not verify (wrong venue key or tampered handshake)",
                 remote=True,
             )
-        if m2.ver != PROTOCOL_VERSION or m2.mode not in self._offered_modes:
-            raise AuthenticationError(
-                f"venue chose version/mode {m2.ver}/{m2.mode!r}, "
-                f"we offered {PROTOCOL_VERSION}/{self._offered_modes}",
-                code=CloseCode.VERSION_MISMATCH,
-                remote=True,
-            )
+        verify_choice(m2, self._offered_modes)
         kx_c2v, kx_v2c = c.kx_client(self._e_pk, self._e_sk, m2.e_v)
         self._e_sk = b""
         th2s = c.h(th2, sig_v)
@@ -449,16 +427,7 @@ class VenueHandshake(Handshake):
         hello = decode_body(FrameType.CLIENT_HELLO, memoryview(prefix)[HEADER_LEN:], ClientHello)
         if (hello.resume is None) != (flags == 0):
             raise FrameError("CLIENT_HELLO resume request and binders disagree", remote=True)
-        mode = choose_mode(hello.modes, self._config.modes)
-        if PROTOCOL_VERSION not in hello.ver or mode is None:
-            accepted = list(self._config.modes or MODES)
-            raise AuthenticationError(
-                f"no common version/mode: offered {hello.ver}/{hello.modes}, "
-                f"venue accepts {[PROTOCOL_VERSION]}/{accepted} (SessionConfig.modes)",
-                code=CloseCode.VERSION_MISMATCH,
-                remote=True,
-            )
-        self._mode = mode
+        self._mode = venue_choice(hello, self._config)
         self._binders = [
             BINDER_ENTRY.unpack_from(frame, len(prefix) + i * BINDER_ENTRY.size)
             for i in range(flags)
