@@ -63,7 +63,8 @@ async def connect(
     and returns a connected transport, e.g. from
     :func:`trio_session.testing.memory_venue`, for socket-free tests.
     """
-    cfg = config or SessionConfig()
+    # modes=None offers "aead" only over ws:// (docs/api.md, SessionConfig.modes).
+    cfg = (config or SessionConfig()).for_participant(None if transport_factory else url)
     policy = restart or RestartPolicy()
     if len(venue_public_key) != 32:
         raise ValueError("venue_public_key must be the venue's 32-byte Ed25519 public key")
