@@ -40,6 +40,7 @@ from ._channel import Channel, Flow, credit_window
 from ._events import CloseReceived, Event, HandshakeComplete, HelloReceived
 from ._modes import offer, venue_choice, verify_choice
 from ._record import SessionRecord
+from ._resume import binder, check_binders, resumable
 from ._types import Role
 from ._wire import (
     BINDER_ENTRY,
@@ -250,10 +251,9 @@ class ClientHandshake(Handshake):
         prefix = pack_header(FrameType.CLIENT_HELLO, len(gens), 0, 0) + encode_body(hello)
         trailer = b""
         if self._resume is not None:
-            sid = self._resume.session_id
+            sid, secrets = self._resume.session_id, self._resume.resume_secrets
             for gen in gens:
-                key = c.kdf(self._resume.resume_secrets[gen], c.L_BINDER, sid)
-                trailer += BINDER_ENTRY.pack(gen, c.mac(key, prefix))
+                trailer += BINDER_ENTRY.pack(gen, binder(secrets[gen], sid, prefix))
         self._offered_gens = gens
         #: M1 exactly as sent (the transcript starts with it).
         self.hello_frame = prefix + trailer
@@ -450,7 +450,7 @@ class VenueHandshake(Handshake):
             raise LocalProtocolError("peer_public_key must be 32 bytes")
         self._peer_pk = bytes(peer_public_key)
         cfg = self._config
-        session = self._resumable(hello, session)
+        session = resumable(hello, session)
         if hello.resume is not None and session is not None:
             if self._verified is not session:
                 self.verify_resume(session)
@@ -469,25 +469,11 @@ class VenueHandshake(Handshake):
         hello = self.hello
         if self.state is not HandshakeState.AWAITING_ACCEPT or hello is None:
             raise LocalProtocolError(f"verify_resume() in handshake state {self.state.value}")
-        if hello.resume is None or self._resumable(hello, session) is None:
+        if hello.resume is None or resumable(hello, session) is None:
             return False
-        self._resume_gen, self._resume_k = self._check_binders(session, hello.resume.session_id)
+        self._resume_gen, self._resume_k = check_binders(self._binders, session, self._m1_prefix)
         self._verified = session
         return True
-
-    @staticmethod
-    def _resumable(hello: ClientHello, session: SessionRecord | None) -> SessionRecord | None:
-        """``session``, unless it must not be handed to this ClientHello (never hand
-        one participant's session to another)."""
-        resume = hello.resume
-        if session is None or session.compromised:
-            return None
-        if resume is not None and (session.key_id, session.session_id) != (
-            hello.key_id,
-            resume.session_id,
-        ):
-            return None
-        return session
 
     def _server_hello(
         self, hello: ClientHello, session: SessionRecord | None, next_rx: int, window: int
@@ -519,30 +505,6 @@ class VenueHandshake(Handshake):
         self._kx, self._th2s, self._fin_v = (kx_c2v, kx_v2c), th2s, fin_v
         self.state = HandshakeState.AWAITING_FINISH
         return prefix + sig_v + fin_v
-
-    def _check_binders(self, session: SessionRecord, sid: bytes) -> tuple[int, bytes]:
-        for gen, binder in self._binders:
-            secret = session.resume_secrets.get(gen)
-            if secret is not None:
-                expect = c.mac(c.kdf(secret, c.L_BINDER, sid), self._m1_prefix)
-                if hmac.compare_digest(expect, binder):
-                    return gen, secret
-        for secret in session.spent_secrets:
-            for _gen, binder in self._binders:
-                if hmac.compare_digest(
-                    c.mac(c.kdf(secret, c.L_BINDER, sid), self._m1_prefix), binder
-                ):
-                    # A replayed ClientHello can never complete M3, so the session
-                    # itself is left alone (killing it would hand anyone holding a
-                    # captured M1 a way to end it); the attempt is refused and logged.
-                    raise AuthenticationError(
-                        "resume binder was already used (replayed ClientHello)",
-                        code=CloseCode.BINDER_REUSED,
-                        remote=True,
-                    )
-        raise AuthenticationError(
-            "resume binder does not verify", code=CloseCode.AUTH_FAILED, remote=True
-        )
 
     def _on_finish(self, frame: bytes) -> HandshakeResult:
         hello = self.hello
