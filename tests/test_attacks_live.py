@@ -1266,6 +1266,7 @@ async def _echo_rtts(session: ts.Session, rtts: list[float]) -> None:
         await trio.sleep(0.002)
 
 
+@pytest.mark.timing
 async def test_control_frame_flood(probe: VenueProbe, recorder: Recorder) -> None:
     """An authenticated participant floods validly tagged HEARTBEATs (each asks the
     venue for an answer).  Beyond ``control_frame_rate`` (bursts of twice that) it is

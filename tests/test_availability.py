@@ -204,6 +204,7 @@ async def _lockout(duration: float, reset_every: float, sources: int) -> None:
     assert max(resumes) < 1.0, resumes
 
 
+@pytest.mark.timing
 @needs_many_loopbacks
 async def test_claimed_key_id_flood_never_delays_a_resume() -> None:
     with trio.fail_after(30):
@@ -213,6 +214,7 @@ async def test_claimed_key_id_flood_never_delays_a_resume() -> None:
 
 
 @pytest.mark.soak
+@pytest.mark.timing
 @needs_many_loopbacks
 async def test_claimed_key_id_flood_never_delays_a_resume_soak() -> None:
     with trio.fail_after(120):
@@ -299,12 +301,14 @@ async def _many_sessions(duration: float) -> None:
     assert p99(attacked) < 3 * base
 
 
+@pytest.mark.timing
 async def test_many_sessions_of_one_key_stay_capped() -> None:
     with trio.fail_after(30):
         await _many_sessions(duration=8.0)
 
 
 @pytest.mark.soak
+@pytest.mark.timing
 async def test_many_sessions_of_one_key_stay_capped_soak() -> None:
     with trio.fail_after(90):
         await _many_sessions(duration=40.0)

@@ -130,6 +130,7 @@ async def _flood_memory(seconds: float, senders: int, **venue_config: Any) -> di
     }
 
 
+@pytest.mark.timing  # measures the venue's RSS: alone, not beside three other workers
 async def test_three_sessions_pushing_large_orders_stay_within_the_venue_budget() -> None:
     """Three sessions push 256 KiB orders at a venue that reads nothing: each may park
     ``inbound_max_bytes`` (32 MiB here), together more than ``max_buffered_bytes``
@@ -183,6 +184,7 @@ class MarketData:
             self.ended.append((trio.current_time(), exc))
 
 
+@pytest.mark.timing
 async def test_silent_participant_gets_slow_consumer_at_the_configured_time() -> None:
     """The participant's link goes silent both ways (a black hole: it neither reads
     nor sends).  Its heartbeat timeout (0.6 s) detaches the session first, yet the
