@@ -1274,7 +1274,9 @@ async def test_control_frame_flood(probe: VenueProbe, recorder: Recorder) -> Non
     round-trip time."""
     with trio.fail_after(DEADLINE):
         async with live_venue(recorder.handler) as server:
-            async with ts.connect(url(server), OTHER, VENUE.public_key) as bystander:
+            async with ts.connect(
+                url(server), OTHER, VENUE.public_key, config=mode_config()
+            ) as bystander:
                 rtts: list[float] = []
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_echo_rtts, bystander, rtts)
@@ -1282,7 +1284,7 @@ async def test_control_frame_flood(probe: VenueProbe, recorder: Recorder) -> Non
                     baseline = len(rtts)
                     # The forged HEARTBEATs bypass its own meter's bookkeeping: the raw
                     # participant must not count the venue's answers to them.
-                    unmetered = ts.SessionConfig(control_frame_rate=1e9)
+                    unmetered = mode_config(control_frame_rate=1e9)
                     async with raw_participant(server, config=unmetered) as raw:
                         body = encode_body(Heartbeat(0, 0, 64, 0))
                         sent, start = 0, trio.current_time()
