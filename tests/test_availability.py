@@ -20,13 +20,11 @@ memory budget and slow-consumer tests are in tests/test_budget.py.
 
 from __future__ import annotations
 
-import json
-import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from functools import partial
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,48 +37,15 @@ from trio_session.protocol._crypto import kx_keypair
 from trio_session.protocol._wire import ClientHello, FrameType, encode_body, pack_header
 from trio_session.testing import FaultyProxy
 
-from .runtime_helpers import OTHER, PARTICIPANT, VENUE, echo_handler, task_names, url
+from .probes import JsonLines, RttProbe, needs_many_loopbacks, p99
+from .runtime_helpers import OTHER, PARTICIPANT, VENUE, echo_handler, task_names, url, venue
 from .test_attacks_live import raw_participant
 
 HERE = Path(__file__).resolve().parent
 
 
-def _can_bind(address: str) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((address, 0))
-        except OSError:
-            return False
-    return True
-
-
-#: The attackers come from 127.0.1.x: Linux routes all of 127/8 to loopback.
-needs_many_loopbacks = pytest.mark.skipif(
-    not _can_bind("127.0.1.2"), reason="needs 127.0.1.x loopback addresses (Linux)"
-)
-
-
-class Flood:
-    """tests/avail_flood.py in a subprocess, driven over its stdin/stdout."""
-
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self._buffer = b""
-
-    async def report(self) -> dict[str, int]:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        await self.process.stdin.send_all(b"report\n")
-        while b"\n" not in self._buffer:
-            chunk = await self.process.stdout.receive_some()
-            assert chunk, "the attacker process ended early"
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        result: dict[str, int] = json.loads(line)
-        return result
-
-
 @asynccontextmanager
-async def flood(*args: str) -> AsyncIterator[Flood]:
+async def flood(*args: str) -> AsyncIterator[JsonLines]:
     # Niced: on a 2-core test machine the attacker shares the venue's cores, and an
     # attacker on its own machine would not take CPU time from the venue.
     command = ["nice", "-n", "10", sys.executable, str(HERE / "avail_flood.py"), *args]
@@ -88,45 +53,25 @@ async def flood(*args: str) -> AsyncIterator[Flood]:
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     try:
-        yield Flood(process)
+        yield JsonLines(process, "attacker process")
     finally:
         with trio.CancelScope(shield=True):
             process.kill()
             await process.wait()
 
 
-@asynccontextmanager
-async def live_venue(
+def live_venue(
     handler: Callable[[ts.Session], Awaitable[None]] = echo_handler,
     *,
     on_session_lost: Callable[[ts.Session], None] | None = None,
     **config: Any,
-) -> AsyncIterator[ts.VenueServer]:
+) -> AbstractAsyncContextManager[ts.VenueServer]:
+    """A ``ts.serve`` venue on loopback serving PARTICIPANT and OTHER."""
     reg = ts.KeyRegistry()
     for ident in (PARTICIPANT, OTHER):
         reg.add(ident.key_id, ident.public_key)
     cfg = ts.SessionConfig(**config)
-    body_exc: BaseException | None = None
-    async with trio.open_nursery() as nursery:
-        server: ts.VenueServer = await nursery.start(
-            partial(
-                ts.serve,
-                handler,
-                VENUE,
-                reg,
-                "127.0.0.1",
-                0,
-                config=cfg,
-                on_session_lost=on_session_lost,
-            )
-        )
-        try:
-            yield server
-        except BaseException as exc:  # re-raised outside the nursery: never a group
-            body_exc = exc
-        nursery.cancel_scope.cancel()
-    if body_exc is not None:
-        raise body_exc
+    return venue(handler, reg, config=cfg, on_session_lost=on_session_lost)
 
 
 def claiming_hello(identity: ts.Identity) -> bytes:
@@ -141,11 +86,6 @@ def claiming_hello(identity: ts.Identity) -> bytes:
         window=64,
     )
     return pack_header(FrameType.CLIENT_HELLO, 0, 0, 0) + encode_body(hello)
-
-
-def p99(samples: list[float]) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
 # -- the lockout attack -------------------------------------------------------------------
@@ -175,7 +115,7 @@ async def _lockout(duration: float, reset_every: float, sources: int) -> None:
             ) as f,
         ):
             await trio.sleep(1.0)  # the flood ramps up
-            before, since = await f.report(), trio.current_time()
+            before, since = await f.ask(), trio.current_time()
             end = since + duration - 1.0
             while trio.current_time() + reset_every <= end:
                 await trio.sleep(reset_every)
@@ -187,7 +127,7 @@ async def _lockout(duration: float, reset_every: float, sources: int) -> None:
                     await victim.send(b"order")
                     assert await victim.receive() == b"order"
                 resumes.append(trio.current_time() - start)
-            after, seconds = await f.report(), trio.current_time() - since
+            after, seconds = await f.ask(), trio.current_time() - since
             assert victim.stats.resumes == len(resumes)  # resumed, never a new session
         nursery.cancel_scope.cancel()
     signed = after.get("m2", 0) - before.get("m2", 0)
@@ -224,26 +164,6 @@ async def test_claimed_key_id_flood_never_delays_a_resume_soak() -> None:
 # -- the many-sessions attack ---------------------------------------------------------------
 
 
-class RttProbe:
-    """A participant doing echo round trips every 5 ms: (start, rtt) samples."""
-
-    def __init__(self, session: ts.Session) -> None:
-        self.session = session
-        self.samples: list[tuple[float, float]] = []
-
-    async def run(self) -> None:
-        payload = bytes(100)
-        while True:
-            start = trio.current_time()
-            await self.session.send(payload)
-            assert await self.session.receive() == payload
-            self.samples.append((start, trio.current_time() - start))
-            await trio.sleep(0.005)
-
-    def window(self, lo: float, hi: float) -> list[float]:
-        return [rtt for start, rtt in self.samples if lo <= start < hi]
-
-
 async def _many_sessions(duration: float) -> None:
     """OTHER, a registered identity, opens sessions at the venue's full per-key rate
     and drops each at once; PARTICIPANT measures its round-trip time."""
@@ -259,7 +179,7 @@ async def _many_sessions(duration: float) -> None:
                 probing.start_soon(probe.run)
                 await trio.sleep(2.0)
                 tasks_before = len(task_names())
-                attack_start = trio.current_time()
+                attack_start = time.monotonic()  # the probe's clock
                 seed = bytes(range(64, 96)).hex()  # OTHER's (tests/protocol/helpers.py)
                 args = (
                     "churn",
@@ -271,12 +191,12 @@ async def _many_sessions(duration: float) -> None:
                     VENUE.public_key.hex(),
                 )
                 async with flood(*args) as f:
-                    while trio.current_time() < attack_start + duration:
+                    while time.monotonic() < attack_start + duration:
                         await trio.sleep(0.05)
                         peak_sessions = max(peak_sessions, venue.by_key.count(OTHER.key_id))
                         peak_tasks = max(peak_tasks, len(task_names()))
-                    report = await f.report()
-                attack_end = trio.current_time()
+                    report = await f.ask()
+                attack_end = time.monotonic()
                 await trio.sleep(2.0)
                 probing.cancel_scope.cancel()
     before = probe.window(attack_start - 1.9, attack_start)

@@ -30,6 +30,7 @@ from trio_session._driver import run_handshake
 from trio_session.protocol import ClientConnection
 from trio_session.testing import FaultyProxy, memory_venue
 
+from .probes import JsonLines
 from .runtime_helpers import OTHER, PARTICIPANT, STEP, VENUE, registry
 from .test_availability import live_venue
 
@@ -38,41 +39,18 @@ MiB = 2**20
 ORDER = bytes(256 * 1024)
 
 
-class VenueProcess:
-    """tests/budget_venue.py in a subprocess."""
-
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self._buffer = b""
-        self.port = 0
-
-    async def line(self) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        while b"\n" not in self._buffer:
-            chunk = await self.process.stdout.receive_some()
-            assert chunk, "the venue process ended early"
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        result: dict[str, Any] = json.loads(line)
-        return result
-
-    async def report(self) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        await self.process.stdin.send_all(b"report\n")
-        return await self.line()
-
-
 @asynccontextmanager
-async def venue_process(**config: Any) -> AsyncIterator[VenueProcess]:
+async def venue_process(**config: Any) -> AsyncIterator[tuple[JsonLines, int]]:
+    """tests/budget_venue.py in a subprocess, and the port it serves on."""
     command = [sys.executable, str(HERE / "budget_venue.py"), json.dumps(config)]
     process = await trio.lowlevel.open_process(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     try:
-        venue = VenueProcess(process)
+        venue = JsonLines(process, "venue process")
         with trio.fail_after(20):
-            venue.port = (await venue.line())["port"]
-        yield venue
+            port = int((await venue.line())["port"])
+        yield venue, port
     finally:
         with trio.CancelScope(shield=True):
             process.kill()
@@ -100,8 +78,8 @@ async def _flood_memory(seconds: float, senders: int, **venue_config: Any) -> di
     RSS growth (peak), buffered bytes (peak) and sessions shed."""
     # The participants' own queues stay small: only the venue's memory is measured.
     config = ts.SessionConfig(outbound_max_bytes=4 * MiB, replay_max_bytes=8 * MiB)
-    async with venue_process(**venue_config) as venue:
-        url = f"ws://127.0.0.1:{venue.port}/"
+    async with venue_process(**venue_config) as (venue, port):
+        url = f"ws://127.0.0.1:{port}/"
         go = trio.Event()
         connected_tx, connected = trio.open_memory_channel[None](senders)
         async with trio.open_nursery() as nursery:
@@ -111,17 +89,17 @@ async def _flood_memory(seconds: float, senders: int, **venue_config: Any) -> di
             for _ in range(senders):
                 await connected.receive()
             # The baseline: the venue with its sessions up, before any order.
-            before = await venue.report()
+            before = await venue.ask()
             peak_rss, peak_buffered = before["rss"], 0
             go.set()
             end = trio.current_time() + seconds
             while trio.current_time() < end:
                 await trio.sleep(0.05)
-                report = await venue.report()
+                report = await venue.ask()
                 peak_rss = max(peak_rss, report["rss"])
                 peak_buffered = max(peak_buffered, report["buffered"])
             nursery.cancel_scope.cancel()
-        last = await venue.report()
+        last = await venue.ask()
     return {
         "growth": peak_rss - before["rss"],
         "buffered": peak_buffered,

@@ -12,10 +12,8 @@ and expire, against its baseline before and after.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -40,27 +38,12 @@ from trio_session._transport import (
 )
 
 from ._certs import tls_contexts
+from .probes import MANY_LOOPBACKS, JsonLines, RttProbe, describe, needs_many_loopbacks, p99
 from .runtime_helpers import PARTICIPANT, VENUE, echo_handler, registry, url
 from .transport_helpers import serving
 from .ws_raw import UPGRADE_REQUEST, RawClient, raw_clients
 
 HERE = Path(__file__).resolve().parent
-
-
-def _can_bind(address: str) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((address, 0))
-        except OSError:
-            return False
-    return True
-
-
-#: Linux routes all of 127/8 to loopback; elsewhere only 127.0.0.1 may exist.
-MANY_LOOPBACKS = _can_bind("127.0.1.2")
-needs_many_loopbacks = pytest.mark.skipif(
-    not MANY_LOOPBACKS, reason="needs loopback addresses beyond 127.0.0.1 (Linux)"
-)
 
 
 async def echo_authenticated(transport: Transport) -> None:
@@ -279,62 +262,11 @@ async def test_session_handshake_deadline_is_paced_by_the_reaper() -> None:
 # -- floods against a live venue --------------------------------------------------------
 
 
-class RttProbe:
-    """A participant doing echo round trips every 5 ms; samples are (start, rtt) in
-    ``time.monotonic()`` seconds, the clock the attacker process reports in."""
-
-    def __init__(self, session: ts.Session) -> None:
-        self.session = session
-        self.samples: list[tuple[float, float]] = []
-
-    async def run(self) -> None:
-        payload = bytes(100)
-        while True:
-            start = time.monotonic()
-            await self.session.send(payload)
-            assert await self.session.receive() == payload
-            self.samples.append((start, time.monotonic() - start))
-            await trio.sleep(0.005)
-
-    def window(self, lo: float, hi: float) -> list[float]:
-        return sorted(rtt for start, rtt in self.samples if lo <= start < hi)
-
-
-def p99(rtts: list[float]) -> float:
-    return rtts[min(len(rtts) - 1, int(0.99 * len(rtts)))]
-
-
-def describe(name: str, rtts: list[float]) -> str:
-    if not rtts:
-        return f"{name}: n=0 (no round trip completed in this window)"
-    return (
-        f"{name}: n={len(rtts)} p50={rtts[len(rtts) // 2] * 1e3:.2f} ms "
-        f"p99={p99(rtts) * 1e3:.2f} ms max={rtts[-1] * 1e3:.2f} ms"
-    )
-
-
-class Attacker:
+class Attacker(JsonLines):
     """tests/preauth_flood.py in a subprocess, driven over its stdin/stdout."""
 
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self._buffer = b""
-
-    async def line(self) -> dict[str, object]:
-        assert self.process.stdout is not None
-        while b"\n" not in self._buffer:
-            chunk = await self.process.stdout.receive_some()
-            assert chunk, "the attacker process ended early"
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        result: dict[str, object] = json.loads(line)
-        return result
-
     async def closed(self) -> int:
-        assert self.process.stdin is not None
-        await self.process.stdin.send_all(b"report\n")
-        report = await self.line()
-        return int(str(report["closed"]))
+        return int(str((await self.ask("report"))["closed"]))
 
 
 def _raise_fd_limit(needed: int) -> None:
@@ -370,7 +302,7 @@ async def _flood(n: int, sources: int, handshake_timeout: float) -> None:
                 stdout=subprocess.PIPE,
             )
             try:
-                attacker = Attacker(process)
+                attacker = Attacker(process, "attacker process")
                 with trio.fail_after(30):
                     ready = await attacker.line()
                     seen = before.admitted + before.refused + n
