@@ -29,6 +29,7 @@ import trio
 
 from ._core import SessionCore
 from ._errors import (
+    Category,
     CloseCode,
     ConnectionLost,
     SessionClosed,
@@ -53,9 +54,6 @@ __all__ = ["MIN_TIMER_STEP", "Link", "close_forcefully"]
 #: Timer tasks never re-check more often than this when a deadline is already
 #: due but waits on another task (e.g. the writer is blocked on a full socket).
 MIN_TIMER_STEP: Final = 0.005
-#: Ends after which the WebSocket is failed rather than closed gracefully: the
-#: peer is silent or does not read, so its close frame would never come.
-_NO_LINGER: Final = frozenset({CloseCode.HEARTBEAT_TIMEOUT, CloseCode.SLOW_CONSUMER})
 
 
 @final
@@ -184,17 +182,25 @@ class Link:
             # The WebSocket close carries the code too (docs/protocol.md,
             # "Observable close codes"), for peers that cannot read our CLOSE.
             code, reason = observable_close(err.code)
-            if err.code in _NO_LINGER or (
-                err.remote and not isinstance(err, (SessionClosed, ConnectionLost))
-            ):
-                # An invalid frame, or a peer that no longer answers or reads:
-                # waiting for its side of the close would only hold the connection.
-                await transport.fail(code, reason)
+            if err.remote and not isinstance(err, (SessionClosed, ConnectionLost)):
+                await transport.fail(code, reason)  # an invalid frame: do not linger
                 return
-            with trio.move_on_after(self._core.config.close_timeout) as scope:
+            with trio.move_on_at(self._close_deadline(err)) as scope:
                 await transport.aclose(code, reason)
             if scope.cancelled_caught:
                 await close_forcefully(transport)
+
+    def _close_deadline(self, err: SessionError) -> float:
+        """How long the close handshake may take: ``close_timeout``; but when the
+        venue will keep the session for a resume, never past a stalled participant's
+        slow-consumer deadline (until the connection is closed, the session is
+        neither attached nor detached, and nobody checks it)."""
+        core = self._core
+        deadline = trio.current_time() + core.config.close_timeout
+        stalled = core.stalled_since
+        if core.role is Role.VENUE and stalled is not None and err.category is Category.RESUMABLE:
+            deadline = min(deadline, stalled + core.config.slow_consumer_timeout)
+        return deadline
 
     async def _send_close(self, err: SessionError) -> None:
         try:
