@@ -84,13 +84,28 @@ async def _handler(session: ts.Session) -> None:
         return
 
 
+def _store(params: dict[str, Any]) -> ts.SessionStore | None:
+    """``"store": PATH`` in the parameters: an SqliteStore there (else the memory default)."""
+    path = params.get("store")
+    return ts.SqliteStore(path, synchronous=params.get("synchronous", "normal")) if path else None
+
+
 async def server(params: dict[str, Any]) -> None:
     raise_nofile()
     venue, _, registry = identities()
     cfg = session_config(params.get("config"))
     async with trio.open_nursery() as nursery:
         srv = await nursery.start(
-            partial(ts.serve, _handler, venue, registry, "127.0.0.1", 0, config=cfg)
+            partial(
+                ts.serve,
+                _handler,
+                venue,
+                registry,
+                "127.0.0.1",
+                params.get("port", 0),
+                config=cfg,
+                store=_store(params),
+            )
         )
         emit("PORT", srv.port)
         await stdin_eof()
@@ -103,7 +118,15 @@ def _connector(params: dict[str, Any], port: int | None = None) -> Callable[[], 
     url = f"ws://127.0.0.1:{port or params['port']}/"
     restart = ts.RestartPolicy(**params["restart"]) if params.get("restart") else None
     cfg = session_config(params.get("config"))
-    return partial(ts.connect, url, participant, venue.public_key, config=cfg, restart=restart)
+    return partial(
+        ts.connect,
+        url,
+        participant,
+        venue.public_key,
+        config=cfg,
+        restart=restart,
+        store=_store(params),
+    )
 
 
 def _connect(params: dict[str, Any], port: int | None = None) -> Any:

@@ -36,6 +36,7 @@ __all__ = [
     "InvalidMessage",
     "KeyRegistry",
     "LocalProtocolError",
+    "MemoryStore",
     "MessageRejected",
     "Metrics",
     "Plugin",
@@ -56,8 +57,11 @@ __all__ = [
     "SessionExpired",
     "SessionReset",
     "SessionStats",
+    "SessionStore",
     "SlowConsumer",
+    "SqliteStore",
     "State",
+    "StoreError",
     "Validate",
     "VenueServer",
     "connect",
@@ -101,6 +105,7 @@ _LAZY: dict[str, str] = {
     "SessionExpired": "._errors",
     "SessionReset": "._errors",
     "SlowConsumer": "._errors",
+    "StoreError": "._errors",
     "InvalidMessage": "._errors",
     "Identity": "._identity",
     "KeyRegistry": "._identity",
@@ -109,6 +114,9 @@ _LAZY: dict[str, str] = {
     "Session": "._session",
     "SessionStats": "._session",
     "State": "._session",
+    "MemoryStore": ".store",
+    "SessionStore": ".store",
+    "SqliteStore": ".store",
 }
 
 if TYPE_CHECKING:
@@ -145,6 +153,7 @@ if TYPE_CHECKING:
     from ._errors import SessionExpired as SessionExpired
     from ._errors import SessionReset as SessionReset
     from ._errors import SlowConsumer as SlowConsumer
+    from ._errors import StoreError as StoreError
     from ._identity import Identity as Identity
     from ._identity import KeyRegistry as KeyRegistry
     from ._policy import Backoff as Backoff
@@ -154,6 +163,9 @@ if TYPE_CHECKING:
     from ._session import Session as Session
     from ._session import SessionStats as SessionStats
     from ._session import State as State
+    from .store import MemoryStore as MemoryStore
+    from .store import SessionStore as SessionStore
+    from .store import SqliteStore as SqliteStore
 else:
 
     def __getattr__(name: str) -> Any:

@@ -20,14 +20,17 @@ import trio
 from ._config import SessionConfig
 from ._control import SessionControl, open_session
 from ._driver import run_handshake
-from ._errors import CloseCode, HandshakeTimeout, SessionError
+from ._errors import CloseCode, HandshakeTimeout, SessionError, StoreError
 from ._identity import Identity
 from ._lifecycle import State
 from ._link import close_forcefully
+from ._participant_store import participant_store
+from ._persist import StoreRuntime
 from ._policy import Backoff, GiveUp, History, NewSession, RestartPolicy, decide
 from ._session import Session
 from ._transport import Transport, connect_transport
 from .protocol import ClientConnection, HandshakeComplete, Role
+from .store import SessionStore
 
 __all__ = ["Backoff", "RestartPolicy", "connect"]
 
@@ -48,6 +51,7 @@ async def connect(
     ssl_context: ssl.SSLContext | None = None,
     restart: RestartPolicy | None = None,
     transport_factory: TransportFactory | None = None,
+    store: SessionStore | None = None,
 ) -> AsyncIterator[Session]:
     """Open a participant session to the venue at ``url`` (``ws://`` or ``wss://``).
 
@@ -62,18 +66,45 @@ async def connect(
     ``ssl_context`` are then ignored): an async callable that takes a nursery
     and returns a connected transport, e.g. from
     :func:`trio_session.testing.memory_venue`, for socket-free tests.
+
+    ``store`` keeps the session across restarts of this process (e.g.
+    ``ts.SqliteStore("alice.db")``): started again on the same store, ``connect``
+    resumes the same session, and no message ``send()`` returned for is lost
+    (docs/howto/durable.md).  Leaving the block logs out and removes the session
+    from the store.  Raises :class:`~trio_session.StoreError` for a store that
+    cannot be used.
     """
     cfg = config or SessionConfig()
     policy = restart or RestartPolicy()
     if len(venue_public_key) != 32:
         raise ValueError("venue_public_key must be the venue's 32-byte Ed25519 public key")
+    venue_pk = bytes(venue_public_key)
     control = open_session(Role.PARTICIPANT, cfg, messages, identity.key_id)
     supervisor = Supervisor(
-        control, url, identity, bytes(venue_public_key), cfg, ssl_context, policy, transport_factory
+        control, url, identity, venue_pk, cfg, ssl_context, policy, transport_factory
     )
+    async with participant_store(control, store, identity.key_id, venue_pk) as durable:
+        supervisor.durable = durable is not None
+        try:
+            async with _supervised(control, supervisor, durable) as session:
+                yield session
+        finally:
+            # Over (logged out, or given up): forget it.  A session whose first
+            # connection failed stays, for the next attempt to resume.
+            if control.persist is not None and control.finished and supervisor.started:
+                control.persist.delete()
+
+
+@asynccontextmanager
+async def _supervised(
+    control: SessionControl, supervisor: Supervisor, durable: StoreRuntime | None
+) -> AsyncIterator[Session]:
+    """Run the supervisor for the block (its first connection must succeed)."""
     session = control.session
     body_exc: BaseException | None = None
     async with trio.open_nursery() as nursery:
+        if durable is not None:
+            nursery.start_soon(_fail_with_store, control, durable)
         try:
             first_error = await nursery.start(supervisor.run)
             if first_error is not None:
@@ -87,6 +118,13 @@ async def connect(
         nursery.cancel_scope.cancel()
     if body_exc is not None:
         raise body_exc
+
+
+async def _fail_with_store(control: SessionControl, runtime: StoreRuntime) -> None:
+    """A failed store write ends the session: nothing durable can be promised."""
+    await runtime.failed.wait()
+    if runtime.error is not None:
+        control.finish(runtime.error)
 
 
 class Supervisor:
@@ -115,6 +153,13 @@ class Supervisor:
         #: AUTH_FAILED failures in a row (reconnects only).
         self.auth_failures = 0
         self._started = False
+        #: The session is kept in a durable store (write-ahead before M3).
+        self.durable = False
+
+    @property
+    def started(self) -> bool:
+        """The venue confirmed a connection of this session at least once."""
+        return self._started
 
     async def run(self, *, task_status: trio.TaskStatus[SessionError | None]) -> None:
         """Report the first connection's outcome through ``task_status`` (None once
@@ -141,6 +186,9 @@ class Supervisor:
         self, err: SessionError, connected: bool, now: float, outage_since: float
     ) -> bool:
         """Decide what to do about ``err`` and do it; False when the session ended."""
+        if isinstance(err, StoreError):  # durability is gone: do not carry on without it
+            self.control.finish(err)
+            return False
         self.backoff.disconnected()
         history = History(
             policy=self.policy,
@@ -197,7 +245,7 @@ class Supervisor:
                     resume=self.control.resumable_record,
                     clock=trio.current_time,
                 )
-                done = await run_handshake(transport, conn)
+                done = await run_handshake(transport, conn, eager_confirm=not self.durable)
         except trio.TooSlowError:
             if transport is not None:
                 await close_forcefully(transport)

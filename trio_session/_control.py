@@ -32,9 +32,11 @@ from ._core import SessionCore
 from ._errors import ConnectionLost, SessionError
 from ._lifecycle import State
 from ._link import Link
+from ._persist import SessionPersistence, StoreRuntime
 from ._session import Session, new_session
 from ._transport import Transport
 from .protocol import Connection, Role, SessionRecord
+from .store import StoredSession
 
 __all__ = ["SessionControl", "open_session"]
 
@@ -113,6 +115,27 @@ class SessionControl:
         core.bind(record)
         core.inbound.consume_target = old_target
         core.inbound.put_reset(record)
+
+    @property
+    def persist(self) -> SessionPersistence | None:
+        """The session's write-ahead state with a durable store (else None)."""
+        return self._core.persist
+
+    def use_store(self, runtime: StoreRuntime, *, key: str | None, peer: str) -> SessionPersistence:
+        """Keep this session in a durable store (before its first :meth:`bind`)."""
+        persist = SessionPersistence(runtime, self._core, key=key, peer=peer)
+        self._core.persist = persist
+        return persist
+
+    def restore(self, stored: StoredSession) -> None:
+        """Continue a session loaded from the store (after :meth:`use_store`).
+
+        Raises ValueError for an entry that does not validate.
+        """
+        core = self._core
+        assert core.persist is not None
+        core.bind(core.persist.restore(stored))
+        core.restored = True
 
     def discard_resume(self) -> None:
         """The logical session is gone: the next handshake starts a new one."""

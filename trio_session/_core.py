@@ -33,6 +33,7 @@ from .protocol import ConnectionState, Role, SessionRecord
 
 if TYPE_CHECKING:
     from ._link import Link
+    from ._persist import SessionPersistence
 
 __all__ = ["Counters", "SessionCore", "SessionLog", "SessionStats"]
 
@@ -114,6 +115,10 @@ class SessionCore:
         self.record: SessionRecord | None = None
         #: The attached connection's link (None between connections).
         self.link: Link | None = None
+        #: With a durable store: the session's write-ahead state (else None).
+        self.persist: SessionPersistence | None = None
+        #: Loaded from a store after a restart.
+        self.restored = False
         #: Why the session ended (set once, by :meth:`finish`).
         self.error: SessionError | None = None
         #: aclose() started: no new sends, no reconnects.
@@ -138,6 +143,8 @@ class SessionCore:
         self.record = record
         self.inbound.consume_target = record
         self.log = SessionLog(logger, {"session_id": record.session_id.hex()})
+        if self.persist is not None and self.persist.record is not record:
+            self.persist.bind(record)
 
     def unsent(self) -> bool:
         """Messages still queued here or sent but unacknowledged."""

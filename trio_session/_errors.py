@@ -39,6 +39,7 @@ __all__ = [
     "SessionExpired",
     "SessionReset",
     "SlowConsumer",
+    "StoreError",
 ]
 
 
@@ -364,6 +365,24 @@ class SessionExpired(SessionClosed):
     """
 
     default_code = CloseCode.SESSION_EXPIRED
+
+
+class StoreError(SessionError):
+    """A session store cannot be used or written (``INTERNAL_ERROR``).
+
+    At start: the file is held by another process, is corrupt, is not a
+    trio_session store, or was written by a newer version (the message names
+    the file and the fix; nothing starts, so nothing is silently lost).  While
+    running: a write failed (e.g. the disk is full): the durability promise no
+    longer holds, so the sessions using the store end with it.
+    """
+
+    default_code = CloseCode.INTERNAL_ERROR
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        #: The store's file (or address), when it has one.
+        self.path = path
 
 
 def is_clean_close(err: SessionError) -> bool:

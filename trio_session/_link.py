@@ -48,11 +48,14 @@ from .protocol import (
     Role,
 )
 
-__all__ = ["MIN_TIMER_STEP", "Link", "close_forcefully"]
+__all__ = ["DURABLE_BATCH_BYTES", "MIN_TIMER_STEP", "Link", "close_forcefully"]
 
 #: Timer tasks never re-check more often than this when a deadline is already
 #: due but waits on another task (e.g. the writer is blocked on a full socket).
 MIN_TIMER_STEP: Final = 0.005
+#: With a durable store, the writer stores up to this many bytes of frames in
+#: one group commit before writing them.
+DURABLE_BATCH_BYTES: Final = 256 * 1024
 
 
 @final
@@ -95,7 +98,8 @@ class Link:
                 if core.finished.is_set():
                     nursery.cancel_scope.cancel()
                 nursery.start_soon(self._guard, self._reader, name="reader")
-                nursery.start_soon(self._guard, self._writer, name="writer")
+                writer = self._writer if core.persist is None else self._durable_writer
+                nursery.start_soon(self._guard, writer, name="writer")
                 nursery.start_soon(self._guard, self._heartbeat, name="heartbeat")
                 nursery.start_soon(self._guard, self._rotation, name="key-rotation")
         finally:
@@ -174,6 +178,10 @@ class Link:
 
     async def _send_close(self, err: SessionError) -> None:
         try:
+            persist = self._core.persist
+            if persist is not None and persist.write_ahead_owed():
+                with trio.move_on_after(min(0.5, self._core.config.close_timeout)):
+                    await persist.runtime.sync()
             self.conn.close(err.code, type(err).__name__)
             with trio.move_on_after(min(0.5, self._core.config.close_timeout)):
                 for frame in self.conn.data_to_send():
@@ -279,6 +287,81 @@ class Link:
             if out.wake_pending:
                 continue
             await out.park(wait_for_data=window > 0 and not out.latest and not out.lossy)
+
+    async def _durable_writer(self) -> None:
+        """The writer with a durable store: write-ahead.
+
+        It builds what it will write (control frames, then data frames up to
+        :data:`DURABLE_BATCH_BYTES`), has everything those frames depend on
+        stored in one group commit (new frames, a new session, a new resume
+        secret generation, the application's commits), and only then writes
+        them: nothing is on the wire that a crash could make us forget.
+        """
+        conn, core = self.conn, self._core
+        out, persist = core.outbound, core.persist
+        assert persist is not None
+        send = self._bounded_send if core.role is Role.VENUE else self.transport.send
+        while True:
+            out.wake_pending = False
+            self._pull_rotation_deadline()
+            if persist.commits_owed() and (persist.commits_due() or conn.has_pending_control()):
+                await persist.runtime.sync()  # so that what goes out acknowledges them
+            frames = conn.data_to_send()
+            is_open = conn.state is ConnectionState.OPEN
+            if is_open:
+                self._gather_data(frames)
+            if frames and persist.write_ahead_owed():
+                await persist.runtime.sync()
+            for frame in frames:
+                await send(frame)
+            if not is_open:
+                if conn.state in (ConnectionState.CLOSING, ConnectionState.ERROR) and (
+                    not conn.has_pending_control()
+                ):
+                    self.close_sent.set()
+                await out.park(wait_for_data=False)
+            elif not frames and not out.wake_pending:
+                window = conn.send_window()
+                await out.park(wait_for_data=window > 0 and not out.latest and not out.lossy)
+
+    def _gather_data(self, frames: list[bytes]) -> None:
+        """Append data frames while credit, data and the batch size allow."""
+        size = 0
+        while size < DURABLE_BATCH_BYTES:
+            data = self._next_data_frame(self.conn.send_window())
+            if data is None:
+                return
+            frames.append(data)
+            size += len(data)
+
+    def _pull_rotation_deadline(self) -> None:
+        rot = self._rot_sleep
+        if rot is not None:
+            due = self.conn.rotation_deadline()
+            if due < rot.deadline:
+                rot.deadline = due
+
+    def commit_pending(self) -> None:
+        """Durable store: the application committed messages not yet stored: have
+        the delayed ack (which stores them first) come due."""
+        if self.conn.ack_soon():
+            hb = self._hb_sleep
+            if hb is not None:
+                due = self.conn.heartbeat_deadline()
+                if due < hb.deadline:
+                    hb.deadline = due
+
+    def stable_advanced(self, stable: int) -> None:
+        """Durable store: the application's commits up to ``stable`` are recorded:
+        acknowledge them now, or with the delayed ack."""
+        conn = self.conn
+        if conn.messages_committed(stable):
+            self._core.outbound.wake()
+        hb = self._hb_sleep
+        if hb is not None:
+            due = conn.heartbeat_deadline()
+            if due < hb.deadline:
+                hb.deadline = due
 
     def _next_data_frame(self, window: int) -> bytes | None:
         """The next notice or message frame the window allows, or None (idle or stalled)."""

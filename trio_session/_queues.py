@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 from collections.abc import Hashable
-from typing import Any, final
+from typing import Any, Final, final
 
 import trio
 
@@ -29,7 +29,18 @@ from ._errors import MessageRejected, RejectCode, SessionError
 from .protocol import SessionRecord
 from .protocol._wire import NOTICE_REJECT, Notice, decode_notice, encode_body
 
-__all__ = ["Inbound", "Notices", "OutNotice", "Outbound", "notice_error", "reject_notice"]
+__all__ = [
+    "NO_LIMIT",
+    "Inbound",
+    "Notices",
+    "OutNotice",
+    "Outbound",
+    "notice_error",
+    "reject_notice",
+]
+
+#: ``Inbound.deliver_limit`` without a durable store: beyond any data seq.
+NO_LIMIT: Final = 2**64
 
 
 class OutNotice(bytes):
@@ -76,6 +87,8 @@ class Outbound:
         #: Messages discarded by the ``drop_oldest`` / ``conflate`` policies.
         self.dropped = 0
         self.conflated = 0
+        #: Lossless messages taken so far (a durable store numbers them in this order).
+        self.lossless_taken = 0
         # The writer's wake-up.
         self._lot = trio.lowlevel.ParkingLot()
         self._parked = False
@@ -172,9 +185,11 @@ class Outbound:
                 break  # notices travel in their own frame, in queue order
             lm = len(m)
             if size + lm > cap and (msgs or lm > budget):
+                self.lossless_taken += len(msgs)
                 return msgs
             msgs.append(pending.popleft())
             size += lm
+        self.lossless_taken += len(msgs)
         latest, lossy = self.latest, self.lossy
         while (latest or lossy) and len(msgs) < window:
             m = next(iter(latest.values())) if latest else lossy[0]
@@ -255,6 +270,12 @@ class Inbound:
         self.buf: deque[Any] = deque()
         #: Data seq of the next message handed to the application.
         self.rx_seq = 0
+        #: Durable store: messages from this seq on wait until the store recorded
+        #: that they may be delivered (:data:`NO_LIMIT` without a durable store).
+        self.deliver_limit = NO_LIMIT
+        #: Messages below this seq may have reached the application before a
+        #: restart (they are flagged as redeliveries).
+        self.redeliver_before = 0
         self.reset_pending = False
         #: Messages in the channel (not yet in ``buf``).
         self.queued = 0
@@ -296,6 +317,9 @@ class Inbound:
             self.reset_pending = True
             self.rx_seq = 0
             self.consume_target = item.record
+            self.redeliver_before = 0
+            if self.deliver_limit != NO_LIMIT:
+                self.deliver_limit = 0  # the new session's bound is recorded on first use
             return 0
         n = len(item)
         self.queued -= n

@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -42,6 +43,7 @@ from ._errors import (
 from ._identity import Identity, KeyRegistry
 from ._lifecycle import State
 from ._link import close_forcefully
+from ._persist import store_runtime
 from ._session import Session
 from ._transport import (
     Transport,
@@ -50,7 +52,9 @@ from ._transport import (
     observable_close,
     serve_transport,
 )
+from ._venue_store import VenueStore
 from .protocol import HandshakeComplete, HelloReceived, Role, SessionRecord, VenueConnection
+from .store import SessionStatus, SessionStore
 
 __all__ = ["VenueServer", "serve"]
 
@@ -90,6 +94,7 @@ async def serve(
     ssl_context: ssl.SSLContext | None = None,
     on_session_lost: Hook | None = None,
     on_logout: Hook | None = None,
+    store: SessionStore | None = None,
     task_status: trio.TaskStatus[VenueServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve participant sessions; use with ``await nursery.start(ts.serve, ...)``.
@@ -107,9 +112,18 @@ async def serve(
     it ended with a graceful close from the participant (a logout, or its
     answer to the venue's close once the handler returned).  Runs until
     cancelled.
+
+    ``store`` keeps sessions across restarts of the venue (e.g.
+    ``ts.SqliteStore("venue.db")``): started again on the same store, the venue
+    restores every session, resumable within ``resume_ttl`` of its detach, and
+    loses no message ``send()`` returned for (docs/howto/durable.md).  Raises
+    :class:`~trio_session.StoreError` for a store that cannot be used, and when
+    a write to it fails.
     """
     cfg = config or SessionConfig()
-    venue = VenueRunner(handler, identity, registry, cfg, messages, on_session_lost, on_logout)
+    venue = VenueRunner(
+        handler, identity, registry, cfg, messages, on_session_lost, on_logout, store=store
+    )
     async with venue.running() as nursery:
         tserver: TransportServer = await nursery.start(
             partial(
@@ -147,6 +161,9 @@ class VenueRunner:
         messages: Any | None,
         on_session_lost: Hook | None,
         on_logout: Hook | None,
+        *,
+        store: SessionStore | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.handler = handler
         self.identity = identity
@@ -162,6 +179,10 @@ class VenueRunner:
         self._ttl_scopes: dict[bytes, trio.CancelScope] = {}
         self._takeover: set[bytes] = set()
         self._hooked: set[bytes] = set()
+        #: A durable store, and the clock its detach times and stamps use.
+        self.store = store if store is not None and store.durable else None
+        self.wall_clock = wall_clock
+        self._store: VenueStore | None = None
 
     def live_sessions(self) -> list[Session]:
         """Sessions alive now (LIVE or detached awaiting resume)."""
@@ -172,20 +193,70 @@ class VenueRunner:
         """Run the venue's background work (handlers, TTL timers, hooks) for the
         block; the nursery is yielded for the listener.  An exception from the
         block is re-raised outside the nursery, so it is never an ExceptionGroup.
+
+        With a durable store, its sessions are restored first, and a failed
+        write to it ends the block with that :class:`~trio_session.StoreError`.
         """
         failure: BaseException | None = None
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self.registry.add_revocation_listener(self.on_revoked)
-            try:
-                yield nursery
-            except BaseException as exc:
-                failure = exc
-            finally:
-                self.registry.remove_revocation_listener(self.on_revoked)
-                nursery.cancel_scope.cancel()
+        async with self._durable() as vstore:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.registry.add_revocation_listener(self.on_revoked)
+                try:
+                    if vstore is not None:
+                        await self._restore(vstore)
+                        nursery.start_soon(vstore.stamp_forever)
+                        nursery.start_soon(vstore.watch, nursery)
+                    yield nursery
+                except BaseException as exc:
+                    failure = exc
+                finally:
+                    self.registry.remove_revocation_listener(self.on_revoked)
+                    nursery.cancel_scope.cancel()
+            if vstore is not None and vstore.runtime.error is not None:
+                raise vstore.runtime.error
         if failure is not None:
             raise failure
+
+    @asynccontextmanager
+    async def _durable(self) -> AsyncIterator[VenueStore | None]:
+        """The venue's store for the block (None without a durable one)."""
+        if self.store is None:
+            yield None
+            return
+        async with store_runtime(self.store, self.wall_clock) as runtime:
+            runtime.claim("venue", "another venue")
+            self._store = vstore = VenueStore(runtime, self.config.resume_ttl)
+            try:
+                yield vstore
+            finally:
+                self._store = None
+                await vstore.final_stamp()
+                runtime.release("venue")
+
+    async def _restore(self, vstore: VenueStore) -> None:
+        """Continue every stored session (see ``_venue_store``)."""
+        contents = await vstore.load()
+        for stored in contents.sessions:
+            control = open_session(Role.VENUE, self.config, self.messages, stored.state.key_id)
+            left = vstore.restore(control, stored, contents.alive_at)
+            self.sessions[stored.state.session_id] = control
+            control.detach(State.STALE)
+            self._start(self._watch_end, control)
+            end = vstore.owed_end(stored)
+            if end is None and left <= 0:
+                end = SessionExpired("participant did not resume within resume_ttl")
+            if end is not None:
+                control.finish(end)  # its end hook runs now, once
+                continue
+            self._start(self._run_handler, control.session)
+            self._start(self._expire, control, left)
+        if contents.sessions:
+            logger.info(
+                "restored %d sessions from %s",
+                len(contents.sessions),
+                vstore.runtime.store.location,
+            )
 
     def _start(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         assert self._nursery is not None
@@ -214,6 +285,7 @@ class VenueRunner:
                     conn,
                     admit=partial(self.admission.admit_address, transport.remote_address),
                     on_hello=partial(self._accept, conn, resuming),
+                    eager_confirm=self.store is None,
                 )
                 transport.mark_authenticated()
         except trio.TooSlowError:
@@ -269,6 +341,8 @@ class VenueRunner:
 
     def _new_session(self, record: SessionRecord) -> SessionControl:
         control = open_session(Role.VENUE, self.config, self.messages, record.key_id)
+        if self._store is not None:
+            self._store.adopt(control)
         control.bind(record)
         self.sessions[record.session_id] = control
         self._start(self._run_handler, control.session)
@@ -303,11 +377,15 @@ class VenueRunner:
                     control.session.session_id,
                     transport.remote_address,
                 )
+                if self._store is not None:
+                    self._store.attached(control)
             err = await control.attach(transport, conn, resumed=done.resumed)
             if sid in self._takeover or control.finished:
                 return
             if err.category is Category.RESUMABLE and not control.closing:
                 control.detach(State.STALE)
+                if self._store is not None:
+                    self._store.detached(control)
                 self._start(self._expire, control)
                 return
             control.finish(err)
@@ -330,13 +408,14 @@ class VenueRunner:
 
     # -- the end of a session --------------------------------------------------------------
 
-    async def _expire(self, control: SessionControl) -> None:
-        """The dead man's switch timer: end the session unless resumed within the TTL."""
+    async def _expire(self, control: SessionControl, left: float | None = None) -> None:
+        """The dead man's switch timer: end the session unless resumed within the TTL
+        (``left``: what remains of it, for a session restored from a store)."""
         sid = _sid(control)
         ttl = self.config.resume_ttl
         with trio.CancelScope() as scope:
             self._ttl_scopes[sid] = scope
-            await trio.sleep(ttl)
+            await trio.sleep(ttl if left is None else left)
             if control.finished or sid in self._takeover:
                 return
             logger.warning(
@@ -361,25 +440,33 @@ class VenueRunner:
         err = control.error
         if err is not None and is_clean_close(err):
             if err.remote:
-                await self._hook(self.on_logout, control)
+                await self._hook(self.on_logout, control, SessionStatus.LOGGED_OUT)
             else:
                 self.sessions.pop(_sid(control), None)
+                if self._store is not None:
+                    await self._store.forget(control)
             return
-        await self._hook(self.on_session_lost, control)
+        await self._hook(self.on_session_lost, control, SessionStatus.LOST)
 
-    async def _hook(self, hook: Hook | None, control: SessionControl) -> None:
+    async def _hook(self, hook: Hook | None, control: SessionControl, end: SessionStatus) -> None:
+        """Run an end hook once; with a store, ``end`` is recorded first and the
+        session is removed only once the hook returned."""
         sid = _sid(control)
         self.sessions.pop(sid, None)
-        if hook is None or sid in self._hooked:
-            return
-        self._hooked.add(sid)
-        session = control.session
-        try:
-            result = hook(session)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            logger.exception("hook %r failed for session %s", hook, session.session_id)
+        store = self._store
+        if hook is not None and sid not in self._hooked:
+            self._hooked.add(sid)
+            if store is not None:
+                await store.ending(control, end)
+            session = control.session
+            try:
+                result = hook(session)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception("hook %r failed for session %s", hook, session.session_id)
+        if store is not None:
+            await store.forget(control)
 
     async def _run_handler(self, session: Session) -> None:
         try:

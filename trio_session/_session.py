@@ -30,6 +30,7 @@ from ._errors import (
     is_clean_close,
 )
 from ._lifecycle import State
+from ._persist import SessionPersistence
 from ._queues import notice_error, reject_notice
 from .protocol import ConnectionState
 
@@ -67,6 +68,9 @@ class Session:
         self._out = core.outbound
         self._in = core.inbound
         self._last_seq = -1
+        #: With a durable store: each :meth:`receive` first commits the messages
+        #: returned before it.  Set False to commit only with :meth:`commit`.
+        self.auto_commit = True
 
     # -- identity and observation --------------------------------------------------
 
@@ -162,6 +166,13 @@ class Session:
         # What MemorySendChannel.send does, with the writer woken *before* we
         # yield: it then runs in the same scheduler batch as our caller instead
         # of the next one (one pass less per message on the latency path).
+        persist = self._core.persist
+        try:
+            if persist is not None:  # durable store: stored before we return
+                await persist.enqueue(item, count)
+                return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise self._final_error()  # noqa: B904 - keeps the error's own cause
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             if self._out.put_nowait(item, count):
@@ -192,8 +203,15 @@ class Session:
 
     async def receive(self) -> Any:
         """The next message, in order.  Raises the session's error once it ended
-        and everything received before has been delivered."""
+        and everything received before has been delivered.
+
+        With a durable store (and :attr:`auto_commit`), calling it commits the
+        messages it returned before: the peer may then forget them.
+        """
         inbound = self._in
+        persist = self._core.persist
+        if persist is not None and self.auto_commit:
+            self._commit_now(persist)
         waited = False
         while True:
             if inbound.reset_pending:
@@ -201,8 +219,12 @@ class Session:
                 raise _session_reset()
             buf = inbound.buf
             if buf:
-                payload = buf.popleft()
                 seq = inbound.rx_seq
+                if seq >= inbound.deliver_limit and persist is not None:
+                    await persist.wait_deliverable(seq)
+                    waited = True
+                    continue
+                payload = buf.popleft()
                 inbound.rx_seq = seq + 1
                 if not waited:  # a receive() is always a checkpoint, once
                     await trio.lowlevel.checkpoint()
@@ -236,6 +258,12 @@ class Session:
         buf = inbound.buf
         typed = self._codec.typed
         while len(out) < max_messages and not inbound.reset_pending:
+            if inbound.rx_seq >= inbound.deliver_limit:
+                persist = self._core.persist
+                if persist is not None:  # the store has not recorded these may be delivered
+                    persist.bound_hit()
+                    self._out.wake()
+                break
             if not buf:
                 try:
                     item = inbound.get_nowait()
@@ -263,6 +291,50 @@ class Session:
         consumed = self._in.take(item)
         if consumed:
             self._core.credit(consumed)
+
+    def _commit_now(self, persist: SessionPersistence) -> None:
+        inbound = self._in
+        if persist.commit(inbound.rx_seq, inbound.consume_target):
+            # Stored with the next write, or by the writer when enough is owed
+            # or the delayed ack comes due (20 ms): a commit alone is not worth one.
+            if persist.commits_due():
+                self._out.wake()
+            else:
+                link = self._core.link
+                if link is not None:
+                    link.commit_pending()
+
+    async def commit(self) -> None:
+        """Commit every message :meth:`receive` returned so far, and wait until the
+        store recorded it.
+
+        With a durable store, the peer keeps (and after a crash retransmits)
+        every message until it is committed; :meth:`receive` commits the
+        previous ones by itself unless :attr:`auto_commit` is False.  Without a
+        durable store it only checkpoints (messages are acknowledged on receipt).
+        """
+        persist = self._core.persist
+        if persist is None:
+            await trio.lowlevel.checkpoint()
+            return
+        inbound = self._in
+        persist.commit(inbound.rx_seq, inbound.consume_target)
+        await persist.runtime.sync()
+        self._out.wake()
+
+    @property
+    def last_redelivered(self) -> bool:
+        """Whether the last message :meth:`receive` returned may have been handed
+        to the application before: it was received again after a restart from a
+        store, and the application had not committed it.  Always False without
+        a durable store."""
+        return 0 <= self._last_seq < self._in.redeliver_before
+
+    @property
+    def restored(self) -> bool:
+        """True when this session was loaded from a store after a restart (its
+        handler runs again; see docs/howto/durable.md)."""
+        return self._core.restored
 
     @property
     def last_seq(self) -> int:

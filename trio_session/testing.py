@@ -43,6 +43,7 @@ from ._identity import Identity, KeyRegistry
 from ._server import Hook, SessionHandler, VenueRunner
 from ._session import Session
 from ._transport import MemoryTransport, Transport, memory_transport_pair
+from .store import SessionStore
 
 __all__ = ["Fault", "FaultyProxy", "MemoryVenue", "ProxyStats", "identities", "memory_venue"]
 
@@ -121,9 +122,25 @@ async def memory_venue(
     messages: Any | None = None,
     on_session_lost: Hook | None = None,
     on_logout: Hook | None = None,
+    store: SessionStore | None = None,
 ) -> AsyncIterator[MemoryVenue]:
-    """Run a venue over in-memory transports for the duration of the block."""
+    """Run a venue over in-memory transports for the duration of the block.
+
+    With ``store``, the venue keeps its sessions there like :func:`trio_session.serve`
+    (a second ``memory_venue`` on the same store restores them); detach times
+    and stamps are Trio clock times, so restarts under one ``MockClock`` line up.
+    """
     cfg = config or SessionConfig()
-    venue = VenueRunner(handler, identity, registry, cfg, messages, on_session_lost, on_logout)
+    venue = VenueRunner(
+        handler,
+        identity,
+        registry,
+        cfg,
+        messages,
+        on_session_lost,
+        on_logout,
+        store=store,
+        wall_clock=trio.current_time,
+    )
     async with venue.running() as nursery:
         yield MemoryVenue(venue=venue, nursery=nursery)

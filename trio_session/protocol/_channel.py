@@ -329,8 +329,8 @@ class Flow:
         self._replay_max_bytes = config.replay_max_bytes
         self.state = FlowState.STREAMING
         #: The credit we granted (exclusive data seq limit) and the ack we last sent.
-        self.adv_window = record.rx_consumed + config.inbound_capacity
-        self.ack_sent = record.next_rx_seq
+        self.adv_window = record.credit_base + config.inbound_capacity
+        self.ack_sent = record.ack_position
         #: When the oldest unacknowledged received data arrived (delayed ack).
         self.unacked_since: float | None = None
         #: An ACK is owed even below the thresholds (the venue confirms a handshake).
@@ -366,13 +366,19 @@ class Flow:
     def grant(self) -> tuple[int, int]:
         """(ack, window) to advertise now; records them as sent."""
         record = self.record
-        window = record.rx_consumed + self._inbound_capacity
+        stable = record.rx_stable
+        if stable is None:
+            ack = record.next_rx_seq
+            window = record.rx_consumed + self._inbound_capacity
+        else:  # durable store: only what the application committed and the store holds
+            ack = stable
+            window = stable + self._inbound_capacity
         if window < self.adv_window:
             window = self.adv_window
         self.adv_window = window
-        self.ack_sent = record.next_rx_seq
+        self.ack_sent = ack
         self.unacked_since = None
-        return record.next_rx_seq, window
+        return ack, window
 
     def send_window(self) -> int:
         """How many messages may be sent now: the peer's credit and our replay room."""
@@ -450,16 +456,24 @@ class Flow:
         """Whether a separate ACK is worth a frame (docs/protocol.md, "Flow control")."""
         record = self.record
         cap = self._inbound_capacity
-        if record.next_rx_seq - self.ack_sent >= max(1, cap // 4):
+        if record.ack_position - self.ack_sent >= max(1, cap // 4):
             return True
         if self.unacked_since is not None and now >= self.unacked_since + ACK_DELAY:
             return True
-        return record.rx_consumed + cap - self.adv_window >= max(1, cap // 2)
+        return record.credit_base + cap - self.adv_window >= max(1, cap // 2)
+
+    def stable_advanced(self, now: float) -> bool:
+        """Durable store: ``rx_stable`` grew.  Returns whether an ACK is due now;
+        otherwise the delayed ack carries it within 20 ms."""
+        if self.unacked_since is None and self.record.ack_position > self.ack_sent:
+            self.unacked_since = now
+        return self.ack_due(now)
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def accept_data(self, seq: int, flags: int, body: memoryview) -> MessagesReceived:
-        """Decode an opened DATA frame: credit, sizes, then deliver."""
+    def accept_data(self, seq: int, flags: int, body: memoryview) -> MessagesReceived | None:
+        """Decode an opened DATA frame: credit, sizes, then deliver (None when every
+        message in it is a retransmitted copy of one already held)."""
         data = decode_body(FrameType.DATA, body, Data)
         n = len(data.msgs)
         if n == 0:
@@ -473,12 +487,21 @@ class Flow:
         for m in data.msgs:
             if len(m) > limit:
                 raise FrameError(f"message of {len(m)} bytes exceeds max_message_size", remote=True)
-        self.record.next_rx_seq = seq + n
+        record = self.record
+        record.next_rx_seq = seq + n
         if self.unacked_since is None:
             self.unacked_since = self._clock()
         self.peer_grant(data.ack, data.window)
+        msgs = data.msgs
+        held = record.rx_dedup - seq
+        if held > 0:  # after a resume that offered less than we held (Record.resume_at)
+            if held >= n:
+                return None
+            seq += held
+            msgs = msgs[held:]
+            n -= held
         self.stats.messages_received += n
-        return MessagesReceived(seq, data.msgs, flags == FLAG_SYSTEM)
+        return MessagesReceived(seq, msgs, flags == FLAG_SYSTEM)
 
     def accept_ack(self, body: memoryview) -> None:
         ack = decode_body(FrameType.ACK, body, Ack)

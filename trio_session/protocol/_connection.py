@@ -224,6 +224,8 @@ class Connection(abc.ABC):
         frame_type, flags, seq, body = channel.open(frame)
         if frame_type is FrameType.DATA:
             event = flow.accept_data(seq, flags, body)
+            if event is None:
+                return []
             self._rekey.count_messages(len(event.payloads))
             return [event]
         if frame_type is FrameType.ACK:
@@ -274,6 +276,9 @@ class Connection(abc.ABC):
             self._liveness.adopt_venue_timing(*result.heartbeat_ms)
         # Validates the peer's resume position before the record changes.
         retransmit = flow.resume_from(result.peer_next_rx, result.peer_window)
+        if result.rx_resume is not None:  # the peer retransmits from what we offered
+            record.resume_at(result.rx_resume)
+            flow.ack_sent = record.ack_position
         self.state = _OPEN
         self._handshake.commit(result, chains.resume, channel, flow)
         if result.reply:
@@ -334,6 +339,30 @@ class Connection(abc.ABC):
         self.session.consume(n)
         flow = self._flow
         return self.state is _OPEN and flow is not None and flow.ack_due(self._clock())
+
+    def ack_soon(self) -> bool:
+        """Start the delayed-ack clock if it is not running (a durable store has a
+        commit to acknowledge once stored).  Returns True when it was started."""
+        flow = self._flow
+        if self.state is not _OPEN or flow is None or flow.unacked_since is not None:
+            return False
+        flow.unacked_since = self._clock()
+        return True
+
+    def messages_committed(self, stable: int) -> bool:
+        """Durable store: the application's messages below ``stable`` are committed and
+        recorded, so they may now be acknowledged (``SessionRecord.rx_stable``).
+
+        Returns True when an ACK frame became due (wake the writer); otherwise the
+        delayed ack sends it (see :meth:`heartbeat_deadline`).
+        """
+        record = self.session
+        if record is None:
+            return False
+        if record.rx_stable is None or stable > record.rx_stable:
+            record.rx_stable = stable
+        flow = self._flow
+        return self.state is _OPEN and flow is not None and flow.stable_advanced(self._clock())
 
     def close(
         self,

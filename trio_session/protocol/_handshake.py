@@ -117,6 +117,8 @@ class HandshakeResult:
     reply: bytes = b""
     #: Participant: the heartbeat timing the venue dictated (ms, ms).
     heartbeat_ms: tuple[int, int] | None = None
+    #: A resume: the data seq we told the peer to retransmit from (our ack position).
+    rx_resume: int | None = None
 
     def __repr__(self) -> str:
         return f"<HandshakeResult {self.record!r} resumed={self.resumed}>"
@@ -201,7 +203,15 @@ class ClientHandshake(Handshake):
     """
 
     accepts_reject = True
-    __slots__ = ("_e_pk", "_e_sk", "_offered_gens", "_resume", "_venue_pk", "hello_frame")
+    __slots__ = (
+        "_e_pk",
+        "_e_sk",
+        "_offered_gens",
+        "_resume",
+        "_rx_resume",
+        "_venue_pk",
+        "hello_frame",
+    )
 
     def __init__(
         self,
@@ -223,9 +233,13 @@ class ClientHandshake(Handshake):
         resume_req = None
         window = config.inbound_capacity
         gens: list[int] = []
+        self._rx_resume = 0
         if self._resume is not None:
-            resume_req = ResumeRequest(self._resume.session_id, self._resume.next_rx_seq)
-            window = self._resume.rx_consumed + config.inbound_capacity
+            # Our ack position, not what we received: with a durable store only
+            # committed messages may be forgotten by the venue.
+            self._rx_resume = self._resume.ack_position
+            resume_req = ResumeRequest(self._resume.session_id, self._rx_resume)
+            window = self._resume.credit_base + config.inbound_capacity
             gens = sorted(self._resume.resume_secrets)[-MAX_BINDERS:]
         hello = ClientHello(
             ver=[PROTOCOL_VERSION],
@@ -302,6 +316,7 @@ class ClientHandshake(Handshake):
             replay_until=m2.next_tx_seq,
             reply=m3,
             heartbeat_ms=(m2.heartbeat_ms, m2.heartbeat_timeout_ms),
+            rx_resume=self._rx_resume if m2.resumed else None,
         )
 
     def _session_for(self, m2: ServerHello) -> tuple[SessionRecord, bytes | None, int]:
@@ -358,6 +373,7 @@ class VenueHandshake(Handshake):
         "_resume_gen",
         "_resume_k",
         "_rng",
+        "_rx_resume",
         "_session_id",
         "_th2s",
         "_wall_ms",
@@ -388,6 +404,7 @@ class VenueHandshake(Handshake):
         self._th2s = b""
         self._fin_v = b""
         self._session_id = b""
+        self._rx_resume = 0
 
     def receive(self, frame: bytes) -> HandshakeResult | Event:
         frame_type, flags, _epoch, _seq = parse_header(frame)
@@ -456,7 +473,8 @@ class VenueHandshake(Handshake):
             self._pending = session
             self.resumed = True
             self._session_id = session.session_id
-            next_rx, window = session.next_rx_seq, session.rx_consumed + cfg.inbound_capacity
+            next_rx, window = session.ack_position, session.credit_base + cfg.inbound_capacity
+            self._rx_resume = next_rx
         else:
             self._session_id = self._rng(16)
             next_rx, window = 0, cfg.inbound_capacity
@@ -562,6 +580,7 @@ class VenueHandshake(Handshake):
             peer_next_rx=peer_next,
             peer_window=window,
             new_gen=0 if self._resume_gen is None else self._resume_gen + 1,
+            rx_resume=self._rx_resume if self.resumed else None,
         )
 
     def commit(
