@@ -419,3 +419,30 @@ async def many(params: dict[str, Any]) -> None:
         )
         stop.set()
         nursery.cancel_scope.cancel()
+
+
+async def restart_participant(params: dict[str, Any]) -> None:
+    """For ``restart_recovery``: a participant (optionally on a store) that reports
+    when it is LIVE with the replay done, after its start and after each venue
+    restart the orchestrator announces with ``watch``.
+
+    Prints ``LIVE {"t": <time.monotonic()>}`` (the clock is system-wide, so the
+    orchestrator subtracts its own kill time), ``WATCHING`` when armed.
+    """
+    async with _connect(params) as session, trio.open_nursery() as nursery:
+        await session.wait_state(ts.State.LIVE)
+        emit("LIVE", {"t": time.monotonic(), "restored": session.stats.resumes > 0})
+        if params.get("flow") and session.stats.resumes == 0:
+            await session.send(f"flow {params['flow']} 0".encode())
+        nursery.start_soon(_Stream(session).run)
+        while (await read_line()).strip() == "watch":
+            before = session.stats.connections
+            emit("WATCHING")
+            await session.wait_state(ts.State.STALE, ts.State.RESUMING)
+            while True:
+                await session.wait_state(ts.State.LIVE)
+                if session.stats.connections > before:
+                    break
+                await session.wait_state(ts.State.STALE, ts.State.RESUMING)
+            emit("LIVE", {"t": time.monotonic(), "resumes": session.stats.resumes})
+        nursery.cancel_scope.cancel()

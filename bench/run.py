@@ -40,6 +40,7 @@ from _common import (
     raise_nofile,
     ts,
 )
+from durable import durable_rtt, durable_throughput, restart_recovery
 
 WORKER = BENCH_DIR / "worker.py"
 
@@ -74,6 +75,8 @@ class Sizes:
     many_ramp_timeout: float
     rekey_seconds: float
     rekey_rate: float
+    #: restart_recovery: kills per run (of each kind).
+    restart_kills: int
 
 
 QUICK = Sizes(
@@ -91,6 +94,7 @@ QUICK = Sizes(
     many_ramp_timeout=30.0,
     rekey_seconds=3.0,
     rekey_rate=20_000,
+    restart_kills=5,
 )
 FULL = Sizes(
     throughput_n=200_000,
@@ -107,9 +111,26 @@ FULL = Sizes(
     many_ramp_timeout=120.0,
     rekey_seconds=5.0,
     rekey_rate=20_000,
+    restart_kills=10,
 )
 
-SCENARIOS = ("throughput", "rtt", "establish", "recovery", "rekey", "many")
+SCENARIOS = (
+    "throughput",
+    "rtt",
+    "establish",
+    "recovery",
+    "rekey",
+    "many",
+    "durable_throughput",
+    "durable_rtt",
+    "restart_recovery",
+)
+#: Scenarios that are functions of ``durable.py`` rather than Bench methods.
+DURABLE = {
+    "durable_throughput": durable_throughput,
+    "durable_rtt": durable_rtt,
+    "restart_recovery": restart_recovery,
+}
 
 
 def log(msg: str) -> None:
@@ -251,9 +272,14 @@ class Bench:
 
     @contextmanager
     def server(
-        self, stack: str, config: dict[str, Any] | None = None, tag: str = ""
+        self,
+        stack: str,
+        config: dict[str, Any] | None = None,
+        tag: str = "",
+        extra: dict[str, Any] | None = None,
     ) -> Iterator[Proc]:
-        proc = Proc(f"{stack}-server", {"config": config or {}}, self.profile, tag)
+        params = {"config": config or {}, **(extra or {})}
+        proc = Proc(f"{stack}-server", params, self.profile, tag)
         try:
             proc.port = proc.expect("PORT", 30)
             yield proc
@@ -723,6 +749,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         if name == "many":
             steps.extend((name, partial(bench.many, n)) for n in sizes.many_n)
+        elif name in DURABLE:
+            steps.append((name, partial(DURABLE[name], bench)))
         else:
             steps.append((name, getattr(bench, name)))
     start = time.monotonic()

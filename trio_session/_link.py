@@ -304,14 +304,16 @@ class Link:
         while True:
             out.wake_pending = False
             self._pull_rotation_deadline()
-            if persist.commits_owed() and (persist.commits_due() or conn.has_pending_control()):
-                await persist.runtime.sync()  # so that what goes out acknowledges them
+            if persist.commits_owed() and (
+                persist.commits_due() or (not out.has_data() and conn.has_pending_control())
+            ):
+                await persist.runtime.sync()  # so that the ACK going out acknowledges them
             frames = conn.data_to_send()
             is_open = conn.state is ConnectionState.OPEN
             if is_open:
                 self._gather_data(frames)
             if frames and persist.write_ahead_owed():
-                await persist.runtime.sync()
+                await persist.runtime.sync(writer=True)
             for frame in frames:
                 await send(frame)
             if not is_open:

@@ -70,8 +70,11 @@ class StoreRuntime:
         #: The batch collecting changes now, and the last one durable.
         self._gen = 1
         self._durable = 0
+        #: A leader gathers changes; a writer may take over a sender's batch.
         self._leading = False
-        self._flushed = trio.Event()
+        self._stealable = False
+        self._writing = False
+        self._progress = trio.Event()
         self._alive_at: float | None = None
         #: Set when a write failed: nothing durable can be promised any more.
         self.error: StoreError | None = None
@@ -106,8 +109,12 @@ class StoreRuntime:
     def pending(self) -> bool:
         return bool(self._dirty) or self._alive_at is not None
 
-    async def sync(self) -> None:
+    async def sync(self, *, writer: bool = False) -> None:
         """Return once every change marked before the call is durable.
+
+        ``writer=True``: the caller holds frames that wait for this batch.  If a
+        ``send()`` leads the batch and is still gathering, the writer writes it
+        at once and goes on to the wire without another scheduling round.
 
         Raises the store's :class:`~trio_session.StoreError` if a write failed.
         """
@@ -115,32 +122,56 @@ class StoreRuntime:
         while self._durable < target:
             if self.error is not None:
                 raise self.error
-            if self._leading:
-                await self._flushed.wait()
+            if not self._leading:
+                await self._lead(writer)
+            elif writer and self._stealable and not self._writing:
+                self._stealable = False
+                await self._write_batch()
             else:
-                await self._lead()
+                await self._progress.wait()
         if self.error is not None:
             raise self.error
 
-    async def _lead(self) -> None:
+    async def _lead(self, writer: bool) -> None:
+        # A batch, once collected, is written whatever happens to the task that
+        # leads it (its followers depend on it): the gathering checkpoints are
+        # shielded and a store's write never raises Cancelled (its contract).
         self._leading = True
+        gen = self._gen
         try:
-            # Shielded: a batch, once started, is written whatever happens to
-            # the task that leads it (its followers depend on it).
-            with trio.CancelScope(shield=True):
+            self._stealable = not writer
+            try:
                 await trio.lowlevel.cancel_shielded_checkpoint()  # the tasks of this round
                 for _ in range(GATHER_ROUNDS - 1):
                     # A woken writer will seal frames that this batch should carry.
-                    if not any(p.core.outbound.wake_pending for p in self._dirty):
+                    if self._gen != gen or not any(
+                        p.core.outbound.wake_pending for p in self._dirty
+                    ):
                         break
                     await trio.lowlevel.cancel_shielded_checkpoint()
+            finally:
+                self._stealable = False
+            while self._writing:
+                await self._progress.wait()
+            if self._gen == gen:  # not taken over by a writer meanwhile
                 await self._write_batch()
         finally:
             self._leading = False
-            done, self._flushed = self._flushed, trio.Event()
-            done.set()
+            self._signal()
+
+    def _signal(self) -> None:
+        done, self._progress = self._progress, trio.Event()
+        done.set()
 
     async def _write_batch(self) -> None:
+        self._writing = True
+        try:
+            await self._write_batch_now()
+        finally:
+            self._writing = False
+            self._signal()
+
+    async def _write_batch_now(self) -> None:
         gen = self._gen
         self._gen += 1
         dirty, self._dirty = self._dirty, []
@@ -359,6 +390,9 @@ class SessionPersistence:
             frames.append(entry)
         frames.reverse()
         journal, self._journal = self._journal, []
+        done = self._j_base + self.core.outbound.lossless_taken
+        if journal and journal[-1][0] + len(journal[-1][1]) <= done:
+            journal = []  # all sealed into frames already: the frames carry them
         inbound = self.core.inbound
         if inbound.consume_target is record:
             # Anything the application may be handed before the next write.
@@ -370,7 +404,7 @@ class SessionPersistence:
             detached_at=self.detached_at,
             updated_at=now,
             rx_committed=self.committed,
-            journal_done=self._j_base + self.core.outbound.lossless_taken,
+            journal_done=done,
             redeliver_before=self._bound_target,
         )
         # Trims are lazy (a stale frame is only retransmitted, and dropped by

@@ -137,42 +137,54 @@ class Session:
                 f"{self.config.max_message_size}"
             )
 
-    async def send(self, message: Any, *, fail_fast: bool = False) -> None:
+    async def send(self, message: Any, *, fail_fast: bool = False, commit: bool = False) -> None:
         """Send one message losslessly (``block`` policy).
 
         Waits while the outbound queue is full; during an outage the message
         waits and is delivered after the session resumes.  With
         ``fail_fast=True`` it raises :class:`~trio_session.ConnectionLost`
         instead of queueing while the session is not LIVE.
+
+        With a durable store it returns once the message is stored: a crash of
+        either side cannot lose it.  ``commit=True`` also commits every message
+        :meth:`receive` returned so far, in the same write: after a crash either
+        both happened or neither (an answer is never sent twice, nor its
+        request forgotten).  Without a durable store ``commit`` changes nothing.
         """
         payload = self._codec.encode(message)
         self._check_can_send(payload)
-        await self._enqueue(payload, 1, fail_fast)
+        await self._enqueue(payload, 1, fail_fast, commit)
 
-    async def send_many(self, messages: Sequence[Any], *, fail_fast: bool = False) -> None:
+    async def send_many(
+        self, messages: Sequence[Any], *, fail_fast: bool = False, commit: bool = False
+    ) -> None:
         """Send several messages losslessly as one queue item (cheaper per message)."""
         payloads = [self._codec.encode(m) for m in messages]
         if not payloads:
             return
         for p in payloads:
             self._check_can_send(p)
-        await self._enqueue(payloads, len(payloads), fail_fast)
+        await self._enqueue(payloads, len(payloads), fail_fast, commit)
 
-    async def _enqueue(self, item: bytes | list[bytes], count: int, fail_fast: bool) -> None:
+    async def _enqueue(
+        self, item: bytes | list[bytes], count: int, fail_fast: bool, commit: bool
+    ) -> None:
         """The lossless path shared by send() and send_many()."""
         if fail_fast and self._core.states.state is not State.LIVE:
             state = self._core.states.state.value
             raise ConnectionLost(f"session is {state}, not sending (fail_fast)")
+        persist = self._core.persist
+        if persist is not None:  # durable store: stored before we return
+            if commit:
+                persist.commit(self._in.rx_seq, self._in.consume_target)
+            try:
+                await persist.enqueue(item, count)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise self._final_error()  # noqa: B904 - keeps the error's own cause
+            return
         # What MemorySendChannel.send does, with the writer woken *before* we
         # yield: it then runs in the same scheduler batch as our caller instead
         # of the next one (one pass less per message on the latency path).
-        persist = self._core.persist
-        try:
-            if persist is not None:  # durable store: stored before we return
-                await persist.enqueue(item, count)
-                return
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise self._final_error()  # noqa: B904 - keeps the error's own cause
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             if self._out.put_nowait(item, count):

@@ -33,8 +33,8 @@ class StoreStatistics:
     #: Frames and journal entries written.
     frames: int
     journal_entries: int
-    #: Payload bytes written (frames and journal).
-    payload_bytes: int
+    #: Bytes written (as the store encodes them).
+    bytes_written: int
     #: Seconds spent in writes, in total and the longest one.
     write_seconds: float
     max_write_seconds: float
@@ -59,7 +59,7 @@ class SessionStore(abc.ABC):
         self._session_writes = 0
         self._frames = 0
         self._journal = 0
-        self._payload = 0
+        self._bytes = 0
         self._write_seconds = 0.0
         self._max_write = 0.0
 
@@ -111,7 +111,10 @@ class SessionStore(abc.ABC):
         one transaction) and record ``alive_at`` as the liveness stamp.
 
         Durable, by the store's sync policy, when it returns.  Raises
-        :class:`~trio_session.StoreError` when the write failed.
+        :class:`~trio_session.StoreError` when the write failed.  Never raises
+        ``Cancelled``: a write the runtime started must complete (a store that
+        waits, e.g. for the network, shields that wait), because the batch's
+        sessions were promised it.
         """
 
     @abc.abstractmethod
@@ -124,22 +127,19 @@ class SessionStore(abc.ABC):
             session_writes=self._session_writes,
             frames=self._frames,
             journal_entries=self._journal,
-            payload_bytes=self._payload,
+            bytes_written=self._bytes,
             write_seconds=self._write_seconds,
             max_write_seconds=self._max_write,
         )
 
-    def _count(self, writes: Sequence[SessionWrite], seconds: float) -> None:
+    def _count(self, writes: Sequence[SessionWrite], nbytes: int, seconds: float) -> None:
         """Book one write batch in the statistics."""
         self._commits += 1
         self._session_writes += len(writes)
         for w in writes:
             self._frames += len(w.frames)
             self._journal += len(w.journal)
-            for _, msgs, _ in w.frames:
-                self._payload += sum(map(len, msgs))
-            for _, msgs in w.journal:
-                self._payload += sum(map(len, msgs))
+        self._bytes += nbytes
         self._write_seconds += seconds
         if seconds > self._max_write:
             self._max_write = seconds

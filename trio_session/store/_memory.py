@@ -75,8 +75,8 @@ class MemoryStore(SessionStore):
             self._image.apply(w)
         if alive_at is not None:
             self._image.alive_at = alive_at
-        self._count(writes, time.perf_counter() - start)
-        await trio.lowlevel.checkpoint()
+        nbytes = sum(len(m) for w in writes for _, msgs, _ in w.frames for m in msgs)
+        self._count(writes, nbytes, time.perf_counter() - start)
 
     async def purge(self, keys: Sequence[str] | None = None) -> int:
         self._check_open()

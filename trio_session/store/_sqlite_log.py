@@ -39,7 +39,6 @@ from ._types import (
     ReplayEntry,
     SessionWrite,
     StoredState,
-    decode_state,
     encode_messages,
     encode_state,
 )
@@ -68,18 +67,9 @@ _LOG_NAME: Final = re.compile(r"-log-(\d{6,})$")
 _encode: Final = msgspec.msgpack.Encoder().encode
 
 
-class _LogWrite(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
-    key: str
-    state: bytes | None
-    frames: list[tuple[int, list[bytes], int]]
-    trim_below: int
-    journal: list[tuple[int, list[bytes]]]
-    replace: bool
-
-
 class _LogRow(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
     alive_at: float | None
-    writes: list[_LogWrite]
+    writes: list[SessionWrite]
 
 
 _decoder: Final = msgspec.msgpack.Decoder(_LogRow)
@@ -87,22 +77,7 @@ _decoder: Final = msgspec.msgpack.Decoder(_LogRow)
 
 def encode_log(writes: Sequence[SessionWrite], alive_at: float | None) -> bytes:
     """One record: its header and the encoded batch."""
-    data = _encode(
-        _LogRow(
-            alive_at,
-            [
-                _LogWrite(
-                    w.key,
-                    None if w.state is None else encode_state(w.state),
-                    list(w.frames),
-                    w.trim_below,
-                    list(w.journal),
-                    w.replace,
-                )
-                for w in writes
-            ],
-        )
-    )
+    data = _encode(_LogRow(alive_at, list(writes)))
     return _RECORD.pack(len(data), zlib.crc32(data)) + data
 
 
@@ -112,18 +87,7 @@ def decode_log(data: bytes) -> tuple[float | None, list[SessionWrite]]:
         row = _decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise ValueError(f"invalid log record: {exc}") from None
-    writes = [
-        SessionWrite(
-            w.key,
-            None if w.state is None else decode_state(w.state),
-            [(first, msgs, flags) for first, msgs, flags in w.frames],
-            w.trim_below,
-            [(j, msgs) for j, msgs in w.journal],
-            w.replace,
-        )
-        for w in row.writes
-    ]
-    return row.alive_at, writes
+    return row.alive_at, row.writes
 
 
 def log_name(path: str, number: int) -> str:

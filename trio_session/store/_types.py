@@ -23,7 +23,6 @@ and with it its journal).
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
 from typing import Final
 
 import attrs
@@ -153,8 +152,7 @@ class StoredState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         )
 
 
-@attrs.frozen(repr=False)
-class SessionWrite:
+class SessionWrite(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
     """One session's changes in a :meth:`SessionStore.write` batch, applied atomically.
 
     ``state`` replaces the stored state (None deletes the session with its frames
@@ -163,13 +161,15 @@ class SessionWrite:
     may keep them, the runtime trims on load).  ``journal`` entries are new; the
     ones wholly below ``state.journal_done`` are sealed and need not be kept.
     ``replace`` starts a new logical session under the key: older frames go.
+
+    A msgspec Struct: a store may encode a whole batch as it is.
     """
 
     key: str
     state: StoredState | None
-    frames: Sequence[ReplayEntry] = ()
+    frames: list[ReplayEntry] = []
     trim_below: int = 0
-    journal: Sequence[JournalEntry] = ()
+    journal: list[JournalEntry] = []
     replace: bool = False
 
     def __repr__(self) -> str:
