@@ -51,11 +51,15 @@ class Cli:
     """One running ``python -m trio_session …`` with its stdout and stderr collected."""
 
     def __init__(
-        self, *args: str, cwd: Path | None = None, python_args: Sequence[str] = ()
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        python_args: Sequence[str] = (),
+        module: str = "trio_session",
     ) -> None:
         self.args = args
         self.proc = subprocess.Popen(
-            [sys.executable, *python_args, "-m", "trio_session", *args],
+            [sys.executable, *python_args, "-m", module, *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -68,6 +68,7 @@ class Session:
         self._out = core.outbound
         self._in = core.inbound
         self._last_seq = -1
+        self._send_count = 0
         #: With a durable store: each :meth:`receive` first commits the messages
         #: returned before it.  Set False to commit only with :meth:`commit`.
         self.auto_commit = True
@@ -188,9 +189,11 @@ class Session:
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             if self._out.put_nowait(item, count):
+                self._send_count += count
                 await trio.lowlevel.cancel_shielded_checkpoint()
             else:  # full: wait like MemorySendChannel.send
                 await self._out.put(item, count)
+                self._send_count += count
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise self._final_error()  # noqa: B904 - keeps the error's own cause
 
@@ -341,6 +344,18 @@ class Session:
         store, and the application had not committed it.  Always False without
         a durable store."""
         return 0 <= self._last_seq < self._in.redeliver_before
+
+    @property
+    def send_count(self) -> int:
+        """How many messages :meth:`send` / :meth:`send_many` have accepted on this
+        session (a ``send`` cancelled while it waited for room is not counted).
+
+        With a durable store it counts across restarts: after a crash, a send
+        that was in progress made it into the session exactly when this count
+        includes it, so an application that numbers its messages in send order
+        knows where to continue."""
+        persist = self._core.persist
+        return self._send_count if persist is None else persist.next_j
 
     @property
     def restored(self) -> bool:
