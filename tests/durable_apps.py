@@ -103,7 +103,7 @@ def install_crash(plan: dict[str, Any] | None, log: Log, venue: bool) -> None:
 
         setattr(cls, name, patched)
     elif kind == "resume":
-        cls_h = _handshake.VenueHandshake if venue else _handshake.ClientHandshake
+        cls_h: Any = _handshake.VenueHandshake if venue else _handshake.ClientHandshake
         original_commit = cls_h.commit
 
         def commit(self: Any, result: Any, *args: Any) -> None:
@@ -111,7 +111,7 @@ def install_crash(plan: dict[str, Any] | None, log: Log, venue: bool) -> None:
             if result.resumed:
                 _die(log, "resume")
 
-        cls_h.commit = commit  # type: ignore[method-assign]
+        cls_h.commit = commit
 
 
 def _crash_on_write(log: Log, hit: Callable[[], bool], before: bool) -> None:
@@ -202,6 +202,7 @@ async def participant(params: dict[str, Any]) -> None:
         store=ts.SqliteStore(params["store"]) if params.get("store") else None,
     ) as session:
         log.write(f"C {session.session_id} {session.send_count} {int(session.restored)}")
+        print("CONNECTED", flush=True)
         all_in = trio.Event()
 
         async def reports() -> None:

@@ -22,7 +22,9 @@ from .durable_apps import AGGRESSIVE
 __all__ = ["Seen", "read_log", "start_participant", "start_venue", "wait_killed"]
 
 
-def start_venue(k: Keys, tmp: Path, *, port: int = 0, crash: dict[str, Any] | None = None) -> tuple[Cli, int]:
+def start_venue(
+    k: Keys, tmp: Path, *, port: int = 0, crash: dict[str, Any] | None = None
+) -> tuple[Cli, int]:
     """A venue app on ``tmp/venue.db``; returns it and its port once it listens."""
     params = {
         "identity": str(k.venue),
@@ -87,7 +89,9 @@ class Seen:
         for number, seq, redelivered in self.messages:
             if number in first:
                 assert redelivered, f"message {number} seen again without the redelivery flag"
-                assert seq == first[number], f"message {number} seen under seqs {first[number]}, {seq}"
+                assert seq == first[number], (
+                    f"message {number} seen under seqs {first[number]}, {seq}"
+                )
             else:
                 first[number] = seq
         missing = set(range(n)) - set(first)

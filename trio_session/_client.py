@@ -281,7 +281,7 @@ class Supervisor:
     ) -> SessionError:
         control = self.control
         assert conn.session is not None
-        if not done.resumed and control.record is not None:
+        if not done.resumed and control.record is not None and not control.restored_unused:
             logger.warning(
                 "session %s could not be resumed; new session %s (%d sent messages unconfirmed)",
                 control.session.session_id,

@@ -117,6 +117,20 @@ class SessionControl:
         core.inbound.put_reset(record)
 
     @property
+    def restored_unused(self) -> bool:
+        """The session was restored from a store and never carried a message
+        either way (e.g. the process died right after storing a new session):
+        if the venue does not know it, a new one replaces it silently, as there
+        is nothing to reconcile."""
+        record = self._core.record
+        return (
+            self._core.restored
+            and record is not None
+            and record.next_tx_seq == 0
+            and max(record.next_rx_seq, record.rx_dedup) == 0
+        )
+
+    @property
     def persist(self) -> SessionPersistence | None:
         """The session's write-ahead state with a durable store (else None)."""
         return self._core.persist
