@@ -69,10 +69,18 @@ class Context:
     #: True once the message was rejected back to the peer (by middleware, for
     #: lack of a route, or because its handler raised).
     rejected: bool = False
+    #: With a durable store: the message may have been handled before a restart
+    #: (``Session.last_redelivered``).
+    redelivered: bool = False
 
     async def reply(self, message: Any) -> None:
-        """Send ``message`` back on the same session (lossless)."""
-        await self.session.send(message)
+        """Send ``message`` back on the same session (lossless).
+
+        With a durable store the request is committed in the same write as its
+        reply (``send(commit=True)``): after a crash either the reply exists and
+        the request is not delivered again, or neither.
+        """
+        await self.session.send(message, commit=True)
 
     def reject(
         self,
@@ -219,7 +227,7 @@ class Router:
             raise error
 
     async def _dispatch(self, session: Session, plugins: list[Plugin], message: Any) -> None:
-        ctx = Context(session, session.last_seq)
+        ctx = Context(session, session.last_seq, redelivered=session.last_redelivered)
         handler = self._routes.get(type(message), self.fallback)
 
         async def endpoint() -> None:

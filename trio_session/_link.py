@@ -181,7 +181,7 @@ class Link:
             persist = self._core.persist
             if persist is not None and persist.write_ahead_owed():
                 with trio.move_on_after(min(0.5, self._core.config.close_timeout)):
-                    await persist.runtime.sync()
+                    await persist.store_ahead()
             self.conn.close(err.code, type(err).__name__)
             with trio.move_on_after(min(0.5, self._core.config.close_timeout)):
                 for frame in self.conn.data_to_send():
@@ -313,7 +313,7 @@ class Link:
             if is_open:
                 self._gather_data(frames)
             if frames and persist.write_ahead_owed():
-                await persist.runtime.sync(writer=True)
+                await persist.store_ahead()
             for frame in frames:
                 await send(frame)
             if not is_open:

@@ -342,6 +342,12 @@ class SessionPersistence:
 
     # -- waiting -----------------------------------------------------------------------
 
+    async def store_ahead(self) -> None:
+        """The writer holds frames that need what :meth:`write_ahead_owed` found:
+        have it stored (in the batch being gathered, or a new one) first."""
+        self.runtime.mark(self)
+        await self.runtime.sync(writer=True)
+
     async def enqueue(self, item: bytes | list[bytes], count: int) -> None:
         """Queue a lossless item and return once it is stored (``send()``).
 

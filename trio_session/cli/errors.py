@@ -178,6 +178,8 @@ def describe(exc: BaseException) -> str:
 def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, CliError):
         return exc.exit_code
+    if isinstance(exc, ts.StoreError):  # a store file that cannot be used: a bad file
+        return EXIT_USAGE
     if isinstance(exc, ts.SessionError):
         return EXIT_FAILED
     if isinstance(exc, (ValueError, OSError)):

@@ -26,12 +26,14 @@ from .args import (
     TIMER_FIELDS,
     Parser,
     Subparsers,
+    add_store_options,
     add_timer_options,
     config_from,
     load_identity,
     load_registry,
     port,
     server_tls,
+    store_from,
 )
 from .errors import EXIT_OK, EXIT_UNAVAILABLE, CliError, leaves, os_reason
 from .live import open_view
@@ -97,6 +99,7 @@ def add_parser(sub: Subparsers, common: Parser) -> None:
         help="serve Prometheus metrics on --host:N (0: any free port; needs the metrics extra)",
     )
     add_timer_options(p, TIMER_FIELDS)
+    add_store_options(p, "the venue's sessions")
     add_output_options(
         p, json_help="print the listening address as one JSON line on stdout (progress on stderr)"
     )
@@ -108,11 +111,12 @@ def run(args: argparse.Namespace) -> int:
     registry = load_registry(args.registry)
     ssl_context = server_tls(args.tls_cert, args.tls_key)
     config = config_from(args)
+    store = store_from(args)
     if args.metrics_port is not None:
         require_prometheus()
     live = wants_live(args)
     start_logging(args, live=live)
-    venue = _Venue(args, identity, registry, config, ssl_context, live)
+    venue = _Venue(args, identity, registry, config, ssl_context, live, store)
     runtime.run(venue.run)  # until a signal: Stopped is reported by main()
     return EXIT_OK
 
@@ -127,6 +131,7 @@ class _Venue:
     config: ts.SessionConfig
     ssl_context: ssl.SSLContext | None
     live: bool
+    store: ts.SqliteStore | None
 
     async def run(self) -> None:
         args = self.args
@@ -178,6 +183,7 @@ class _Venue:
                     ssl_context=self.ssl_context,
                     on_logout=monitor.on_logout,
                     on_session_lost=monitor.on_session_lost,
+                    store=self.store,
                 )
             )
         except (OSError, BaseExceptionGroup) as exc:
