@@ -82,10 +82,18 @@ def _options() -> dict[str, set[str]]:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     found: dict[str, set[str]] = {}
     for name, command in sub.choices.items():
-        found[name] = {
-            o for a in command._actions for o in a.option_strings if o.startswith("--")
-        } - {"--help"}
+        found[name] = _long_options(command) - {"--help"}
     return found
+
+
+def _long_options(parser: argparse.ArgumentParser) -> set[str]:
+    """A parser's long options, and those of its actions' parsers (``store inspect``)."""
+    options = {o for a in parser._actions for o in a.option_strings if o.startswith("--")}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for nested in action.choices.values():
+                options |= _long_options(nested)
+    return options
 
 
 def test_every_option_is_on_the_cli_page_and_every_documented_option_exists() -> None:
@@ -93,7 +101,7 @@ def test_every_option_is_on_the_cli_page_and_every_documented_option_exists() ->
     every = set().union(*options.values())
     documented = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", CLI))
     assert documented - {"--help"} <= every, documented - every
-    for command in ("demo", "keygen", "serve", "connect"):
+    for command in ("demo", "keygen", "serve", "connect", "store"):
         assert options[command] <= documented, (command, options[command] - documented)
 
 

@@ -346,6 +346,7 @@ def _every_session_error() -> Iterator[ts.SessionError]:
     yield ts.SessionExpired("participant did not resume within 60s")
     yield ts.MessageRejected("rejected", ref_seq=3, reason_code=ts.RejectCode.REJECTED)
     yield ts.InvalidMessage("bad message", seq=4)
+    yield ts.StoreError("store venue.db is in use by another process (pid 7)", path="venue.db")
 
 
 def _subclasses(cls: type) -> set[type]:
@@ -365,7 +366,9 @@ def test_every_session_error_is_one_clean_line() -> None:
         wrapped = BaseExceptionGroup("nursery", [exc, trio.Cancelled._create()])
         for raised in (exc, wrapped):
             lines, code = errors.report(raised)
-            assert code == errors.EXIT_FAILED, exc
+            # A store file that cannot be used is a bad file (2), like a bad key file.
+            expected = errors.EXIT_USAGE if isinstance(exc, ts.StoreError) else errors.EXIT_FAILED
+            assert code == expected, exc
             assert len(lines) == 1 and "\n" not in lines[0], lines
             assert_clean(lines[0])
             assert type(exc).__name__ in lines[0]

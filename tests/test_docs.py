@@ -37,6 +37,7 @@ PAGES: dict[str, bool] = {
     "howto/plugins.md": True,
     "howto/backpressure.md": True,
     "howto/tls.md": False,
+    "howto/durable.md": True,
 }
 #: Pages whose python blocks are pytest tests.
 PYTEST_PAGES = ("howto/testing.md",)
@@ -201,6 +202,12 @@ def test_backpressure(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Mo
 def test_tls(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     refused = run_page("howto/tls.md", capsys, monkeypatch)
     assert refused == "ConnectionLost"
+
+
+def test_durable(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = run_page("howto/durable.md", capsys, monkeypatch)
+    assert seen["same_session"] is True  # a venue restart on its store: no SessionReset
+    assert seen["sent"] == 2
 
 
 def test_testing_page_tests_pass_under_pytest_trio(tmp_path: Path) -> None:

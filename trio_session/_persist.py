@@ -375,9 +375,18 @@ class SessionPersistence:
             self.runtime.mark(self)
             await self.runtime.sync()
 
+    def settle_bound(self) -> None:
+        """An orderly stop: nothing more will be handed to the application, so the
+        bound can be exact (no false redelivery flags after the restart)."""
+        inbound = self.core.inbound
+        if inbound.consume_target is self.record:
+            self._bound_target = max(self.committed, inbound.rx_seq)
+            self.bound_step = 0
+            self.runtime.mark(self)
+
     def bound_hit(self) -> None:
         """The application reached the recorded bound: record it further ahead."""
-        self.bound_step = min(self._max_step, self.bound_step * 2)
+        self.bound_step = min(self._max_step, max(1, self.bound_step * 2))
         self.runtime.mark(self)
 
     # -- the batch ---------------------------------------------------------------------
@@ -400,7 +409,7 @@ class SessionPersistence:
         if journal and journal[-1][0] + len(journal[-1][1]) <= done:
             journal = []  # all sealed into frames already: the frames carry them
         inbound = self.core.inbound
-        if inbound.consume_target is record:
+        if inbound.consume_target is record and self.bound_step:
             # Anything the application may be handed before the next write.
             self._bound_target = max(self._bound_target, inbound.rx_seq + self.bound_step)
         state = StoredState.of(

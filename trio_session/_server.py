@@ -231,7 +231,7 @@ class VenueRunner:
                 yield vstore
             finally:
                 self._store = None
-                await vstore.final_stamp()
+                await vstore.final_stamp(list(self.sessions.values()))
                 runtime.release("venue")
 
     async def _restore(self, vstore: VenueStore) -> None:

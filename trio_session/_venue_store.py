@@ -18,7 +18,7 @@ What a venue started again on its store does (docs/howto/durable.md):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import trio
 
@@ -132,10 +132,14 @@ class VenueStore:
             await self._sync()
             await trio.sleep(interval)
 
-    async def final_stamp(self) -> None:
-        """On an orderly stop: the last stamp, so restored sessions count from now."""
+    async def final_stamp(self, sessions: Iterable[SessionControl]) -> None:
+        """On an orderly stop: the last stamp, so restored sessions count from now,
+        and exact redelivery bounds (the handlers are gone: nothing more is handed out)."""
         if self.runtime.error is None:
+            for control in sessions:
+                if control.persist is not None and not control.finished:
+                    control.persist.settle_bound()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 self.runtime.stamp(self.clock())
-                await self.runtime.sync()
+                await self._sync()
         logger.debug("venue store %s: final stamp written", self.runtime.store.location)

@@ -77,8 +77,9 @@ class SqliteStore(SessionStore):
         self.synchronous = synchronous
         self.read_only = read_only
         self._lock = OwnerLock(self.path)
-        #: The store thread (owns the SQLite connection) and, for "full", the log sync thread.
-        self._thread: _Worker | None = None
+        #: The thread that folds full log files into the tables, and for "full" the
+        #: thread that waits for the disk.
+        self._compactor: _Compactor | None = None
         self._syncer: _Worker | None = None
         self._db: sqlite3.Connection | None = None
         self._log: LogFile | None = None
@@ -95,22 +96,27 @@ class SqliteStore(SessionStore):
         return self.path
 
     # -- opening and closing ------------------------------------------------------------
+    #
+    # Opening, loading, purging and closing run on the event loop: they happen at
+    # start and stop (and in `store` commands), and a blocking call there is
+    # simpler than a thread round trip (and keeps a MockClock's time still).
 
     async def _open(self) -> None:
+        await trio.lowlevel.checkpoint()
         if self.read_only:
-            await trio.lowlevel.checkpoint()
             check_path(self.path, create=False)
             self._db = connect(self.path, read_only=True, synchronous="full")
             return
-        name = os.path.basename(self.path)
-        self._thread = _Worker(f"trio-session store {name}")
+        number = self._open_sync()
         try:
-            number = await self._thread.run(self._open_sync)
             self._log = LogFile(self.path, number)
+            name = os.path.basename(self.path)
+            self._compactor = _Compactor(f"trio-session store {name}")
             if self.synchronous == "full":
                 self._syncer = _Worker(f"trio-session log sync {name}")
         except BaseException:
-            await self._stop_threads()
+            self._stop_threads()
+            self._close_db()
             raise
 
     def _open_sync(self) -> int:
@@ -148,20 +154,18 @@ class SqliteStore(SessionStore):
         return last + 1
 
     async def _close(self) -> None:
+        await trio.lowlevel.checkpoint()
         log, self._log = self._log, None
         try:
-            if self.read_only:
-                await trio.lowlevel.checkpoint()
-                self._close_db()
-            elif self._thread is not None:
-                if log is not None:
-                    log.close()
-                    changes, self._changes = self._changes, Changes()
-                    with contextlib.suppress(StoreError):  # the log stays; the next open folds it
-                        await self._thread.run(self._compact, log.number, log.path, changes)
-                await self._thread.run(self._close_db)
+            if log is not None and self._compactor is not None:
+                log.close()
+                self._compactor.drain()  # folds still running go first
+                changes, self._changes = self._changes, Changes()
+                with contextlib.suppress(StoreError):  # the log stays; the next open folds it
+                    self._compact(log.number, log.path, changes)
         finally:
-            await self._stop_threads()
+            self._stop_threads()
+            self._close_db()
 
     def _close_db(self) -> None:
         db, self._db = self._db, None
@@ -171,11 +175,11 @@ class SqliteStore(SessionStore):
         finally:
             self._lock.release()
 
-    async def _stop_threads(self) -> None:
-        for worker in (self._syncer, self._thread):
+    def _stop_threads(self) -> None:
+        for worker in (self._syncer, self._compactor):
             if worker is not None:
-                await trio.to_thread.run_sync(worker.stop)
-        self._syncer = self._thread = None
+                worker.stop()
+        self._syncer = self._compactor = None
 
     def _damaged(self, what: str) -> StoreError:
         return StoreError(
@@ -186,7 +190,9 @@ class SqliteStore(SessionStore):
 
     # -- writing -------------------------------------------------------------------------
 
-    async def write(self, writes: Sequence[SessionWrite], *, alive_at: float | None = None) -> None:
+    async def write(
+        self, writes: Sequence[SessionWrite], *, alive_at: float | None = None
+    ) -> None:
         log = self._log
         if log is None:
             raise StoreError(f"store {self.path} is not open for writing", path=self.path)
@@ -211,11 +217,11 @@ class SqliteStore(SessionStore):
 
     def _rotate(self, log: LogFile) -> None:
         """New batches go to the next log file; the store thread folds this one."""
-        assert self._thread is not None
+        assert self._compactor is not None
         self._log = LogFile(self.path, log.number + 1)
         log.close()
         changes, self._changes = self._changes, Changes()
-        self._thread.submit(self._compact_in_background, log.number, log.path, changes)
+        self._compactor.submit(self._compact_in_background, log.number, log.path, changes)
 
     def _compact_in_background(self, number: int, path: str, changes: Changes) -> None:
         try:
@@ -224,14 +230,16 @@ class SqliteStore(SessionStore):
             self._failure = exc
 
     def _compact(self, number: int, path: str, changes: Changes) -> None:
-        """Store thread: apply ``changes`` (log file ``number``) and delete the file."""
-        db = self._connection()
-        with _Transaction(db, self.path):
-            changes.apply(db, number)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        """Apply ``changes`` (log file ``number``) and delete the file."""
+        assert self._compactor is not None
+        with self._compactor.lock:
+            db = self._connection()
+            with _Transaction(db, self.path):
+                changes.apply(db, number)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -241,12 +249,14 @@ class SqliteStore(SessionStore):
     # -- reading ---------------------------------------------------------------------------
 
     async def load(self, role: Role) -> StoreContents:
-        if self._thread is None:
-            await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
+        if self._failure is not None:
+            raise self._failure
+        if self._compactor is None:
             image = self._read_image()
         else:
-            await self._flush_log()
-            image = await self._thread.run(self._read_image)
+            with self._compactor.lock:
+                image = self._read_image()
         sessions = image.sessions(role)
         for session in sessions:
             try:
@@ -255,18 +265,6 @@ class SqliteStore(SessionStore):
             except ValueError as exc:
                 raise self._damaged(f"session {session.key}: {exc}") from None
         return StoreContents(sessions, image.alive_at)
-
-    async def _flush_log(self) -> None:
-        """Fold the current log file into the tables now (before reading them)."""
-        log = self._log
-        if log is not None and log.records:
-            self._rotate(log)
-        if self._thread is not None:
-            await self._thread.run(self._raise_failure)
-
-    def _raise_failure(self) -> None:
-        if self._failure is not None:
-            raise self._failure
 
     def _read_image(self) -> Image:
         """The tables with the log files above ``log_applied`` replayed on top.
@@ -306,10 +304,17 @@ class SqliteStore(SessionStore):
         return image
 
     async def purge(self, keys: Sequence[str] | None = None) -> int:
-        if self._thread is None:
+        await trio.lowlevel.checkpoint()
+        log, compactor = self._log, self._compactor
+        if log is None or compactor is None:
             raise StoreError(f"store {self.path} was opened read-only", path=self.path)
-        await self._flush_log()
-        return await self._thread.run(self._purge_sync, keys)
+        if log.records:
+            self._rotate(log)
+        compactor.drain()
+        if self._failure is not None:
+            raise self._failure
+        with compactor.lock:
+            return self._purge_sync(keys)
 
     def _purge_sync(self, keys: Sequence[str] | None) -> int:
         db = self._connection()
@@ -401,10 +406,51 @@ class _Transaction:
             raise StoreError(f"cannot write store {self.path}: {exc}", path=self.path) from None
 
 
+class _Compactor:
+    """The store thread: folds log files into the tables, one after the other.
+
+    The SQLite connection is shared with the event loop's own (rare) uses,
+    under :attr:`lock`; :meth:`drain` waits until every submitted fold is done.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._idle = threading.Condition()
+        self._pending = 0
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                job()
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        with self._idle:
+            self._pending += 1
+        self._jobs.put(lambda: fn(*args))
+
+    def drain(self) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: self._pending == 0)
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=60)
+
+
 class _Worker:
-    """One long-lived thread running calls in order.  :meth:`run` waits for the
-    result (which comes back through the Trio token, so the event loop goes on
-    meanwhile); :meth:`submit` does not."""
+    """The log sync thread (``synchronous="full"``): :meth:`run` waits for a call's
+    result, which comes back through the Trio token, so the event loop goes on
+    while the disk syncs."""
 
     def __init__(self, name: str) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
@@ -417,9 +463,6 @@ class _Worker:
             if job is None:
                 return
             job()
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._jobs.put(lambda: fn(*args))
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         token = trio.lowlevel.current_trio_token()
