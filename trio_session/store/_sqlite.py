@@ -190,9 +190,7 @@ class SqliteStore(SessionStore):
 
     # -- writing -------------------------------------------------------------------------
 
-    async def write(
-        self, writes: Sequence[SessionWrite], *, alive_at: float | None = None
-    ) -> None:
+    async def write(self, writes: Sequence[SessionWrite], *, alive_at: float | None = None) -> None:
         log = self._log
         if log is None:
             raise StoreError(f"store {self.path} is not open for writing", path=self.path)
