@@ -32,6 +32,7 @@ __all__ = [
     "HandshakeTimeout",
     "HeartbeatTimeout",
     "Identity",
+    "InDoubt",
     "IntegrityError",
     "InvalidMessage",
     "KeyRegistry",
@@ -43,6 +44,7 @@ __all__ = [
     "RateLimit",
     "RateLimited",
     "RejectCode",
+    "Rejected",
     "RekeyTimeout",
     "RemoteProtocolError",
     "RestartPolicy",
@@ -102,6 +104,8 @@ _LAZY: dict[str, str] = {
     "SessionReset": "._errors",
     "SlowConsumer": "._errors",
     "InvalidMessage": "._errors",
+    "InDoubt": "._errors",
+    "Rejected": "._errors",
     "Identity": "._identity",
     "KeyRegistry": "._identity",
     "VenueServer": "._server",
@@ -129,6 +133,7 @@ if TYPE_CHECKING:
     from ._errors import FrameError as FrameError
     from ._errors import HandshakeTimeout as HandshakeTimeout
     from ._errors import HeartbeatTimeout as HeartbeatTimeout
+    from ._errors import InDoubt as InDoubt
     from ._errors import IntegrityError as IntegrityError
     from ._errors import InvalidMessage as InvalidMessage
     from ._errors import LocalProtocolError as LocalProtocolError
@@ -136,6 +141,7 @@ if TYPE_CHECKING:
     from ._errors import ProtocolError as ProtocolError
     from ._errors import RateLimited as RateLimited
     from ._errors import RejectCode as RejectCode
+    from ._errors import Rejected as Rejected
     from ._errors import RekeyTimeout as RekeyTimeout
     from ._errors import RemoteProtocolError as RemoteProtocolError
     from ._errors import ResumeRefused as ResumeRefused

@@ -22,6 +22,7 @@ transport, telling the peer why when we detected the problem.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Final, final
 
@@ -84,6 +85,15 @@ class Link:
         self._rot_sleep: trio.CancelScope | None = None
         #: Venue: since when queued messages wait for credit the peer does not grant.
         self._stalled_since: float | None = None
+        #: The connection was LIVE (caught up) at some point.
+        self.reached_live = False
+        record = conn.session
+        #: Where the session stood at attach: (peer_ack, next_rx_seq, messages owed).
+        self._start = (
+            (record.peer_ack, record.next_rx_seq, record.replay_messages)
+            if record is not None
+            else (0, 0, 0)
+        )
 
     async def run(self) -> SessionError:
         """Run the four tasks until the connection ends; returns why it ended (a
@@ -113,12 +123,29 @@ class Link:
         return core.error if core.error is not None else ConnectionLost("connection ended")
 
     def end(self, error: SessionError) -> None:
-        """End the connection with ``error`` (ignored if it already has one)."""
+        """End the connection with ``error`` (ignored if it already has one).
+
+        The session turns STALE here, at detection, not after the close
+        handshake that follows (bounded by ``close_timeout``): the application
+        must know at once, and ``send(fail_fast=True)`` fails from now on.
+        """
         if self.error is None:
             self.error = error
             if not is_clean_close(error):
-                self._core.log.info("connection ended: %s: %s", type(error).__name__, error)
+                self._core.log.debug("connection ended: %s: %s", type(error).__name__, error)
+                self._mark_lost(f"{type(error).__name__}: {error}")
         self.cancel()
+
+    def _mark_lost(self, reason: str) -> None:
+        """This connection is known lost: STALE now, unless the session is ending anyway."""
+        core = self._core
+        if (
+            core.link is self
+            and not core.closing
+            and not core.finished.is_set()
+            and core.states.state in (State.LIVE, State.RESUMING)
+        ):
+            core.set_state(State.STALE, reason)
 
     def cancel(self) -> None:
         if self._scope is not None:
@@ -130,6 +157,19 @@ class Link:
         self._core.outbound.wake()
         await self.close_sent.wait()
 
+    def made_progress(self) -> bool:
+        """The connection was LIVE and moved what was owed: the peer acknowledged
+        messages of ours, or we received new ones, or nothing was owed at all.
+
+        A connection that resumes and then dies delivering nothing of what it
+        owes (e.g. a message the peer cannot take) is no progress.
+        """
+        record = self.conn.session
+        if not self.reached_live or record is None:
+            return False
+        peer_ack, rx, owed = self._start
+        return owed == 0 or record.peer_ack > peer_ack or record.next_rx_seq > rx
+
     # -- lifecycle helpers ----------------------------------------------------------------
 
     def _caught_up(self) -> bool:
@@ -140,6 +180,8 @@ class Link:
 
     def _absorb_stats(self) -> None:
         s, c = self.conn.stats, self._core.counters
+        c.bytes_sent += s.bytes_sent
+        c.bytes_received += s.bytes_received
         c.rekeys += s.rekeys
         c.ratchets += s.ratchets
         c.retransmitted += s.retransmitted
@@ -222,7 +264,7 @@ class Link:
             confirmed, self._on_confirmed = self._on_confirmed, None
             confirmed()
         if self._core.states.state is not State.LIVE and self._caught_up():
-            self._core.set_state(State.LIVE)
+            self._live()
 
     def _deliver(self, ev: MessagesReceived) -> bool:
         core = self._core
@@ -235,13 +277,21 @@ class Link:
             if due < hb.deadline:
                 hb.deadline = due
         if core.states.state is not State.LIVE and self._caught_up():
-            core.set_state(State.LIVE)
+            self._live()
         return True
+
+    def _live(self) -> None:
+        core = self._core
+        if core.link is self and not core.finished.is_set() and self.error is None:
+            self.reached_live = True
+            core.set_state(State.LIVE)
 
     async def _on_peer_close(self, ev: CloseReceived) -> None:
         err = ev.to_error()
         if self.error is None:
             self.error = err
+            if not is_clean_close(err):
+                self._mark_lost(f"{type(err).__name__}: {err}")
         self.conn.close(CloseCode.NORMAL if ev.code is CloseCode.NORMAL else ev.code)
         self._core.outbound.wake()
         with trio.move_on_after(self._core.config.close_timeout):
@@ -313,7 +363,18 @@ class Link:
         with trio.move_on_after(limit) as scope:
             await self.transport.send(frame)
         if scope.cancelled_caught:
-            raise SlowConsumer(f"participant did not read for {limit}s")
+            raise self._slow_consumer(f"participant did not read for {limit}s")
+
+    def _slow_consumer(self, why: str) -> SlowConsumer:
+        core = self._core
+        core.log.event(
+            logging.WARNING,
+            "slow_consumer",
+            "closing the session: %s (slow_consumer_timeout)",
+            why,
+            outbound_depth=core.outbound.depth,
+        )
+        return SlowConsumer(why)
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -332,17 +393,22 @@ class Link:
                 self._hb_sleep = sleep
                 await trio.sleep_forever()
             self._hb_sleep = None
-            conn.handle_heartbeat_timer()
+            if conn.handle_heartbeat_timer() and core.states.state is State.LIVE:
+                # Silent for stale_after: STALE now; the connection is kept (and
+                # probed) until heartbeat_timeout, so a link that recovers is LIVE
+                # again at its next frame, without a reconnect.
+                core.set_state(State.STALE, f"no frame from the peer for {conn.stale_after}s")
             if conn.has_pending_control():
                 core.outbound.wake()
             stalled = self._stalled_since
             if venue and stalled is not None and trio.current_time() - stalled >= slow_limit:
-                raise SlowConsumer(
+                raise self._slow_consumer(
                     f"participant consumed nothing for {slow_limit}s while messages waited"
                 )
 
     async def _rotation(self) -> None:
-        conn = self.conn
+        conn, log = self.conn, self._core.log
+        rekeys = conn.stats.rekeys
         while True:
             now = trio.current_time()
             # Adjustable: once a due ratchet step rides on an outgoing frame, the
@@ -352,6 +418,17 @@ class Link:
                 await trio.sleep_forever()
             self._rot_sleep = None
             conn.handle_rotation_timer()
+            if conn.stats.rekeys != rekeys:  # a DH rekey completed since the last look
+                rekeys = conn.stats.rekeys
+                log.event(
+                    logging.DEBUG,
+                    "rekey",
+                    "keys rotated (%d rekeys, %d ratchet steps on this connection)",
+                    rekeys,
+                    conn.stats.ratchets,
+                    rekeys=rekeys,
+                    ratchets=conn.stats.ratchets,
+                )
             if conn.has_pending_control():
                 self._core.outbound.wake()
 

@@ -12,8 +12,9 @@ outage is delivered after it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Hashable, Sequence
-from typing import Any, Final, final
+from typing import Any, Final, Generic, final
 
 import trio
 
@@ -21,9 +22,12 @@ from ._core import SessionCore, SessionStats
 from ._errors import (
     CloseCode,
     ConnectionLost,
+    InDoubt,
     InvalidMessage,
     LocalProtocolError,
+    MessageRejected,
     RejectCode,
+    Rejected,
     SessionClosed,
     SessionError,
     SessionReset,
@@ -31,16 +35,23 @@ from ._errors import (
 )
 from ._lifecycle import State
 from ._queues import notice_error, reject_notice
+from ._typing import M
 from .protocol import ConnectionState
 
 __all__ = ["Session", "SessionStats", "State", "new_session"]
+
+logger = logging.getLogger("trio_session.session")
 
 _CREATE: Final = object()
 
 
 @final
-class Session:
+class Session(Generic[M]):
     """One logical session, on either side.  Created by ``ts.connect`` / ``ts.serve``.
+
+    Generic in its message type: ``Session[Order | Fill]`` with
+    ``messages=Order | Fill``, ``Session[bytes]`` without, so that a type
+    checker rejects a wrong :meth:`send` and knows what :meth:`receive` returns.
 
     Sending has three policies (per call, so per stream of messages):
 
@@ -133,20 +144,29 @@ class Session:
                 f"{self.config.max_message_size}"
             )
 
-    async def send(self, message: Any, *, fail_fast: bool = False) -> None:
+    async def send(self, message: M, *, fail_fast: bool = False) -> None:
         """Send one message losslessly (``block`` policy).
 
-        Waits while the outbound queue is full; during an outage the message
-        waits and is delivered after the session resumes.  With
-        ``fail_fast=True`` it raises :class:`~trio_session.ConnectionLost`
-        instead of queueing while the session is not LIVE.
+        ``message`` is one of the declared ``messages=`` types (``bytes``
+        without it).  Waits while the outbound queue is full; during an outage
+        the message waits and is delivered after the session resumes, in order.
+        With ``fail_fast=True`` it raises :class:`~trio_session.ConnectionLost`
+        at once instead while the session is not LIVE (from the moment a lost
+        connection is detected): for orders priced off data that is now stale.
+
+        Raises the session's error once it ended, :class:`TypeError` for a
+        message of the wrong type, and :class:`~trio_session.LocalProtocolError`
+        for one over ``max_message_size``.
         """
         payload = self._codec.encode(message)
         self._check_can_send(payload)
         await self._enqueue(payload, 1, fail_fast)
 
-    async def send_many(self, messages: Sequence[Any], *, fail_fast: bool = False) -> None:
-        """Send several messages losslessly as one queue item (cheaper per message)."""
+    async def send_many(self, messages: Sequence[M], *, fail_fast: bool = False) -> None:
+        """Send several messages losslessly as one queue item (cheaper per message).
+
+        Same order, guarantees and errors as :meth:`send`; all or none are queued.
+        """
         payloads = [self._codec.encode(m) for m in messages]
         if not payloads:
             return
@@ -171,17 +191,18 @@ class Session:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise self._final_error()  # noqa: B904 - keeps the error's own cause
 
-    def send_latest(self, key: Hashable, message: Any) -> None:
+    def send_latest(self, key: Hashable, message: M) -> None:
         """Queue ``message`` as the latest value for ``key`` (``conflate`` policy).
 
-        Never blocks: a message still queued under the same key is replaced
-        (counted in ``stats.conflated``).
+        ``key`` is any hashable, e.g. the instrument of a quote.  Never blocks:
+        a message still queued under the same key is replaced (counted in
+        ``stats.conflated``).
         """
         payload = self._codec.encode(message)
         self._check_can_send(payload)
         self._out.put_latest(key, payload)
 
-    def send_lossy(self, message: Any) -> None:
+    def send_lossy(self, message: M) -> None:
         """Queue ``message``, dropping the oldest queued one when the queue is full
         (``drop_oldest`` policy; capacity ``outbound_capacity``).  Never blocks."""
         payload = self._codec.encode(message)
@@ -190,15 +211,24 @@ class Session:
 
     # -- receiving ---------------------------------------------------------------------
 
-    async def receive(self) -> Any:
-        """The next message, in order.  Raises the session's error once it ended
-        and everything received before has been delivered."""
+    async def receive(self) -> M:
+        """The next message, in order (a ``messages=`` type, or ``bytes``).
+
+        Raises, in stream order: :class:`~trio_session.MessageRejected` when
+        the peer refused one of our messages and
+        :class:`~trio_session.InvalidMessage` for a peer's message that does
+        not match the schema (both per message: the session continues; see
+        :meth:`with_rejects` to get rejects as values);
+        :class:`~trio_session.SessionReset` once when the session was
+        replaced; the session's error once it ended and everything received
+        before has been delivered.
+        """
         inbound = self._in
         waited = False
         while True:
             if inbound.reset_pending:
                 inbound.reset_pending = False
-                raise _session_reset()
+                raise _session_reset(*inbound.reset_info)
             buf = inbound.buf
             if buf:
                 payload = buf.popleft()
@@ -210,9 +240,9 @@ class Session:
                     raise notice_error(payload)
                 self._last_seq = seq
                 if not self._codec.typed:
-                    return payload
+                    return payload  # type: ignore[return-value]  # untyped: M is bytes
                 try:
-                    return self._codec.decode(payload, seq)
+                    return self._codec.decode(payload, seq)  # type: ignore[no-any-return]
                 except InvalidMessage as exc:
                     self.reject(seq, str(exc), code=RejectCode.INVALID)
                     raise
@@ -223,15 +253,16 @@ class Session:
             waited = True
             self._take_inbound(item)
 
-    async def receive_batch(self, max_messages: int = 1024) -> list[Any]:
-        """Up to ``max_messages`` messages at once (at least one; waits for it).
+    async def receive_batch(self, max_messages: int = 1024) -> list[M]:
+        """Up to ``max_messages`` messages at once (at least 1; waits for the first).
 
-        A message that fails validation ends the batch early; the next call
-        raises its :class:`InvalidMessage`.
+        Cheaper per message than :meth:`receive` under load.  A reject, a reset
+        or a message that fails validation ends the batch early; the next call
+        raises it.
         """
         if max_messages < 1:
             raise ValueError("max_messages must be >= 1")
-        out = [await self.receive()]
+        out: list[Any] = [await self.receive()]
         inbound = self._in
         buf = inbound.buf
         typed = self._codec.typed
@@ -259,7 +290,7 @@ class Session:
             out.append(msg)
         return out
 
-    def _take_inbound(self, item: Any) -> None:
+    def _take_inbound(self, item: object) -> None:
         consumed = self._in.take(item)
         if consumed:
             self._core.credit(consumed)
@@ -291,16 +322,40 @@ class Session:
             return
         self._out.put_notice(reject_notice(seq, reason, code, retry_after))
 
-    def __aiter__(self) -> Session:
+    def __aiter__(self) -> Session[M]:
         return self
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> M:
         try:
             return await self.receive()
         except SessionClosed as exc:
             if is_clean_close(exc):
                 raise StopAsyncIteration from None
             raise
+
+    async def with_rejects(self) -> AsyncIterator[M | Rejected]:
+        """Messages and rejects in one loop: ``async for item in session.with_rejects()``.
+
+        Like ``async for message in session``, except that a refusal of one of
+        our messages by the peer is yielded as a :class:`~trio_session.Rejected`
+        value (with the refused message's ``ref_seq``) in stream order instead
+        of raising :class:`~trio_session.MessageRejected`, so the loop goes on.
+        A peer's message that does not match the schema was already rejected
+        back to the peer; it is logged and skipped.  Ends after a clean close;
+        raises :class:`~trio_session.SessionReset` and the session's error as
+        :meth:`receive` does.
+        """
+        while True:
+            try:
+                yield await self.receive()
+            except MessageRejected as exc:
+                yield exc.rejected
+            except InvalidMessage as exc:
+                logger.warning("[session %s] %s (rejected back)", self.session_id, exc)
+            except SessionClosed as exc:
+                if is_clean_close(exc):
+                    return
+                raise
 
     # -- closing -------------------------------------------------------------------------
 
@@ -355,13 +410,32 @@ class Session:
         return err
 
 
-def new_session(core: SessionCore) -> Session:
+def new_session(core: SessionCore) -> Session[Any]:
     """The facade of ``core`` (the only way to create a Session)."""
     return Session(core, _token=_CREATE)
 
 
-def _session_reset() -> SessionReset:
+def _session_reset(in_doubt: tuple[InDoubt, ...], last_delivered_seq: int) -> SessionReset:
+    if in_doubt:
+        seqs = describe_seqs([m.seq for m in in_doubt])
+        doubt = f"{len(in_doubt)} sent messages unacknowledged (seq {seqs}): reconcile them"
+    else:
+        doubt = "every sent message was acknowledged"
     return SessionReset(
-        "the venue could not resume the session; a new session replaced it "
-        "(messages may have been lost: resync and reconcile)"
+        "the venue could not resume the session; a new session replaced it: "
+        f"{doubt}; last message received: seq {last_delivered_seq}; resync",
+        in_doubt=in_doubt,
+        last_delivered_seq=last_delivered_seq,
     )
+
+
+def describe_seqs(seqs: Sequence[int], limit: int = 6) -> str:
+    """``[3, 4, 5, 9]`` -> ``"3-5,9"`` (at most ``limit`` ranges, then ``,…``)."""
+    spans: list[list[int]] = []
+    for seq in sorted(seqs):
+        if spans and seq == spans[-1][1] + 1:
+            spans[-1][1] = seq
+        else:
+            spans.append([seq, seq])
+    text = ",".join(f"{a}-{b}" if a != b else str(a) for a, b in spans[:limit])
+    return text + (",…" if len(spans) > limit else "")
