@@ -55,6 +55,7 @@ TOP_LEVEL = [
     "State",
     "Validate",
     "VenueServer",
+    "VenueStats",
     "connect",
     "load_plugins",
     "serve",

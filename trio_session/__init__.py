@@ -62,6 +62,7 @@ __all__ = [
     "State",
     "Validate",
     "VenueServer",
+    "VenueStats",
     "connect",
     "load_plugins",
     "serve",
@@ -109,6 +110,7 @@ _LAZY: dict[str, str] = {
     "Identity": "._identity",
     "KeyRegistry": "._identity",
     "VenueServer": "._server",
+    "VenueStats": "._server",
     "serve": "._server",
     "Session": "._session",
     "SessionStats": "._session",
@@ -156,6 +158,7 @@ if TYPE_CHECKING:
     from ._policy import Backoff as Backoff
     from ._policy import RestartPolicy as RestartPolicy
     from ._server import VenueServer as VenueServer
+    from ._server import VenueStats as VenueStats
     from ._server import serve as serve
     from ._session import Session as Session
     from ._session import SessionStats as SessionStats

@@ -25,7 +25,6 @@ from ._errors import CloseCode, HandshakeTimeout, RateLimited, SessionError
 from ._identity import Identity
 from ._lifecycle import State
 from ._link import close_forcefully
-from ._log import log_event
 from ._policy import Backoff, GiveUp, History, NewSession, RestartPolicy, Wait, decide
 from ._session import Session, describe_seqs
 from ._transport import Transport, check_url, connect_transport
@@ -272,15 +271,12 @@ class Supervisor:
         )
         decision = decide(err, history)
         self.auth_failures = self.auth_failures + 1 if err.code is CloseCode.AUTH_FAILED else 0
-        sid = self.control.session.session_id
         if isinstance(decision, GiveUp):
-            log_event(
-                logger,
+            self.control.log_event(
                 logging.WARNING,
                 "gave_up",
                 "giving up: %s",
                 decision.error,
-                session_id=sid,
                 error=type(decision.error).__name__,
             )
             self.control.finish(decision.error)
@@ -288,15 +284,13 @@ class Supervisor:
         if isinstance(decision, NewSession):
             self.control.discard_resume()
         level = logging.INFO if attempt.live or isinstance(decision, Wait) else logging.DEBUG
-        log_event(
-            logger,
+        self.control.log_event(
             level,
             "reconnecting",
             "%s: %s; reconnecting in %.3fs",
             type(err).__name__,
             err,
             decision.delay,
-            session_id=sid,
             delay_s=round(decision.delay, 3),
             error=type(err).__name__,
             counted=attempt.counted,

@@ -167,6 +167,7 @@ class SessionControl:
         self._link = core.link = link
         core.connection_done = trio.Event()
         core.counters.connections += 1
+        core.resumed = resumed
         if resumed:
             core.counters.resumes += 1
         if core.role is Role.VENUE:

@@ -36,7 +36,7 @@ from .protocol._wire import FLAG_SYSTEM
 if TYPE_CHECKING:
     from ._link import Link
 
-__all__ = ["Counters", "SessionCore", "SessionStats", "in_doubt_of"]
+__all__ = ["Counters", "SessionCore", "SessionStats", "final_counts", "in_doubt_of"]
 
 logger = logging.getLogger("trio_session.session")
 
@@ -129,6 +129,8 @@ class SessionCore:
         #: When the current outage began (None while LIVE), and reconnects in it.
         self.down_since: float | None = None
         self.attempts = 0
+        #: The attached connection resumed the session (False: a new one, or the first).
+        self.resumed = False
         self.log = SessionLog(logger, role=role.value, key_id=key_id)
 
     def set_state(self, state: State, reason: str = "") -> None:
@@ -262,23 +264,24 @@ def log_transition(core: SessionCore, old: State, state: State, reason: str) -> 
     elif state is State.LIVE and core.down_since is not None:
         outage = now - core.down_since
         core.down_since = None
+        how = "resumed" if core.resumed else "on a new session"
         log.event(
             logging.INFO,
             "live",
-            "live again after %.3fs",
+            "live again after %.3fs, %s",
             outage,
+            how,
             outage_s=round(outage, 3),
             attempts=core.attempts,
+            resumed=core.resumed,
         )
     elif state is not State.CLOSED:
         log.debug("state %s -> %s", old.value, state.value)
 
 
-def log_end(core: SessionCore) -> None:
-    """The last record of a session: a logout, or why it ended, with its counts."""
-    err = core.error
-    stats = core.stats()
-    counts = {
+def final_counts(stats: SessionStats) -> dict[str, int]:
+    """The counters worth a field on a session's last log records."""
+    return {
         "sent": stats.sent,
         "received": stats.received,
         "resumes": stats.resumes,
@@ -286,6 +289,12 @@ def log_end(core: SessionCore) -> None:
         "rekeys": stats.rekeys,
         "ratchets": stats.ratchets,
     }
+
+
+def log_end(core: SessionCore) -> None:
+    """The last record of a session: a logout, or why it ended, with its counts."""
+    err = core.error
+    counts = final_counts(core.stats())
     if err is None or is_clean_close(err):
         by = "peer" if err is not None and err.remote else "us"
         core.log.event(logging.INFO, "logout", "logged out (closed by %s)", by, by=by, **counts)

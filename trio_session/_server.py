@@ -28,6 +28,7 @@ import trio
 from ._admission import Admission
 from ._config import SessionConfig
 from ._control import SessionControl, open_session
+from ._core import final_counts
 from ._driver import run_handshake
 from ._errors import (
     AuthenticationError,
@@ -479,6 +480,7 @@ class VenueRunner:
             err,
             error=type(err).__name__,
             code=err.code.name if err is not None else None,
+            **final_counts(control.session.stats),
         )
         await self._hook(self.on_session_lost, control)
 
