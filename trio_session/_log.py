@@ -8,7 +8,7 @@ to them without parsing messages.  Every lifecycle record carries, through
 * ``event``: a stable name (``login``, ``logout``, ``stale``, ``resuming``,
   ``live``, ``resume``, ``reset``, ``reconnecting``, ``gave_up``,
   ``dead_mans_switch``, ``slow_consumer``, ``rekey``, ``session_ended``,
-  ``handshake_refused``, ``rate_limited``, ``listening``);
+  ``handshake_refused``, ``rate_limited``);
 * ``session_id``: the hex session id, or ``"-"`` before there is one;
 * ``fields``: a dict of the event's values (``role``, ``key_id``, durations,
   counts), for handlers that want them as key/value pairs.

@@ -183,19 +183,23 @@ async def serve(
     cfg = config or SessionConfig()
     venue = VenueRunner(handler, identity, registry, cfg, messages, on_session_lost, on_logout)
     async with venue.running() as nursery:
-        tserver: TransportServer = await nursery.start(
-            partial(
-                serve_transport,
-                venue.on_transport,
-                host,
-                port,
-                ssl_context=ssl_context,
-                handshake_timeout=cfg.handshake_timeout,
-                max_message_size=cfg.max_frame_size,
-                close_timeout=cfg.close_timeout,
-                limits=TransportLimits.from_config(cfg),
+        try:
+            tserver: TransportServer = await nursery.start(
+                partial(
+                    serve_transport,
+                    venue.on_transport,
+                    host,
+                    port,
+                    ssl_context=ssl_context,
+                    handshake_timeout=cfg.handshake_timeout,
+                    max_message_size=cfg.max_frame_size,
+                    close_timeout=cfg.close_timeout,
+                    limits=TransportLimits.from_config(cfg),
+                )
             )
-        )
+        except OSError as exc:  # name the address; the original stays the cause
+            why = exc.strerror or str(exc) or type(exc).__name__
+            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {why}") from exc
         server = VenueServer(host, tserver.port, list(tserver.listeners), venue=venue)
         logger.info("venue serving on %s:%d", host, tserver.port)
         task_status.started(server)
