@@ -252,7 +252,8 @@ class Supervisor:
             now = trio.current_time()
             if attempt.live:  # the outage starts when the session stops being LIVE
                 self._outage_since = now
-            control.detach(State.STALE)
+            err = attempt.error
+            control.detach(State.STALE, f"{type(err).__name__}: {err}")
             if not await self._recover(attempt, now):
                 break
             control.detach(State.RESUMING)

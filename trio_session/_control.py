@@ -182,12 +182,12 @@ class SessionControl:
             self._link = None
             self.last_outcome = LinkOutcome(link.reached_live, link.made_progress())
 
-    def detach(self, state: State) -> None:
-        """No connection now: STALE (lost) or RESUMING (reconnecting).  Ignored
-        once the session finished."""
+    def detach(self, state: State, reason: str = "") -> None:
+        """No connection now: STALE (lost, ``reason`` says why) or RESUMING
+        (reconnecting).  Ignored once the session finished."""
         assert state in (State.STALE, State.RESUMING), state
         if not self._core.finished.is_set():
-            self._core.set_state(state)
+            self._core.set_state(state, reason)
 
     def preempt(self) -> None:
         """Drop the attached connection: a resume on a new one is taking over."""

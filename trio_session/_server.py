@@ -419,7 +419,7 @@ class VenueRunner:
             if sid in self._takeover or control.finished:
                 return
             if err.category is Category.RESUMABLE and not control.closing:
-                control.detach(State.STALE)
+                control.detach(State.STALE, f"{type(err).__name__}: {err}")
                 self._start(self._expire, control)
                 return
             control.finish(err)
