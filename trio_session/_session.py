@@ -333,7 +333,7 @@ class Session(Generic[M]):
                 raise StopAsyncIteration from None
             raise
 
-    async def with_rejects(self) -> AsyncIterator[M | Rejected]:
+    def with_rejects(self) -> AsyncIterator[M | Rejected]:
         """Messages and rejects in one loop: ``async for item in session.with_rejects()``.
 
         Like ``async for message in session``, except that a refusal of one of
@@ -343,19 +343,10 @@ class Session(Generic[M]):
         A peer's message that does not match the schema was already rejected
         back to the peer; it is logged and skipped.  Ends after a clean close;
         raises :class:`~trio_session.SessionReset` and the session's error as
-        :meth:`receive` does.
+        :meth:`receive` does.  Breaking out of the loop is safe (no generator
+        is left to finalize).
         """
-        while True:
-            try:
-                yield await self.receive()
-            except MessageRejected as exc:
-                yield exc.rejected
-            except InvalidMessage as exc:
-                logger.warning("[session %s] %s (rejected back)", self.session_id, exc)
-            except SessionClosed as exc:
-                if is_clean_close(exc):
-                    return
-                raise
+        return _WithRejects(self)
 
     # -- closing -------------------------------------------------------------------------
 
@@ -408,6 +399,34 @@ class Session(Generic[M]):
         if err is None:
             return SessionClosed("session is closed", code=CloseCode.NORMAL)
         return err
+
+
+@final
+class _WithRejects(Generic[M]):
+    """The iterator of :meth:`Session.with_rejects` (a class, not an async generator:
+    nothing to finalize when the caller breaks out)."""
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: Session[M]) -> None:
+        self._session = session
+
+    def __aiter__(self) -> _WithRejects[M]:
+        return self
+
+    async def __anext__(self) -> M | Rejected:
+        session = self._session
+        while True:
+            try:
+                return await session.receive()
+            except MessageRejected as exc:
+                return exc.rejected
+            except InvalidMessage as exc:
+                logger.warning("[session %s] %s (rejected back)", session.session_id, exc)
+            except SessionClosed as exc:
+                if is_clean_close(exc):
+                    raise StopAsyncIteration from None
+                raise
 
 
 def new_session(core: SessionCore) -> Session[Any]:
