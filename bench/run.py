@@ -6,9 +6,9 @@ Usage::
 
 Every server and client is a separate process (``bench/worker.py``), so each
 side has its own interpreter and GIL, as in production.  Scenarios (see
-bench/README.md): throughput, rtt, establish, recovery, many, rekey.  Figures
+bench/README.md): throughput, rtt, establish, recovery, many, rekey, modes.  Figures
 are medians over ``--runs``; ratios are ours / raw (for throughput: ours msgs/s
-over raw msgs/s, for latencies: ours time over raw time).
+over raw msgs/s, for latencies: ours time over raw time), for ``modes`` aead / mac.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from _common import (
     raise_nofile,
     ts,
 )
+from _modes import run_modes
 
 WORKER = BENCH_DIR / "worker.py"
 
@@ -109,7 +110,7 @@ FULL = Sizes(
     rekey_rate=20_000,
 )
 
-SCENARIOS = ("throughput", "rtt", "establish", "recovery", "rekey", "many")
+SCENARIOS = ("throughput", "rtt", "establish", "recovery", "rekey", "many", "modes")
 
 
 def log(msg: str) -> None:
@@ -317,6 +318,9 @@ class Bench:
             "ratios": ratios,
             "targets": {"send_many throughput >= 4x raw": ratios["send_many"] >= 4},
         }
+
+    def modes(self) -> dict[str, Any]:
+        return run_modes(self, log)
 
     def _paired(
         self,

@@ -121,6 +121,8 @@ def connect(
     """
     if transport_factory is None:
         check_url(url, ssl_context)
+    # modes=None offers "aead" only over ws:// (docs/api.md, SessionConfig.modes).
+    cfg = (config or SessionConfig()).for_participant(None if transport_factory else url)
     if len(venue_public_key) != 32:
         raise ValueError(
             f"venue_public_key must be the venue's 32-byte Ed25519 public key, "
@@ -130,7 +132,7 @@ def connect(
         url,
         identity,
         bytes(venue_public_key),
-        config or SessionConfig(),
+        cfg,
         messages,
         ssl_context,
         restart or RestartPolicy(),

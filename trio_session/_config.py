@@ -9,11 +9,19 @@ validated once, at construction, with errors that name the field.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Final
 
 import attrs
 
-__all__ = ["SessionConfig"]
+__all__ = ["MODES", "MODE_AEAD", "MODE_MAC", "SessionConfig"]
+
+#: Frame protection modes (docs/protocol.md, "Frame protection"): ``"mac"``
+#: authenticates every frame and leaves bodies readable (TLS gives
+#: confidentiality); ``"aead"`` also encrypts every body.
+MODE_MAC: Final = "mac"
+MODE_AEAD: Final = "aead"
+MODES: Final = (MODE_MAC, MODE_AEAD)
 
 
 def _positive(inst: Any, attr: attrs.Attribute[Any], value: float) -> None:
@@ -35,6 +43,34 @@ def _positive_int(inst: Any, attr: attrs.Attribute[Any], value: int) -> None:
         raise TypeError(f"SessionConfig.{attr.name} must be an int, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"SessionConfig.{attr.name} must be >= 1, got {value!r}")
+
+
+def _to_modes(value: Iterable[str] | str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:
+        raise TypeError(
+            "SessionConfig.modes must be mode names (e.g. ('aead', 'mac')) or None, "
+            f"got {type(value).__name__}"
+        ) from None
+
+
+def _valid_modes(inst: Any, attr: attrs.Attribute[Any], value: tuple[str, ...] | None) -> None:
+    if value is None:
+        return
+    if not value:
+        raise ValueError("SessionConfig.modes must name at least one mode, or be None (automatic)")
+    for mode in value:
+        if mode not in MODES:
+            raise ValueError(
+                f"SessionConfig.modes: unknown mode {mode!r} (known: {', '.join(MODES)})"
+            )
+    if len(set(value)) != len(value):
+        raise ValueError(f"SessionConfig.modes lists a mode twice: {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -107,6 +143,18 @@ class SessionConfig:
     #: Writer coalescing cap: at most this many payload bytes per data frame.
     max_batch_bytes: int = attrs.field(default=2**16, validator=_positive_int)
 
+    #: Frame protection modes, most preferred first (``"mac"``, ``"aead"``).  A
+    #: participant offers these; a venue accepts only these and picks the first one
+    #: the participant offered.  None (the default) decides by the transport: a
+    #: participant offers only ``"aead"`` over ``ws://`` (no cleartext order flow
+    #: unless configured) and ``("mac", "aead")`` otherwise; a venue accepts both,
+    #: picks ``"aead"`` whenever offered when it serves without TLS (TLS may end at a
+    #: load balancer in front of it), and otherwise follows the participant's order.
+    #: Each connection negotiates anew, a resume included.
+    modes: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_to_modes, validator=_valid_modes
+    )
+
     #: Venue: close a session whose outbound queue stays full this long.
     slow_consumer_timeout: float = attrs.field(default=30.0, validator=_positive)
     #: Venue: handshakes allowed per key per second, and per remote address.
@@ -148,3 +196,20 @@ class SessionConfig:
             )
         if self.max_batch_bytes + 64 > self.max_frame_size:
             raise ValueError("SessionConfig.max_batch_bytes must be below max_frame_size")
+
+    def for_participant(self, url: str | None) -> SessionConfig:
+        """This config with ``modes`` resolved for a participant connecting to ``url``
+        (None: a transport that is not a WebSocket URL, e.g. in memory)."""
+        if self.modes is not None:
+            return self
+        plain = url is not None and url[:5].lower() == "ws://"
+        return attrs.evolve(self, modes=(MODE_AEAD,) if plain else (MODE_MAC, MODE_AEAD))
+
+    def for_venue(self, *, tls: bool) -> SessionConfig:
+        """This config with ``modes`` resolved for a venue serving with or without TLS.
+
+        Without TLS the venue prefers ``"aead"``; with TLS ``modes`` stays None, which
+        the handshake reads as "accept both, in the participant's order"."""
+        if self.modes is not None or tls:
+            return self
+        return attrs.evolve(self, modes=(MODE_AEAD, MODE_MAC))

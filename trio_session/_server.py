@@ -180,7 +180,8 @@ async def serve(
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an int in 0..65535, got {port!r}")
-    cfg = config or SessionConfig()
+    # modes=None prefers "aead" without TLS (docs/api.md, SessionConfig.modes).
+    cfg = (config or SessionConfig()).for_venue(tls=ssl_context is not None)
     venue = VenueRunner(handler, identity, registry, cfg, messages, on_session_lost, on_logout)
     async with venue.running() as nursery:
         try:
@@ -307,7 +308,10 @@ class VenueRunner:
             return
         except AuthenticationError as exc:
             self._refused(hs, exc.code, str(exc))
-            await self._reject(transport, conn, exc.code)
+            # Only a mode mismatch says more than its code: both lists are public, and
+            # the participant needs them to fix its SessionConfig.modes.
+            detail = str(exc) if exc.code is CloseCode.VERSION_MISMATCH else None
+            await self._reject(transport, conn, exc.code, reason=detail)
             return
         except SessionError as exc:
             logger.info("handshake from %s failed: %s", hs.address, exc)
@@ -430,10 +434,12 @@ class VenueRunner:
         conn: VenueConnection,
         code: CloseCode,
         retry_after: float | None = None,
+        *,
+        reason: str | None = None,
     ) -> None:
         with trio.move_on_after(self.config.close_timeout):
             try:
-                conn.close(code, code.name.lower(), retry_after=retry_after)
+                conn.close(code, reason or code.name.lower(), retry_after=retry_after)
                 for out in conn.data_to_send():
                     await transport.send(out)
             except SessionError:

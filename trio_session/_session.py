@@ -96,6 +96,14 @@ class Session(Generic[M]):
         return self._core.states.state
 
     @property
+    def mode(self) -> str | None:
+        """How the current connection protects its frames: ``"mac"`` (authenticated) or
+        ``"aead"`` (also encrypted); None while no connection is attached.  Each
+        connection negotiates it (``SessionConfig.modes``)."""
+        link = self._core.link
+        return link.conn.mode if link is not None else None
+
+    @property
     def error(self) -> SessionError | None:
         """Why the session ended (None while it runs, or after a clean close)."""
         err = self._core.error

@@ -171,6 +171,12 @@ class Connection(abc.ABC):
         return self._channel
 
     @property
+    def mode(self) -> str | None:
+        """How this connection protects its frames (``"mac"`` or ``"aead"``), once the
+        handshake chose; None before."""
+        return self._channel.mode if self._channel is not None else None
+
+    @property
     def heartbeat_interval(self) -> float:
         """Seconds between heartbeats (the participant adopts the venue's value)."""
         return self._liveness.interval
@@ -272,6 +278,7 @@ class Connection(abc.ABC):
             self.config,
             self.stats,
             self._clock,
+            mode=result.mode,
             ratchet_jitter=self._ratchet_jitter,
             on_peer_dh_switch=self._rekey.peer_switched,
         )
