@@ -129,6 +129,9 @@ class Session(Generic[M]):
 
         Returns at once when it already is.  CLOSED always ends the wait (the
         session cannot change any more), so check the return value.
+
+        Args:
+            states: one or more :class:`State` values.
         """
         if not states:
             raise ValueError("wait_state() needs at least one State")
@@ -136,6 +139,7 @@ class Session(Generic[M]):
 
     @property
     def stats(self) -> SessionStats:
+        """A snapshot of the session's counters, taken when read."""
         return self._core.stats()
 
     # -- sending ---------------------------------------------------------------------
@@ -162,6 +166,13 @@ class Session(Generic[M]):
         at once instead while the session is not LIVE (from the moment a lost
         connection is detected): for orders priced off data that is now stale.
 
+        Args:
+            message: one message of the declared ``messages=`` type (``bytes``
+                without it).
+            fail_fast: raise :class:`~trio_session.ConnectionLost` at once when
+                the session is not LIVE, instead of queueing the message for
+                after the resume.
+
         Raises the session's error once it ended, :class:`TypeError` for a
         message of the wrong type, and :class:`~trio_session.LocalProtocolError`
         for one over ``max_message_size``.
@@ -174,6 +185,10 @@ class Session(Generic[M]):
         """Send several messages losslessly as one queue item (cheaper per message).
 
         Same order, guarantees and errors as :meth:`send`; all or none are queued.
+
+        Args:
+            messages: a sequence of messages of the declared type.
+            fail_fast: as for :meth:`send`.
         """
         payloads = [self._codec.encode(m) for m in messages]
         if not payloads:
@@ -202,9 +217,12 @@ class Session(Generic[M]):
     def send_latest(self, key: Hashable, message: M) -> None:
         """Queue ``message`` as the latest value for ``key`` (``conflate`` policy).
 
-        ``key`` is any hashable, e.g. the instrument of a quote.  Never blocks:
-        a message still queued under the same key is replaced (counted in
-        ``stats.conflated``).
+        Never blocks: a message still queued under the same key is replaced
+        (counted in ``stats.conflated``).
+
+        Args:
+            key: any hashable, e.g. the instrument of a quote.
+            message: the newest value for ``key``.
         """
         payload = self._codec.encode(message)
         self._check_can_send(payload)
@@ -212,7 +230,8 @@ class Session(Generic[M]):
 
     def send_lossy(self, message: M) -> None:
         """Queue ``message``, dropping the oldest queued one when the queue is full
-        (``drop_oldest`` policy; capacity ``outbound_capacity``).  Never blocks."""
+        (``drop_oldest`` policy; capacity ``outbound_capacity``, drops counted in
+        ``stats.dropped``).  Never blocks."""
         payload = self._codec.encode(message)
         self._check_can_send(payload)
         self._out.put_lossy(payload)
@@ -267,6 +286,9 @@ class Session(Generic[M]):
         Cheaper per message than :meth:`receive` under load.  A reject, a reset
         or a message that fails validation ends the batch early; the next call
         raises it.
+
+        Args:
+            max_messages: at most this many messages (at least 1).
         """
         if max_messages < 1:
             raise ValueError("max_messages must be >= 1")
@@ -323,8 +345,18 @@ class Session(Generic[M]):
         """Tell the peer that its message ``seq`` was not accepted.
 
         The peer's :meth:`receive` raises :class:`~trio_session.MessageRejected`
-        in stream order; the session continues.  Never blocks; notices are
+        (or :meth:`with_rejects` yields a :class:`~trio_session.Rejected`) in
+        stream order; the session continues.  Never blocks; notices are
         sequenced and replayed across reconnects like messages.
+
+        Args:
+            seq: the data sequence number of the peer's message (:attr:`last_seq`
+                after receiving it).
+            reason: text for the peer (its first 200 characters).
+            code: a :class:`~trio_session.RejectCode`: ``INVALID``,
+                ``RATE_LIMITED`` or ``REJECTED``.
+            retry_after: seconds after which the peer may try again (with
+                ``RATE_LIMITED``).
         """
         if self._core.error is not None or self._core.closing:
             return
@@ -361,7 +393,13 @@ class Session(Generic[M]):
     async def aclose(self, code: CloseCode = CloseCode.NORMAL, reason: str = "") -> None:
         """Close gracefully: flush queued messages, wait (bounded by
         ``close_timeout``) for the peer to acknowledge them, exchange CLOSE, and
-        tear everything down.  Idempotent; always closes, even when cancelled."""
+        tear everything down.  Idempotent; always closes, even when cancelled.
+
+        Args:
+            code: the :class:`~trio_session.CloseCode` sent to the peer: ``NORMAL``
+                is a logout; another code ends the session with that reason.
+            reason: text sent with the close.
+        """
         core = self._core
         if core.closing or core.finished.is_set():
             await self._wait_finished()
