@@ -244,8 +244,11 @@ class Bench:
         profile: tuple[Path, str] | None,
         *,
         gc_freeze: bool = False,
+        many_config: dict[str, Any] | None = None,
     ) -> None:
         self.gc_freeze = gc_freeze
+        #: SessionConfig fields of the many-sessions scenario (ours).
+        self.many_config = HEARTBEAT_CONFIG if many_config is None else many_config
         self.sizes = sizes
         self.runs = runs
         self.profile = profile
@@ -553,7 +556,7 @@ class Bench:
     def _many_once(self, stack: str, n: int) -> dict[str, float]:
         z = self.sizes
         k = _client_procs(n)
-        config = HEARTBEAT_CONFIG if stack == "ours" else {}
+        config = self.many_config if stack == "ours" else {}
         with self.server(stack, config) as srv:
             time.sleep(0.3)
             rss0 = proc_rss_bytes(srv.pid)
@@ -707,6 +710,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="many: gc.freeze() in every process (both stacks) once the sessions are up",
     )
+    parser.add_argument(
+        "--many-config",
+        type=json.loads,
+        metavar="JSON",
+        help="many: SessionConfig fields for trio_session instead of the scenario's 1 s "
+        "heartbeats, e.g. '{}' for the library defaults",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.many_n:
@@ -717,7 +727,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
         profile = (args.profile.resolve(), args.profiler)
     raise_nofile()
-    bench = Bench(sizes, runs, profile, gc_freeze=args.gc_freeze)
+    bench = Bench(sizes, runs, profile, gc_freeze=args.gc_freeze, many_config=args.many_config)
     info = machine_info()
     log(f"machine: {info}")
     chosen = args.scenario or list(SCENARIOS)
