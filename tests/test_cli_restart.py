@@ -78,8 +78,8 @@ def test_connect_keeps_trading_across_a_venue_restart(tmp_path: Path) -> None:
     assert "in doubt" in reset and "reconcile" in reset, reset
     # The orders left unanswered at the end include every one of those messages (and
     # any the venue acknowledged but died before answering).
-    final = re.search(r", (\d+) in doubt after 1 reset\(s\)", summary)
-    assert final and int(final[1]) >= count, summary
+    final = re.search(r", (\d+) in doubt after 1 reset\(s\) \(reported; (\d+) never ", summary)
+    assert final and int(final[1]) >= count and int(final[2]) == count, summary
     live = [line for line in participant.err if "event=live" in line]
     assert live and "new session" in live[-1], text
 

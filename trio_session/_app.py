@@ -302,15 +302,20 @@ class Router(Generic[M]):
     async def _watch_state(self, session: Session[M], plugins: list[Plugin]) -> None:
         # Edge-triggered: a short LIVE spell between two outages is not missed.
         stale = session.state is not State.LIVE
-        async for state in session.transitions():
-            if state is State.STALE and not stale:
-                stale, hook = True, "on_stale"
-            elif state is State.LIVE and stale:
-                stale, hook = False, "on_resume"
-            else:
-                continue
-            for plugin in plugins:
-                await _call_hook(plugin, hook, session)
+        try:
+            async for state in session.transitions():
+                if state is State.STALE and not stale:
+                    stale, hook = True, "on_stale"
+                elif state is State.LIVE and stale:
+                    stale, hook = False, "on_resume"
+                else:
+                    continue
+                for plugin in plugins:
+                    await _call_hook(plugin, hook, session)
+        except SessionError:
+            # A hook used the session after it ended: the receive loop reports that
+            # end itself; raising it from this task would make an exception group.
+            return
 
 
 def _wrap_middleware(mw: Middleware, ctx: Context[Any], message: Any, nxt: CallNext) -> CallNext:

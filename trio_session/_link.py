@@ -113,7 +113,7 @@ class Link:
             if core.link is self:
                 core.link = None
             self._absorb_stats()
-            await self._close_transport()
+            await close_transport(self, self._core.config.close_timeout)
             # Release anyone waiting on this connection's progress.
             core.drained.set()
             self.close_sent.set()
@@ -158,17 +158,15 @@ class Link:
         await self.close_sent.wait()
 
     def made_progress(self) -> bool:
-        """The connection was LIVE and moved what was owed: the peer acknowledged
-        messages of ours, or we received new ones, or nothing was owed at all.
-
-        A connection that resumes and then dies delivering nothing of what it
-        owes (e.g. a message the peer cannot take) is no progress.
-        """
+        """LIVE, and moved what was owed: the peer acknowledged messages of ours, or
+        we received new ones, or nothing was owed (see ``_policy.py``)."""
         record = self.conn.session
-        if not self.reached_live or record is None:
-            return False
         peer_ack, rx, owed = self._start
-        return owed == 0 or record.peer_ack > peer_ack or record.next_rx_seq > rx
+        return (
+            self.reached_live
+            and record is not None
+            and (owed == 0 or record.peer_ack > peer_ack or record.next_rx_seq > rx)
+        )
 
     # -- lifecycle helpers ----------------------------------------------------------------
 
@@ -188,40 +186,6 @@ class Link:
         c.heartbeats_sent += s.heartbeats_sent
         if s.last_rtt is not None:
             c.rtt = s.last_rtt
-
-    async def _close_transport(self) -> None:
-        err, transport = self.error, self.transport
-        # Cancelled from outside (err is None): the connection simply drops.  A
-        # cancelled participant is indistinguishable from a lost one on purpose:
-        # the venue keeps the session for resume, then its dead man's switch
-        # fires.  A clean logout is aclose() (or leaving ``connect()`` normally).
-        with trio.CancelScope(shield=True):
-            # Tell the peer why, when we detected the problem and still hold keys
-            # (not for a plain close: that one was exchanged already, or received).
-            if (
-                err is not None
-                and not err.remote
-                and not isinstance(err, ConnectionLost)
-                and type(err) is not SessionClosed
-                and not transport.closed
-            ):
-                await self._send_close(err)
-            if err is None:
-                await close_forcefully(transport)  # cancelled: drop, do not linger
-                return
-            with trio.move_on_after(self._core.config.close_timeout) as scope:
-                await transport.aclose()
-            if scope.cancelled_caught:
-                await close_forcefully(transport)
-
-    async def _send_close(self, err: SessionError) -> None:
-        try:
-            self.conn.close(err.code, type(err).__name__)
-            with trio.move_on_after(min(0.5, self._core.config.close_timeout)):
-                for frame in self.conn.data_to_send():
-                    await self.transport.send(frame)
-        except SessionError:
-            pass
 
     async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
         """Turn a task's failure into the connection's one typed error."""
@@ -363,18 +327,7 @@ class Link:
         with trio.move_on_after(limit) as scope:
             await self.transport.send(frame)
         if scope.cancelled_caught:
-            raise self._slow_consumer(f"participant did not read for {limit}s")
-
-    def _slow_consumer(self, why: str) -> SlowConsumer:
-        core = self._core
-        core.log.event(
-            logging.WARNING,
-            "slow_consumer",
-            "closing the session: %s (slow_consumer_timeout)",
-            why,
-            outbound_depth=core.outbound.depth,
-        )
-        return SlowConsumer(why)
+            raise slow_consumer(self._core, f"participant did not read for {limit}s")
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -402,8 +355,9 @@ class Link:
                 core.outbound.wake()
             stalled = self._stalled_since
             if venue and stalled is not None and trio.current_time() - stalled >= slow_limit:
-                raise self._slow_consumer(
-                    f"participant consumed nothing for {slow_limit}s while messages waited"
+                raise slow_consumer(
+                    self._core,
+                    f"participant consumed nothing for {slow_limit}s while messages waited",
                 )
 
     async def _rotation(self) -> None:
@@ -431,6 +385,56 @@ class Link:
                 )
             if conn.has_pending_control():
                 self._core.outbound.wake()
+
+
+async def close_transport(link: Link, close_timeout: float) -> None:
+    """End ``link``'s transport after its tasks ended, telling the peer why when we
+    detected the problem ourselves."""
+    err, transport = link.error, link.transport
+    # Cancelled from outside (err is None): the connection simply drops.  A
+    # cancelled participant is indistinguishable from a lost one on purpose:
+    # the venue keeps the session for resume, then its dead man's switch
+    # fires.  A clean logout is aclose() (or leaving ``connect()`` normally).
+    with trio.CancelScope(shield=True):
+        # Tell the peer why, when we detected the problem and still hold keys
+        # (not for a plain close: that one was exchanged already, or received).
+        if (
+            err is not None
+            and not err.remote
+            and not isinstance(err, ConnectionLost)
+            and type(err) is not SessionClosed
+            and not transport.closed
+        ):
+            await _send_close(link, err, close_timeout)
+        if err is None:
+            await close_forcefully(transport)  # cancelled: drop, do not linger
+            return
+        with trio.move_on_after(close_timeout) as scope:
+            await transport.aclose()
+        if scope.cancelled_caught:
+            await close_forcefully(transport)
+
+
+async def _send_close(link: Link, err: SessionError, close_timeout: float) -> None:
+    try:
+        link.conn.close(err.code, type(err).__name__)
+        with trio.move_on_after(min(0.5, close_timeout)):
+            for frame in link.conn.data_to_send():
+                await link.transport.send(frame)
+    except SessionError:
+        pass
+
+
+def slow_consumer(core: SessionCore, why: str) -> SlowConsumer:
+    """The error that closes a venue session whose participant does not read (logged)."""
+    core.log.event(
+        logging.WARNING,
+        "slow_consumer",
+        "closing the session: %s (slow_consumer_timeout)",
+        why,
+        outbound_depth=core.outbound.depth,
+    )
+    return SlowConsumer(why)
 
 
 async def close_forcefully(transport: Transport) -> None:

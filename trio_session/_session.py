@@ -147,7 +147,7 @@ class Session(Generic[M]):
     def _check_can_send(self, payload: bytes) -> None:
         core = self._core
         if core.error is not None:
-            raise self._error_for_user()
+            raise error_for_user(self._core)
         if core.closing:
             raise SessionClosed("session is closing", code=CloseCode.NORMAL)
         if len(payload) > self.config.max_message_size:
@@ -212,7 +212,7 @@ class Session(Generic[M]):
             else:  # full: wait like MemorySendChannel.send
                 await self._out.put(item, count)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise self._final_error()  # noqa: B904 - keeps the error's own cause
+            raise final_error(self._core)  # noqa: B904 - keeps the error's own cause
 
     def send_latest(self, key: Hashable, message: M) -> None:
         """Queue ``message`` as the latest value for ``key`` (``conflate`` policy).
@@ -276,7 +276,7 @@ class Session(Generic[M]):
             try:
                 item = await inbound.get()
             except (trio.EndOfChannel, trio.ClosedResourceError):
-                raise self._final_error()  # noqa: B904 - keeps the error's own cause
+                raise final_error(self._core)  # noqa: B904 - keeps the error's own cause
             waited = True
             self._take_inbound(item)
 
@@ -400,51 +400,7 @@ class Session(Generic[M]):
                 is a logout; another code ends the session with that reason.
             reason: text sent with the close.
         """
-        core = self._core
-        if core.closing or core.finished.is_set():
-            await self._wait_finished()
-            return
-        core.closing = True
-        with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
-            if core.states.state is State.LIVE and code is CloseCode.NORMAL:
-                await self._wait_drained()
-            link = core.link
-            if link is not None and link.conn.state is ConnectionState.OPEN:
-                await link.close(code, reason)
-                await core.connection_done.wait()
-        core.finish(SessionClosed("session closed", code=code, remote=False, reason=reason))
-        await self._wait_finished()
-
-    async def _wait_finished(self) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
-            await self._core.connection_done.wait()
-        await trio.lowlevel.checkpoint()
-
-    async def _wait_drained(self) -> None:
-        core = self._core
-        while core.unsent():
-            if core.states.state is not State.LIVE or core.link is None:
-                return
-            core.drained = trio.Event()
-            core.outbound.wake()
-            await core.drained.wait()
-
-    def _final_error(self) -> SessionError:
-        """The session's error, to raise from an ``except`` block.
-
-        Not ``raise ... from None``: that would erase the error's own cause (e.g.
-        why the supervisor gave up); ``__suppress_context__`` only hides the
-        channel exception being handled.
-        """
-        err = self._error_for_user()
-        err.__suppress_context__ = True
-        return err
-
-    def _error_for_user(self) -> SessionError:
-        err = self._core.error
-        if err is None:
-            return SessionClosed("session is closed", code=CloseCode.NORMAL)
-        return err
+        await close_session(self._core, code, reason)
 
 
 @final
@@ -473,6 +429,57 @@ class _WithRejects(Generic[M]):
                 if is_clean_close(exc):
                     raise StopAsyncIteration from None
                 raise
+
+
+async def close_session(core: SessionCore, code: CloseCode, reason: str) -> None:
+    """What :meth:`Session.aclose` does (see there)."""
+    if core.closing or core.finished.is_set():
+        await _wait_finished(core)
+        return
+    core.closing = True
+    with trio.CancelScope(shield=True), trio.move_on_after(core.config.close_timeout):
+        if core.states.state is State.LIVE and code is CloseCode.NORMAL:
+            await _wait_drained(core)
+        link = core.link
+        if link is not None and link.conn.state is ConnectionState.OPEN:
+            await link.close(code, reason)
+            await core.connection_done.wait()
+    core.finish(SessionClosed("session closed", code=code, remote=False, reason=reason))
+    await _wait_finished(core)
+
+
+async def _wait_finished(core: SessionCore) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(core.config.close_timeout):
+        await core.connection_done.wait()
+    await trio.lowlevel.checkpoint()
+
+
+async def _wait_drained(core: SessionCore) -> None:
+    while core.unsent():
+        if core.states.state is not State.LIVE or core.link is None:
+            return
+        core.drained = trio.Event()
+        core.outbound.wake()
+        await core.drained.wait()
+
+
+def final_error(core: SessionCore) -> SessionError:
+    """The session's error, to raise from an ``except`` block.
+
+    Not ``raise ... from None``: that would erase the error's own cause (e.g.
+    why the supervisor gave up); ``__suppress_context__`` only hides the
+    channel exception being handled.
+    """
+    err = error_for_user(core)
+    err.__suppress_context__ = True
+    return err
+
+
+def error_for_user(core: SessionCore) -> SessionError:
+    err = core.error
+    if err is None:
+        return SessionClosed("session is closed", code=CloseCode.NORMAL)
+    return err
 
 
 def new_session(core: SessionCore) -> Session[Any]:
