@@ -45,6 +45,12 @@ class Stream:
         else:
             self.bad.append(index)
 
+    async def receive(self, session: ts.Session, count: int) -> None:
+        """Check what ``session`` receives until ``count`` messages arrived."""
+        while self.received + len(self.bad) < count:
+            for payload in await session.receive_batch():
+                self.check(payload)
+
 
 async def _send(session: ts.Session, count: int, *, batch: int, pause: float = 0.0) -> None:
     for first in range(0, count, batch):
@@ -52,6 +58,19 @@ async def _send(session: ts.Session, count: int, *, batch: int, pause: float = 0
         await session.send_many([_SEQ.pack(i) + b"x" * 32 for i in range(first, first + n)])
         if pause:
             await trio.sleep(pause)
+
+
+async def _venue(
+    run: Run, done: trio.Event, count: int, batch: int, pause: float, session: ts.Session
+) -> None:
+    """The venue's handler: send ``count`` messages, check the participant's, then
+    wait for the logout."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(_send, session, count, batch=batch, pause=pause))
+        await run.c2v.receive(session, count)
+        done.set()
+        async for _ in session:
+            pass
 
 
 @attrs.define
@@ -78,16 +97,7 @@ async def test_black_hole_is_stale_within_3s_and_live_within_1s_of_closing(
     venue_done = trio.Event()
     count, batch, pause = 2_000, 10, 0.04  # a steady trickle both ways for ~8 s
 
-    async def handler(session: ts.Session) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(_send, session, count, batch=batch, pause=pause))
-            while run.c2v.received + len(run.c2v.bad) < count:
-                for payload in await session.receive_batch():
-                    run.c2v.check(payload)
-            venue_done.set()
-            async for _ in session:
-                pass
-
+    handler = partial(_venue, run, venue_done, count, batch, pause)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             server = await nursery.start(
@@ -114,9 +124,7 @@ async def test_black_hole_is_stale_within_3s_and_live_within_1s_of_closing(
                 closed = trio.current_time()
                 proxy.restore()
                 await session.wait_state(ts.State.LIVE)
-                while run.v2c.received + len(run.v2c.bad) < count:
-                    for payload in await session.receive_batch():
-                        run.v2c.check(payload)
+                await run.v2c.receive(session, count)
                 await venue_done.wait()
                 stats = session.stats
             nursery.cancel_scope.cancel()
@@ -145,15 +153,7 @@ async def _flapping(count: int, seed: int, pause: float) -> tuple[Run, int, ts.S
     rng = random.Random(seed)
     resets = 0
 
-    async def handler(session: ts.Session) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(_send, session, count, batch=100, pause=pause))
-            while run.c2v.received + len(run.c2v.bad) < count:
-                for payload in await session.receive_batch():
-                    run.c2v.check(payload)
-            venue_done.set()
-            async for _ in session:
-                pass
+    handler = partial(_venue, run, venue_done, count, 100, pause)
 
     async def reset_forever(proxy: FaultyProxy) -> None:
         nonlocal resets
@@ -172,9 +172,7 @@ async def _flapping(count: int, seed: int, pause: float) -> tuple[Run, int, ts.S
         ) as session:
             nursery.start_soon(reset_forever, proxy)
             nursery.start_soon(partial(_send, session, count, batch=100, pause=pause))
-            while run.v2c.received + len(run.v2c.bad) < count:
-                for payload in await session.receive_batch():
-                    run.v2c.check(payload)
+            await run.v2c.receive(session, count)
             await venue_done.wait()
             stats = session.stats
         nursery.cancel_scope.cancel()

@@ -515,26 +515,25 @@ async def venue_data_beyond_the_credit_window() -> BaseException:
     return exc
 
 
-@case(ts.ResumeRefused, mock_clock=True)
-async def venue_closes_with_resume_refused() -> BaseException:
+async def _venue_closes(code: ts.CloseCode, reason: str) -> BaseException:
     hostile = Hostile()
     async with hostile_session(hostile) as session:
-        hostile.conn.close(ts.CloseCode.RESUME_REFUSED, "gone")
+        hostile.conn.close(code, reason)
         for frame in hostile.conn.data_to_send():
             await hostile.send(frame)
-        return await caught(session.receive)
+        exc = await caught(session.receive)
+    assert isinstance(exc, ts.SessionError) and exc.code is code and exc.remote
+    return exc
+
+
+@case(ts.ResumeRefused, mock_clock=True)
+async def venue_closes_with_resume_refused() -> BaseException:
+    return await _venue_closes(ts.CloseCode.RESUME_REFUSED, "gone")
 
 
 @case(ts.SessionClosed, mock_clock=True)
 async def venue_closes_with_handler_error() -> BaseException:
-    hostile = Hostile()
-    async with hostile_session(hostile) as session:
-        hostile.conn.close(ts.CloseCode.HANDLER_ERROR, "handler failed")
-        for frame in hostile.conn.data_to_send():
-            await hostile.send(frame)
-        exc = await caught(session.receive)
-    assert isinstance(exc, ts.SessionClosed) and exc.code is ts.CloseCode.HANDLER_ERROR
-    return exc
+    return await _venue_closes(ts.CloseCode.HANDLER_ERROR, "handler failed")
 
 
 @case(ts.HeartbeatTimeout, mock_clock=True)

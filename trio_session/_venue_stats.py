@@ -53,6 +53,12 @@ COUNTED: Final = (
 )
 
 
+#: SessionStats gauges summed over the live sessions only.
+GAUGES: Final = ("outbound_depth", "inbound_depth", "unacked")
+#: SessionStats names that VenueStats spells out.
+_RENAMED: Final = {"sent": "messages_sent", "received": "messages_received"}
+
+
 @attrs.frozen(kw_only=True)
 class VenueStats:
     """A snapshot of a venue's numbers (``VenueServer.stats()``).
@@ -129,18 +135,15 @@ class VenueTally:
     def snapshot(self, live: Iterable[Session[Any]]) -> VenueStats:
         totals = collections.Counter(self.retired)
         states: collections.Counter[str] = collections.Counter()
-        depth_out = depth_in = unacked = 0
         rtts: list[float] = []
         for session in live:
             s = session.stats
             states[session.state.value] += 1
-            for name in COUNTED:
+            for name in (*COUNTED, *GAUGES):
                 totals[name] += getattr(s, name)
-            depth_out += s.outbound_depth
-            depth_in += s.inbound_depth
-            unacked += s.unacked
             if s.rtt is not None:
                 rtts.append(s.rtt)
+        counted = {_RENAMED.get(name, name): totals[name] for name in (*COUNTED, *GAUGES)}
         return VenueStats(
             sessions=MappingProxyType({st.value: states[st.value] for st in State}),
             sessions_opened=self.opened,
@@ -148,24 +151,9 @@ class VenueTally:
             sessions_lost=self.sessions_lost,
             resets=self.resets,
             slow_consumers=self.slow_consumers,
-            messages_sent=totals["sent"],
-            messages_received=totals["received"],
-            bytes_sent=totals["bytes_sent"],
-            bytes_received=totals["bytes_received"],
-            resumes=totals["resumes"],
-            connections=totals["connections"],
-            rekeys=totals["rekeys"],
-            ratchets=totals["ratchets"],
-            retransmitted=totals["retransmitted"],
-            heartbeats_sent=totals["heartbeats_sent"],
-            stale_spells=totals["stale_spells"],
-            dropped=totals["dropped"],
-            conflated=totals["conflated"],
-            outbound_depth=depth_out,
-            inbound_depth=depth_in,
-            unacked=unacked,
             rtt=tuple(rtts),
             handshake_refusals=MappingProxyType(dict(self.refusals)),
+            **counted,
         )
 
     # -- refused handshakes ------------------------------------------------------------

@@ -155,7 +155,7 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, ts.SessionError):
         text = sanitize(str(exc)) or type(exc).__name__
         cause = exc.__cause__
-        if isinstance(cause, ts.SessionError):  # e.g. why the supervisor gave up
+        if isinstance(cause, ts.SessionError) and "last error:" not in text:  # why it gave up
             text = f"{text} (last error: {os_reason(cause) or sanitize(str(cause))})"
         elif isinstance(exc, (ts.ConnectionLost, ts.HandshakeTimeout)):
             why = os_reason(exc)

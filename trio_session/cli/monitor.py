@@ -28,26 +28,13 @@ import trio
 
 import trio_session as ts
 
+from .._venue_stats import COUNTED
 from .output import EventLog, is_cli_record, is_reported_by_cli
 
 __all__ = ["COUNTERS", "Event", "Monitor", "Tracked"]
 
-#: Cumulative SessionStats fields summed into totals.
-COUNTERS = (
-    "sent",
-    "received",
-    "bytes_sent",
-    "bytes_received",
-    "resumes",
-    "connections",
-    "rekeys",
-    "ratchets",
-    "retransmitted",
-    "dropped",
-    "conflated",
-    "heartbeats_sent",
-    "stale_spells",
-)
+#: Cumulative SessionStats fields summed into totals (the venue's stats() sums the same).
+COUNTERS = COUNTED
 
 _DOWN = (ts.State.STALE, ts.State.RESUMING)
 
