@@ -6,9 +6,9 @@ Usage::
 
 Every server and client is a separate process (``bench/worker.py``), so each
 side has its own interpreter and GIL, as in production.  Scenarios (see
-bench/README.md): throughput, rtt, establish, recovery, many, rekey.  Figures
+bench/README.md): throughput, rtt, establish, recovery, many, rekey, modes.  Figures
 are medians over ``--runs``; ratios are ours / raw (for throughput: ours msgs/s
-over raw msgs/s, for latencies: ours time over raw time).
+over raw msgs/s, for latencies: ours time over raw time), for ``modes`` aead / mac.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from _common import (
     raise_nofile,
     ts,
 )
+from _modes import run_modes
 from durable import durable_rtt, durable_throughput, restart_recovery
 
 WORKER = BENCH_DIR / "worker.py"
@@ -121,6 +122,7 @@ SCENARIOS = (
     "recovery",
     "rekey",
     "many",
+    "modes",
     "durable_throughput",
     "durable_rtt",
     "restart_recovery",
@@ -264,8 +266,11 @@ class Bench:
         profile: tuple[Path, str] | None,
         *,
         gc_freeze: bool = False,
+        many_config: dict[str, Any] | None = None,
     ) -> None:
         self.gc_freeze = gc_freeze
+        #: SessionConfig fields of the many-sessions scenario (ours).
+        self.many_config = HEARTBEAT_CONFIG if many_config is None else many_config
         self.sizes = sizes
         self.runs = runs
         self.profile = profile
@@ -343,6 +348,9 @@ class Bench:
             "ratios": ratios,
             "targets": {"send_many throughput >= 4x raw": ratios["send_many"] >= 4},
         }
+
+    def modes(self) -> dict[str, Any]:
+        return run_modes(self, log)
 
     def _paired(
         self,
@@ -575,7 +583,7 @@ class Bench:
     def _many_once(self, stack: str, n: int) -> dict[str, float]:
         z = self.sizes
         k = _client_procs(n)
-        config = HEARTBEAT_CONFIG if stack == "ours" else {}
+        config = self.many_config if stack == "ours" else {}
         with self.server(stack, config) as srv:
             time.sleep(0.3)
             rss0 = proc_rss_bytes(srv.pid)
@@ -729,6 +737,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="many: gc.freeze() in every process (both stacks) once the sessions are up",
     )
+    parser.add_argument(
+        "--many-config",
+        type=json.loads,
+        metavar="JSON",
+        help="many: SessionConfig fields for trio_session instead of the scenario's 1 s "
+        "heartbeats, e.g. '{}' for the library defaults",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.many_n:
@@ -739,7 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
         profile = (args.profile.resolve(), args.profiler)
     raise_nofile()
-    bench = Bench(sizes, runs, profile, gc_freeze=args.gc_freeze)
+    bench = Bench(sizes, runs, profile, gc_freeze=args.gc_freeze, many_config=args.many_config)
     info = machine_info()
     log(f"machine: {info}")
     chosen = args.scenario or list(SCENARIOS)

@@ -147,8 +147,11 @@ async def run_chaos(
     kinds: tuple[str, ...] = ("reset",),
     seed: int = 1,
     batch: int = 50,
+    mode: str = "aead",
 ) -> ChaosResult:
-    """Exchange ``messages`` each way while injecting ``faults`` faults of ``kinds``."""
+    """Exchange ``messages`` each way while injecting ``faults`` faults of ``kinds``, with
+    frames protected in ``mode`` (both ends accept only it)."""
+    config = attrs.evolve(CHAOS_CONFIG, modes=(mode,))
     rng = random.Random(seed)
     gc.collect()
     fds_before = len(os.listdir("/proc/self/fd"))
@@ -174,7 +177,7 @@ async def run_chaos(
     stale_spells = live_again = 0
     async with trio.open_nursery() as nursery:
         server: ts.VenueServer = await nursery.start(
-            partial(ts.serve, handler, VENUE, registry(), "127.0.0.1", 0, config=CHAOS_CONFIG)
+            partial(ts.serve, handler, VENUE, registry(), "127.0.0.1", 0, config=config)
         )
         proxy: FaultyProxy = await nursery.start(
             partial(FaultyProxy.serve, "127.0.0.1", server.port, seed=seed)
@@ -183,7 +186,7 @@ async def run_chaos(
             f"ws://127.0.0.1:{proxy.port}/",
             PARTICIPANT,
             VENUE.public_key,
-            config=CHAOS_CONFIG,
+            config=config,
             restart=CHAOS_POLICY,
         ) as session:
             _DBG.update(session=session, proxy=proxy, counts=counts)

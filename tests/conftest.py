@@ -1,5 +1,9 @@
 """Test-suite options: ``--soak`` runs only the long soak tests (``nox -s soak``);
-without it they are deselected, so the default run stays fast."""
+without it they are deselected, so the default run stays fast.
+
+Tests marked ``timing`` assert latency against a baseline measured in the same test;
+``nox -s tests`` runs them in a second, serial pass after the parallel one, so that
+other tests' load never skews their figures."""
 
 from __future__ import annotations
 
@@ -17,6 +21,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "soak: long soak test, run with --soak (nox -s soak)")
+    config.addinivalue_line(
+        "markers", "timing: asserts latency against an in-test baseline; run alone (serial pass)"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

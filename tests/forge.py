@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from trio_session.protocol import Connection
 from trio_session.protocol._channel import Channel
-from trio_session.protocol._crypto import FrameMac
+from trio_session.protocol._crypto import TAG_LEN, FrameKey
 from trio_session.protocol._wire import HEADER, Data, FrameType, encode_body
 
 
@@ -34,17 +34,28 @@ def seal_control(conn: Connection, frame_type: FrameType, body: bytes, flags: in
     return channel_of(conn).seal_control(frame_type, body, flags)
 
 
-def current_sending_key(conn: Connection) -> FrameMac:
-    """The frame MAC of ``conn``'s current sending epoch, as a thief would keep it."""
-    return channel_of(conn).tx.mac
+def current_sending_key(conn: Connection) -> FrameKey:
+    """The frame key (MAC or AEAD) of ``conn``'s current sending epoch, as a thief would
+    keep it."""
+    return channel_of(conn).tx.frame_key
 
 
-def seal_under(key: FrameMac, frame_type: FrameType, body: bytes, *, epoch: int, seq: int) -> bytes:
-    """A frame tagged with a kept ``key`` whatever epoch the sender has moved to."""
-    frame = HEADER.pack(frame_type, 0, epoch, seq) + body
-    return frame + key.tag(frame)
+def seal_under(key: FrameKey, frame_type: FrameType, body: bytes, *, epoch: int, seq: int) -> bytes:
+    """A frame sealed with a kept ``key`` whatever epoch the sender has moved to."""
+    return key.seal(HEADER.pack(frame_type, 0, epoch, seq), body, seq, frame_type is FrameType.DATA)
 
 
 def data_body(ack: int, window: int, msgs: list[bytes]) -> bytes:
     """A DATA body (ack, window, messages)."""
     return encode_body(Data(ack, window, msgs))
+
+
+def change_body_tail(frame: bytes, old: bytes, new: bytes) -> bytes:
+    """``frame`` whose body ends in ``old`` (a message), changed to end in ``new``, the
+    tag kept.  In mode "mac" the body is in clear; in mode "aead" the stream cipher puts
+    the same bytes at the same place, so XOR-ing ``old ^ new`` in is the classic bit-flip
+    on a ciphertext.  Either way only the tag can catch it."""
+    end = len(frame) - TAG_LEN
+    start = end - len(old)
+    flipped = bytes(a ^ b ^ c for a, b, c in zip(frame[start:end], old, new, strict=True))
+    return frame[:start] + flipped + frame[end:]

@@ -16,6 +16,10 @@ Every attack test checks three things:
 * that the venue handler never received the forged or replayed data (:class:`Recorder`);
 * that the venue still serves a normal ``ts.connect`` participant afterwards.
 
+Every test runs in both frame protection modes: the autouse ``mode`` fixture sets the
+mode of the venue, of the raw participant and of the participant that checks the
+venue still serves (:func:`mode_config`).
+
 docs/security.md links each attack to its test here and in tests/protocol/test_attacks.py;
 :func:`test_security_doc_names_existing_tests` keeps those links honest.
 """
@@ -28,7 +32,7 @@ import os
 import re
 import resource
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -53,6 +57,7 @@ from trio_session.protocol import (
 from trio_session.protocol._crypto import kx_keypair
 from trio_session.protocol._wire import (
     HEADER_LEN,
+    MODES,
     ClientHello,
     Data,
     FrameType,
@@ -74,6 +79,23 @@ BASE = {"handshake_timeout": 0.5, "close_timeout": 0.5}
 #: Every test's overall deadline.
 DEADLINE = 10.0
 ROOT = Path(__file__).resolve().parent.parent
+#: The frame protection mode of the running test, set by the ``mode`` fixture.
+MODE = {"current": MODES[0]}
+
+
+@pytest.fixture(params=MODES, autouse=True)
+def mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test in each mode (one test at a time per process, so a module value will do)."""
+    MODE["current"] = request.param
+    yield request.param
+    MODE["current"] = MODES[0]
+
+
+def mode_config(**kwargs: Any) -> ts.SessionConfig:
+    """Settings in the running test's mode (the venue accepts only it, participants offer
+    only it, so a test can never pass in the other mode by accident), unless ``modes`` is
+    given."""
+    return ts.SessionConfig(**{"modes": (MODE["current"],), **kwargs})
 
 
 # -- what the venue did -----------------------------------------------------------------
@@ -162,7 +184,7 @@ async def live_venue(
     **config: Any,
 ) -> AsyncIterator[ts.VenueServer]:
     """A ``ts.serve`` venue on loopback for the duration of the block."""
-    cfg = ts.SessionConfig(**{**BASE, **config})
+    cfg = mode_config(**{**BASE, **config})
     body_exc: BaseException | None = None
     async with trio.open_nursery() as nursery:
         server: ts.VenueServer = await nursery.start(
@@ -177,10 +199,14 @@ async def live_venue(
         raise body_exc
 
 
-async def assert_serves(server: ts.VenueServer, identity: ts.Identity = PARTICIPANT) -> None:
+async def assert_serves(
+    server: ts.VenueServer, identity: ts.Identity = PARTICIPANT, **config: Any
+) -> None:
     """A normal supervised participant connects, gets an echo, and logs out."""
     with trio.fail_after(5):
-        async with ts.connect(url(server), identity, VENUE.public_key) as session:
+        async with ts.connect(
+            url(server), identity, VENUE.public_key, config=mode_config(**config)
+        ) as session:
             await session.send(b"probe-after-attack")
             assert await session.receive() == b"probe-after-attack"
 
@@ -330,7 +356,7 @@ async def raw_participant(
     conn = ClientConnection(
         identity,
         VENUE.public_key,
-        config or ts.SessionConfig(),
+        config or mode_config(),
         resume=resume,
         clock=trio.current_time,
     )
@@ -338,6 +364,7 @@ async def raw_participant(
         raw = Raw(ws, conn)
         if handshake:
             await raw.handshake()
+            assert conn.mode == MODE["current"]
         yield raw
 
 
@@ -378,7 +405,7 @@ def client_hello(
     """A hand-built M1 (new session), for offers the real participant never makes."""
     hello = ClientHello(
         ver=[1] if ver is None else ver,
-        modes=["mac"] if modes is None else modes,
+        modes=[MODE["current"]] if modes is None else modes,
         key_id=identity.key_id,
         p_nonce=os.urandom(32),
         e_p=kx_keypair(os.urandom(32))[0],
@@ -473,7 +500,7 @@ async def test_modification_of_frame_body(probe: VenueProbe, recorder: Recorder)
         async with live_venue(recorder.handler) as server:
             async with raw_participant(server) as raw:
                 genuine = raw.conn.send_data([b"buy 100"])
-                modified = genuine[:-16].replace(b"buy 100", b"buy 999") + genuine[-16:]
+                modified = forge.change_body_tail(genuine, b"100", b"999")
                 assert modified != genuine and len(modified) == len(genuine)
                 await raw.send(modified)  # the genuine frame never arrives
                 await expect_dropped(raw)
@@ -530,7 +557,7 @@ async def test_tampered_client_hello_breaks_transcript(
                 edited = prefix + encode_body(
                     ClientHello(
                         ver=[1, 0],
-                        modes=["mac", "none"],
+                        modes=[MODE["current"], "none"],
                         key_id=hello.key_id,
                         p_nonce=hello.p_nonce,
                         e_p=hello.e_p,
@@ -547,6 +574,43 @@ async def test_tampered_client_hello_breaks_transcript(
             assert probe.accepts == 1
             assert len(server.sessions) == sessions_before  # no session came of it
             await assert_serves(server)
+
+
+async def test_aead_stripped_from_the_offer(probe: VenueProbe, recorder: Recorder) -> None:
+    """Downgrade to read the traffic: the genuine participant offers ["aead", "mac"]; an
+    on-path attacker forwards ["mac"].  A venue accepting "mac" signs the edited offer and
+    the participant's signature check fails; a venue in mode "aead" only refuses it."""
+    with trio.fail_after(DEADLINE):
+        async with live_venue(recorder.handler, modes=("mac", "aead")) as server:
+            both = ts.SessionConfig(modes=("aead", "mac"))
+            async with raw_participant(server, handshake=False, config=both) as raw:
+                genuine = raw.m1
+                hello = decode_body(FrameType.CLIENT_HELLO, genuine[HEADER_LEN:], ClientHello)
+                assert hello.modes == ["aead", "mac"]
+                stripped = genuine[:HEADER_LEN] + encode_body(
+                    ClientHello(
+                        ver=hello.ver,
+                        modes=["mac"],
+                        key_id=hello.key_id,
+                        p_nonce=hello.p_nonce,
+                        e_p=hello.e_p,
+                        window=hello.window,
+                    )
+                )
+                raw.unsent.clear()
+                await raw.send(stripped)
+                m2 = await raw.recv()
+                assert m2[0] == FrameType.SERVER_HELLO and b"\xa4mode\xa3mac" in m2
+                with pytest.raises(ts.AuthenticationError) as info:
+                    raw.conn.receive_data(m2)
+                assert info.value.code is ts.CloseCode.AUTH_FAILED
+                assert raw.conn.mode is None  # never opened
+        async with live_venue(recorder.handler, modes=("aead",)) as strict:
+            async with raw_ws(strict) as ws:
+                await ws.send_message(client_hello(modes=["mac"]))
+                await expect_reject(ws, ts.CloseCode.VERSION_MISMATCH)
+            assert recorder.sessions == []
+            await assert_serves(strict, modes=("aead",))
 
 
 async def test_handshake_replay(probe: VenueProbe, recorder: Recorder) -> None:
@@ -596,7 +660,9 @@ async def test_mitm_impostor_venue(recorder: Recorder) -> None:
             live_venue(impostor_log.handler, identity=OTHER) as impostor,
         ):
             with pytest.raises(ts.AuthenticationError) as info:
-                async with ts.connect(url(impostor), PARTICIPANT, VENUE.public_key):
+                async with ts.connect(
+                    url(impostor), PARTICIPANT, VENUE.public_key, config=mode_config()
+                ):
                     pytest.fail("connected to an impostor")  # pragma: no cover
             assert info.value.code is ts.CloseCode.AUTH_FAILED
             assert impostor_log.sessions == []
@@ -1086,7 +1152,7 @@ async def test_slow_consumer(probe: VenueProbe) -> None:
         async with live_venue(
             flood.handler, outbound_capacity=4, inbound_capacity=4, slow_consumer_timeout=stall
         ) as server:
-            cfg = ts.SessionConfig(inbound_capacity=4)
+            cfg = mode_config(inbound_capacity=4)
             async with raw_participant(server, OTHER, config=cfg) as raw:
                 start = trio.current_time()
                 closed_at = await flood.wait_closed(within=stall + 0.3)  # never reads
@@ -1119,7 +1185,7 @@ async def test_slow_consumer_releases_blocked_handler(probe: VenueProbe) -> None
             heartbeat_interval=0.1,  # so the timer above cannot delay the close
             heartbeat_timeout=5.0,
         ) as server:
-            cfg = ts.SessionConfig(inbound_capacity=4)
+            cfg = mode_config(inbound_capacity=4)
             async with raw_participant(server, OTHER, config=cfg) as raw:
                 closed_at = await flood.wait_closed(within=stall + 0.5)
                 assert closed_at is not None
@@ -1153,7 +1219,7 @@ async def test_slow_consumer_not_reading_socket(probe: VenueProbe) -> None:
             heartbeat_interval=0.1,  # timers tick often: only the blocked writer matters
             heartbeat_timeout=5.0,
         ) as server:
-            cfg = ts.SessionConfig(inbound_capacity=1_000_000)
+            cfg = mode_config(inbound_capacity=1_000_000)
             conn = ClientConnection(OTHER, VENUE.public_key, cfg, clock=trio.current_time)
             async with raw_ws(server, queue=1) as ws:
                 raw = Raw(ws, conn)

@@ -2,9 +2,10 @@
 
 The default run holds the acceptance of the supervisor issue (100,000 messages
 each way, >= 50 abrupt resets) and a quick chaos run (about 5 s) with every
-fault kind twice.  ``nox -s soak`` (pytest --soak) runs the longer ones: the
-60-fault short soak (about 30 s) and the full soak, >= 1,000 faults of every
-kind over >= 1,000,000 messages each way.
+fault kind twice, in each frame protection mode.  ``nox -s soak`` (pytest --soak)
+runs the longer ones: the 60-fault short soak (about 30 s, each mode) and the full
+soak, >= 1,000 faults of every kind over >= 1,000,000 messages each way.  Runs
+without an explicit mode use "aead", the default over ``ws://``.
 """
 
 from __future__ import annotations
@@ -35,19 +36,21 @@ async def test_100k_messages_each_way_with_50_abrupt_resets() -> None:
     assert result.resumes >= 55
 
 
-async def test_every_fault_kind_twice() -> None:
+@pytest.mark.parametrize("mode", ["mac", "aead"])
+async def test_every_fault_kind_twice(mode: str) -> None:
     # Seed 406 draws each of the six kinds exactly twice in 12 faults.
     with trio.fail_after(60):
-        result = await run_chaos(20_000, 12, kinds=FAULT_KINDS, seed=406)
+        result = await run_chaos(20_000, 12, kinds=FAULT_KINDS, seed=406, mode=mode)
     _assert_clean(result)
     assert result.faults == dict.fromkeys(FAULT_KINDS, 2), result.faults
     assert result.resumes >= result.faults["reset"]
 
 
 @pytest.mark.soak
-async def test_short_soak_every_fault_kind() -> None:
+@pytest.mark.parametrize("mode", ["mac", "aead"])
+async def test_short_soak_every_fault_kind(mode: str) -> None:
     with trio.fail_after(120):
-        result = await run_chaos(60_000, 60, kinds=FAULT_KINDS, seed=11)
+        result = await run_chaos(60_000, 60, kinds=FAULT_KINDS, seed=11, mode=mode)
     _assert_clean(result)
     assert all(count > 0 for count in result.faults.values()), result.faults
     assert result.resumes >= result.faults["reset"]

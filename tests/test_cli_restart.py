@@ -44,6 +44,11 @@ def _crash_while_trading(venue: Cli, participant: Cli) -> None:
     participant.wait_for("event=stale", stream="stderr")
 
 
+def _span(text: str) -> int:
+    first, _, last = text.partition("-")
+    return int(last or first) - int(first) + 1
+
+
 def test_connect_keeps_trading_across_a_venue_restart(tmp_path: Path) -> None:
     k = keys(tmp_path)
     venue, port = start_serve(k, "--log-level", "warning")
@@ -63,9 +68,18 @@ def test_connect_keeps_trading_across_a_venue_restart(tmp_path: Path) -> None:
     assert summary.startswith("OK: "), text
     assert "lost=0 dup=0 reordered=0" in summary and "resets=1" in summary, summary
     (reset,) = [line for line in participant.err if "event=reset" in line]
-    # The reset names what was in doubt: unacknowledged messages and unanswered orders.
+    # The reset names what was in doubt: the messages the venue never acknowledged,
+    # with their sequence numbers (from SessionReset.in_doubt), and the unanswered orders.
+    doubt = re.search(r" in_doubt=(\d+) in_doubt_seqs=([\d,-]+) last_delivered_seq=(\d+) ", reset)
+    assert doubt, reset
+    count, seqs = int(doubt[1]), doubt[2]
+    assert count == sum(_span(part) for part in seqs.split(",")), reset
     assert re.search(r"unacked_at_loss=\d+", reset) and "orders_unanswered=" in reset, reset
     assert "in doubt" in reset and "reconcile" in reset, reset
+    # The orders left unanswered at the end include every one of those messages (and
+    # any the venue acknowledged but died before answering).
+    final = re.search(r", (\d+) in doubt after 1 reset\(s\) \(reported; (\d+) never ", summary)
+    assert final and int(final[1]) >= count and int(final[2]) == count, summary
     live = [line for line in participant.err if "event=live" in line]
     assert live and "new session" in live[-1], text
 

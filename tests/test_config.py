@@ -11,6 +11,8 @@ import pytest
 import trio_session as ts
 
 FIELDS = attrs.fields(ts.SessionConfig)
+#: The one field that is not a number.
+NON_NUMBER = {"modes"}
 FLOAT_FIELDS = [f.name for f in FIELDS if isinstance(f.default, float)]
 INT_FIELDS = [f.name for f in FIELDS if type(f.default) is int]
 #: Fields where zero is meaningful (no jitter); every other number must be > 0.
@@ -49,7 +51,7 @@ def _kw(name: str, value: object) -> dict[str, Any]:
 def test_every_field_is_a_validated_number() -> None:
     assert FLOAT_FIELDS
     assert INT_FIELDS
-    assert len(FLOAT_FIELDS) + len(INT_FIELDS) == len(FIELDS)
+    assert len(FLOAT_FIELDS) + len(INT_FIELDS) + len(NON_NUMBER) == len(FIELDS)
     for f in FIELDS:
         assert f.validator is not None, f.name
         assert f.kw_only, f.name
@@ -159,3 +161,42 @@ def test_value_semantics_and_evolve_revalidates() -> None:
 def test_heartbeat_jitter_must_stay_below_one() -> None:
     with pytest.raises(ValueError, match="heartbeat_jitter"):
         ts.SessionConfig(heartbeat_jitter=1.0)
+
+
+def test_modes_default_to_the_transport_and_accept_any_sequence() -> None:
+    c = ts.SessionConfig()
+    assert c.modes is None
+    assert ts.SessionConfig(modes=["aead", "mac"]).modes == ("aead", "mac")
+    assert ts.SessionConfig(modes="aead").modes == ("aead",)
+    # A participant: "aead" only over ws://, both (mac first) otherwise.
+    assert c.for_participant("ws://venue:1/").modes == ("aead",)
+    assert c.for_participant("WS://venue:1/").modes == ("aead",)
+    assert c.for_participant("wss://venue:1/").modes == ("mac", "aead")
+    assert c.for_participant(None).modes == ("mac", "aead")
+    # A venue: aead first without TLS; with TLS the participant's order (None).
+    assert c.for_venue(tls=False).modes == ("aead", "mac")
+    assert c.for_venue(tls=True).modes is None
+    # An explicit choice is never overridden.
+    explicit = ts.SessionConfig(modes=("mac",))
+    assert explicit.for_participant("ws://venue:1/") is explicit
+    assert explicit.for_venue(tls=False) is explicit
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ((), "at least one mode"),
+        (("mac", "tls"), "unknown mode 'tls'"),
+        (("aead", "aead"), "lists a mode twice"),
+    ],
+)
+def test_bad_modes_name_the_field(value: object, match: str) -> None:
+    with pytest.raises(ValueError, match=rf"SessionConfig\.modes.*{match}"):
+        ts.SessionConfig(**_kw("modes", value))
+
+
+def test_modes_that_are_not_names_name_the_field() -> None:
+    with pytest.raises(TypeError, match=r"SessionConfig\.modes must be mode names"):
+        ts.SessionConfig(**_kw("modes", 5))
+    with pytest.raises(ValueError, match=r"SessionConfig\.modes: unknown mode 1"):
+        ts.SessionConfig(**_kw("modes", [1]))

@@ -166,8 +166,10 @@ def test_disconnects(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Mon
     assert seen["after_resume"] == "LIVE" and seen["same_session"] is True
     assert seen["acks"] == [f"ack {i}" for i in range(6)]
     assert seen["resumes"] == 1
-    # A session that could not be resumed is reported once, then the new one works.
+    # A session that could not be resumed is reported once, naming exactly the order in
+    # doubt (written, never acknowledged), then the new one works.
     assert seen["reset"] is True
+    assert seen["in_doubt"] == [(1, b"order 8")]
     # Cancellation is a loss (dead man's switch after resume_ttl); leaving the block a logout.
     assert seen["venue_events"] == ["lost after 30s", "logout"]
 

@@ -305,6 +305,8 @@ def p99(rtts: list[float]) -> float:
 
 
 def describe(name: str, rtts: list[float]) -> str:
+    if not rtts:
+        return f"{name}: n=0 (no round trip completed in this window)"
     return (
         f"{name}: n={len(rtts)} p50={rtts[len(rtts) // 2] * 1e3:.2f} ms "
         f"p99={p99(rtts) * 1e3:.2f} ms max={rtts[-1] * 1e3:.2f} ms"
@@ -425,12 +427,14 @@ async def _flood(n: int, sources: int, handshake_timeout: float) -> None:
     assert p99(expiry) < 3 * base, describe("timing out", expiry)
 
 
+@pytest.mark.timing
 @needs_many_loopbacks
 async def test_preauth_flood_does_not_stall_participants() -> None:
     await _flood(2000, sources=40, handshake_timeout=2.5)
 
 
 @pytest.mark.soak
+@pytest.mark.timing
 @needs_many_loopbacks
 async def test_5000_idle_preauth_connections_soak() -> None:
     await _flood(5000, sources=100, handshake_timeout=5.0)

@@ -32,6 +32,7 @@ __all__ = [
     "HandshakeTimeout",
     "HeartbeatTimeout",
     "Identity",
+    "InDoubt",
     "IntegrityError",
     "InvalidMessage",
     "KeyRegistry",
@@ -44,6 +45,7 @@ __all__ = [
     "RateLimit",
     "RateLimited",
     "RejectCode",
+    "Rejected",
     "RekeyTimeout",
     "RemoteProtocolError",
     "RestartPolicy",
@@ -64,6 +66,7 @@ __all__ = [
     "StoreError",
     "Validate",
     "VenueServer",
+    "VenueStats",
     "connect",
     "load_plugins",
     "serve",
@@ -107,9 +110,12 @@ _LAZY: dict[str, str] = {
     "SlowConsumer": "._errors",
     "StoreError": "._errors",
     "InvalidMessage": "._errors",
+    "InDoubt": "._errors",
+    "Rejected": "._errors",
     "Identity": "._identity",
     "KeyRegistry": "._identity",
     "VenueServer": "._server",
+    "VenueStats": "._server",
     "serve": "._server",
     "Session": "._session",
     "SessionStats": "._session",
@@ -137,6 +143,7 @@ if TYPE_CHECKING:
     from ._errors import FrameError as FrameError
     from ._errors import HandshakeTimeout as HandshakeTimeout
     from ._errors import HeartbeatTimeout as HeartbeatTimeout
+    from ._errors import InDoubt as InDoubt
     from ._errors import IntegrityError as IntegrityError
     from ._errors import InvalidMessage as InvalidMessage
     from ._errors import LocalProtocolError as LocalProtocolError
@@ -144,6 +151,7 @@ if TYPE_CHECKING:
     from ._errors import ProtocolError as ProtocolError
     from ._errors import RateLimited as RateLimited
     from ._errors import RejectCode as RejectCode
+    from ._errors import Rejected as Rejected
     from ._errors import RekeyTimeout as RekeyTimeout
     from ._errors import RemoteProtocolError as RemoteProtocolError
     from ._errors import ResumeRefused as ResumeRefused
@@ -159,6 +167,7 @@ if TYPE_CHECKING:
     from ._policy import Backoff as Backoff
     from ._policy import RestartPolicy as RestartPolicy
     from ._server import VenueServer as VenueServer
+    from ._server import VenueStats as VenueStats
     from ._server import serve as serve
     from ._session import Session as Session
     from ._session import SessionStats as SessionStats

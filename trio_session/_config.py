@@ -9,11 +9,19 @@ validated once, at construction, with errors that name the field.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Final
 
 import attrs
 
-__all__ = ["SessionConfig"]
+__all__ = ["MODES", "MODE_AEAD", "MODE_MAC", "SessionConfig"]
+
+#: Frame protection modes (docs/protocol.md, "Frame protection"): ``"mac"``
+#: authenticates every frame and leaves bodies readable (TLS gives
+#: confidentiality); ``"aead"`` also encrypts every body.
+MODE_MAC: Final = "mac"
+MODE_AEAD: Final = "aead"
+MODES: Final = (MODE_MAC, MODE_AEAD)
 
 
 def _positive(inst: Any, attr: attrs.Attribute[Any], value: float) -> None:
@@ -37,21 +45,61 @@ def _positive_int(inst: Any, attr: attrs.Attribute[Any], value: int) -> None:
         raise ValueError(f"SessionConfig.{attr.name} must be >= 1, got {value!r}")
 
 
+def _to_modes(value: Iterable[str] | str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:
+        raise TypeError(
+            "SessionConfig.modes must be mode names (e.g. ('aead', 'mac')) or None, "
+            f"got {type(value).__name__}"
+        ) from None
+
+
+def _valid_modes(inst: Any, attr: attrs.Attribute[Any], value: tuple[str, ...] | None) -> None:
+    if value is None:
+        return
+    if not value:
+        raise ValueError("SessionConfig.modes must name at least one mode, or be None (automatic)")
+    for mode in value:
+        if mode not in MODES:
+            raise ValueError(
+                f"SessionConfig.modes: unknown mode {mode!r} (known: {', '.join(MODES)})"
+            )
+    if len(set(value)) != len(value):
+        raise ValueError(f"SessionConfig.modes lists a mode twice: {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class SessionConfig:
     """Timers, limits and capacities of a session.  All times are in seconds.
 
     Key timers follow WireGuard's (a new DH key every 120 s, keys refused after
-    180 s); heartbeats follow FIX practice.
+    180 s).  Heartbeats follow FIX practice (a heartbeat, then a probe, then a
+    timeout) at the tempo of trading: a silent link is STALE within
+    ``stale_after`` (2.5 s), and abandoned for a new connection after
+    ``heartbeat_timeout`` (10 s).
     Invalid values raise :class:`ValueError`/:class:`TypeError` naming the field.
     """
 
-    #: The participant sends a heartbeat when it sent or heard nothing for this
-    #: long; the venue only answers (and probes a participant silent for half-way
-    #: to the timeout).  The venue's value is dictated to the participant.
-    heartbeat_interval: float = attrs.field(default=5.0, validator=_positive)
-    #: Declare the peer dead when nothing was received for this long.
-    heartbeat_timeout: float = attrs.field(default=15.0, validator=_positive)
+    #: The participant sends a heartbeat every this many seconds (busy or idle;
+    #: that also measures the RTT); the venue answers, and probes a participant
+    #: silent half-way to the timeout.  The venue's value is dictated to the
+    #: participant.  1 s makes ``stale_after`` possible at 2.5 s; an idle session
+    #: costs one small frame each way per second.
+    heartbeat_interval: float = attrs.field(default=1.0, validator=_positive)
+    #: Nothing received for this long: the session turns STALE at once (the peer
+    #: may be unreachable; what you hold may be out of date), while the connection
+    #: is kept and probed, so a link that recovers (a short black hole, a peer's
+    #: pause) is LIVE again without a reconnect.  Never below 1.5 intervals nor
+    #: above ``heartbeat_timeout``.
+    stale_after: float = attrs.field(default=2.5, validator=_positive)
+    #: Nothing received for this long: the peer is dead, the connection ends
+    #: (``HeartbeatTimeout``) and the participant reconnects and resumes.
+    heartbeat_timeout: float = attrs.field(default=10.0, validator=_positive)
     #: Participant: each idle heartbeat goes out after a random
     #: ``(1 - jitter) .. 1`` times the interval, so that sessions started together
     #: (e.g. after a venue restart) do not beat in lockstep.  0 disables it.
@@ -95,6 +143,18 @@ class SessionConfig:
     #: Writer coalescing cap: at most this many payload bytes per data frame.
     max_batch_bytes: int = attrs.field(default=2**16, validator=_positive_int)
 
+    #: Frame protection modes, most preferred first (``"mac"``, ``"aead"``).  A
+    #: participant offers these; a venue accepts only these and picks the first one
+    #: the participant offered.  None (the default) decides by the transport: a
+    #: participant offers only ``"aead"`` over ``ws://`` (no cleartext order flow
+    #: unless configured) and ``("mac", "aead")`` otherwise; a venue accepts both,
+    #: picks ``"aead"`` whenever offered when it serves without TLS (TLS may end at a
+    #: load balancer in front of it), and otherwise follows the participant's order.
+    #: Each connection negotiates anew, a resume included.
+    modes: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_to_modes, validator=_valid_modes
+    )
+
     #: Venue: close a session whose outbound queue stays full this long.
     slow_consumer_timeout: float = attrs.field(default=30.0, validator=_positive)
     #: Venue: handshakes allowed per key per second, and per remote address.
@@ -136,3 +196,20 @@ class SessionConfig:
             )
         if self.max_batch_bytes + 64 > self.max_frame_size:
             raise ValueError("SessionConfig.max_batch_bytes must be below max_frame_size")
+
+    def for_participant(self, url: str | None) -> SessionConfig:
+        """This config with ``modes`` resolved for a participant connecting to ``url``
+        (None: a transport that is not a WebSocket URL, e.g. in memory)."""
+        if self.modes is not None:
+            return self
+        plain = url is not None and url[:5].lower() == "ws://"
+        return attrs.evolve(self, modes=(MODE_AEAD,) if plain else (MODE_MAC, MODE_AEAD))
+
+    def for_venue(self, *, tls: bool) -> SessionConfig:
+        """This config with ``modes`` resolved for a venue serving with or without TLS.
+
+        Without TLS the venue prefers ``"aead"``; with TLS ``modes`` stays None, which
+        the handshake reads as "accept both, in the participant's order"."""
+        if self.modes is not None or tls:
+            return self
+        return attrs.evolve(self, modes=(MODE_AEAD, MODE_MAC))

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import trio
 
+from ._durable_link import stable_advanced
 from ._errors import StoreError
 from ._queues import NO_LIMIT
 from .protocol import SessionRecord
@@ -450,7 +451,7 @@ class SessionPersistence:
             self.stable = state.rx_committed
             link = self.core.link
             if link is not None and link.conn.session is record:
-                link.stable_advanced(self.stable)
+                stable_advanced(link, self.stable)
             else:
                 record.rx_stable = self.stable
 

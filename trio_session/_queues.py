@@ -25,7 +25,7 @@ from typing import Any, Final, final
 
 import trio
 
-from ._errors import MessageRejected, RejectCode, SessionError
+from ._errors import InDoubt, MessageRejected, RejectCode, SessionError
 from .protocol import SessionRecord
 from .protocol._wire import NOTICE_REJECT, Notice, decode_notice, encode_body
 
@@ -54,12 +54,14 @@ class Notices(list[bytes]):
 
 @final
 class _Reset:
-    """Inbound marker: the logical session was replaced by ``record``."""
+    """Inbound marker: the logical session was replaced by ``record``; ``in_doubt``
+    are the old session's messages sent and never acknowledged."""
 
-    __slots__ = ("record",)
+    __slots__ = ("in_doubt", "record")
 
-    def __init__(self, record: SessionRecord) -> None:
+    def __init__(self, record: SessionRecord, in_doubt: tuple[InDoubt, ...]) -> None:
         self.record = record
+        self.in_doubt = in_doubt
 
 
 @final
@@ -277,6 +279,11 @@ class Inbound:
         #: restart (they are flagged as redeliveries).
         self.redeliver_before = 0
         self.reset_pending = False
+        #: For the SessionReset: the old session's in-doubt messages, and the seq
+        #: of the last message delivered from it.
+        self.reset_info: tuple[tuple[InDoubt, ...], int] = ((), -1)
+        #: The in-doubt messages of the last reset queued (for its log record).
+        self.pending_reset_in_doubt: tuple[InDoubt, ...] = ()
         #: Messages in the channel (not yet in ``buf``).
         self.queued = 0
         #: The logical session that consuming the next messages credits.
@@ -301,9 +308,10 @@ class Inbound:
         self.queued += len(payloads)
         return True
 
-    def put_reset(self, record: SessionRecord) -> None:
+    def put_reset(self, record: SessionRecord, in_doubt: tuple[InDoubt, ...]) -> None:
         """Everything queued so far belongs to the old session; ``record`` follows."""
-        self._send.send_nowait(_Reset(record))
+        self.pending_reset_in_doubt = in_doubt
+        self._send.send_nowait(_Reset(record, in_doubt))
 
     def close(self) -> None:
         self._send.close()
@@ -315,6 +323,7 @@ class Inbound:
         if type(item) is _Reset:
             # From here on: the new session's messages, numbered and credited there.
             self.reset_pending = True
+            self.reset_info = (item.in_doubt, self.rx_seq - 1)
             self.rx_seq = 0
             self.consume_target = item.record
             self.redeliver_before = 0

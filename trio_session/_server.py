@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, final
+from typing import Any, final, overload
 
 import attrs
 import trio
@@ -29,6 +29,7 @@ import trio
 from ._admission import Admission
 from ._config import SessionConfig
 from ._control import SessionControl, open_session
+from ._core import final_counts
 from ._driver import run_handshake
 from ._errors import (
     AuthenticationError,
@@ -43,7 +44,6 @@ from ._errors import (
 from ._identity import Identity, KeyRegistry
 from ._lifecycle import State
 from ._link import close_forcefully
-from ._persist import store_runtime
 from ._session import Session
 from ._transport import (
     Transport,
@@ -52,18 +52,20 @@ from ._transport import (
     observable_close,
     serve_transport,
 )
-from ._venue_store import VenueStore
+from ._typing import M, TypeForm
+from ._venue_stats import VenueStats, VenueTally
+from ._venue_store import VenueStore, hook_owed, venue_store
 from .protocol import HandshakeComplete, HelloReceived, Role, SessionRecord, VenueConnection
 from .store import SessionStatus, SessionStore
 
-__all__ = ["VenueServer", "serve"]
+__all__ = ["VenueServer", "VenueStats", "serve"]
 
 logger = logging.getLogger("trio_session.server")
 
 #: The application's venue handler: called once per logical session.
-SessionHandler = Callable[[Session], Awaitable[None]]
+SessionHandler = Callable[[Session[M]], Awaitable[None]]
 #: ``on_session_lost`` / ``on_logout``: a plain or async callable.
-Hook = Callable[[Session], Awaitable[None] | None]
+Hook = Callable[[Session[M]], Awaitable[None] | None]
 
 
 @attrs.define(eq=False)
@@ -77,67 +79,143 @@ class VenueServer:
     _venue: VenueRunner = attrs.field(repr=False, alias="venue")
 
     @property
-    def sessions(self) -> list[Session]:
+    def sessions(self) -> list[Session[Any]]:
         """Sessions alive now (LIVE or detached awaiting resume)."""
         return self._venue.live_sessions()
 
+    def stats(self) -> VenueStats:
+        """The venue's numbers now, for monitoring: sessions by state, messages and
+        bytes each way, resumes, resets, rekeys, RTTs, queue depths, drops, slow
+        consumers and refused handshakes by reason.  Counters include ended
+        sessions; computed when called (one pass over the live sessions)."""
+        return self._venue.stats()
 
+
+@overload
 async def serve(
-    handler: SessionHandler,
+    handler: SessionHandler[bytes],
     identity: Identity,
     registry: KeyRegistry,
     host: str,
     port: int,
     *,
     config: SessionConfig | None = None,
-    messages: Any | None = None,
+    messages: None = None,
     ssl_context: ssl.SSLContext | None = None,
-    on_session_lost: Hook | None = None,
-    on_logout: Hook | None = None,
+    on_session_lost: Hook[bytes] | None = None,
+    on_logout: Hook[bytes] | None = None,
+    store: SessionStore | None = None,
+    task_status: trio.TaskStatus[VenueServer] = trio.TASK_STATUS_IGNORED,
+) -> None: ...
+
+
+@overload
+async def serve(
+    handler: SessionHandler[M],
+    identity: Identity,
+    registry: KeyRegistry,
+    host: str,
+    port: int,
+    *,
+    config: SessionConfig | None = None,
+    messages: TypeForm[M],
+    ssl_context: ssl.SSLContext | None = None,
+    on_session_lost: Hook[M] | None = None,
+    on_logout: Hook[M] | None = None,
+    store: SessionStore | None = None,
+    task_status: trio.TaskStatus[VenueServer] = trio.TASK_STATUS_IGNORED,
+) -> None: ...
+
+
+async def serve(
+    handler: SessionHandler[Any],
+    identity: Identity,
+    registry: KeyRegistry,
+    host: str,
+    port: int,
+    *,
+    config: SessionConfig | None = None,
+    messages: Any = None,
+    ssl_context: ssl.SSLContext | None = None,
+    on_session_lost: Hook[Any] | None = None,
+    on_logout: Hook[Any] | None = None,
     store: SessionStore | None = None,
     task_status: trio.TaskStatus[VenueServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve participant sessions; use with ``await nursery.start(ts.serve, ...)``.
+    """Serve participant sessions until cancelled: ``server = await nursery.start(ts.serve, ...)``.
+
+    ``nursery.start`` returns the :class:`VenueServer` once listening (pass the
+    keyword options with ``functools.partial``).  Failing to listen raises
+    :class:`OSError` (address in use, not an address of this machine) or
+    :class:`ValueError` (a port outside 0..65535) from ``nursery.start``,
+    as itself.
 
     ``handler(session)`` is called once per *logical* session and survives the
     participant's reconnects.  When it returns, the session is closed
     gracefully; when it raises, the error is logged, the participant receives
-    CLOSE(HANDLER_ERROR), and the server keeps serving everyone else.
+    CLOSE(HANDLER_ERROR), and the server keeps serving everyone else.  A
+    :class:`~trio_session.SessionError` from it (the session ended) is a
+    normal end.
 
     At most one end hook runs per session.  ``on_session_lost(session)`` — the
     dead man's switch — when it ended without a graceful close: usually its
     connection broke and it was not resumed within ``resume_ttl``
     (:class:`~trio_session.SessionExpired`), but also a handler failure, a
-    revoked key, a slow consumer or a fatal error.  ``on_logout(session)`` when
-    it ended with a graceful close from the participant (a logout, or its
-    answer to the venue's close once the handler returned).  Runs until
-    cancelled.
+    revoked key, a slow consumer or a fatal error: cancel the participant's
+    resting orders there.  ``on_logout(session)`` when it ended with a graceful
+    close from the participant (a logout, or its answer to the venue's close
+    once the handler returned).
 
-    ``store`` keeps sessions across restarts of the venue (e.g.
-    ``ts.SqliteStore("venue.db")``): started again on the same store, the venue
-    restores every session, resumable within ``resume_ttl`` of its detach, and
-    loses no message ``send()`` returned for (docs/howto/durable.md).  Raises
-    :class:`~trio_session.StoreError` for a store that cannot be used, and when
-    a write to it fails.
+    Args:
+        handler: ``async def handler(session) -> None``, once per logical session
+            (a :class:`~trio_session.Router` is one).
+        identity: the venue's :class:`~trio_session.Identity` (participants pin
+            its public key).
+        registry: the participants' public keys; revoking a key id ends its
+            live sessions.
+        host: address to listen on (``"0.0.0.0"``: all IPv4 interfaces).
+        port: TCP port, 0..65535; 0 picks a free one (read ``VenueServer.port``).
+        config: timers, capacities and limits; the heartbeat timing is dictated
+            to participants.
+        messages: the application message type (as for :func:`connect`); the
+            handler then gets a ``Session[that type]``.
+        ssl_context: server TLS context: serve ``wss://``.
+        on_session_lost: the dead man's switch (sync or async), see above.
+        on_logout: called (sync or async) after a participant's graceful logout.
+        store: where sessions are kept (default: in memory, for the life of the
+            process).  With :class:`~trio_session.SqliteStore` the venue started
+            again on the same store, even after ``kill -9``, restores every
+            session (resumable within ``resume_ttl`` of its detach) and loses no
+            message ``send()`` returned for (docs/howto/durable.md).  A store
+            that cannot be used, or a failed write to it, raises
+            :class:`~trio_session.StoreError`.
+        task_status: for ``nursery.start``; receives the :class:`VenueServer`.
     """
-    cfg = config or SessionConfig()
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an int in 0..65535, got {port!r}")
+    # modes=None prefers "aead" without TLS (docs/api.md, SessionConfig.modes).
+    cfg = (config or SessionConfig()).for_venue(tls=ssl_context is not None)
     venue = VenueRunner(
         handler, identity, registry, cfg, messages, on_session_lost, on_logout, store=store
     )
     async with venue.running() as nursery:
-        tserver: TransportServer = await nursery.start(
-            partial(
-                serve_transport,
-                venue.on_transport,
-                host,
-                port,
-                ssl_context=ssl_context,
-                handshake_timeout=cfg.handshake_timeout,
-                max_message_size=cfg.max_frame_size,
-                close_timeout=cfg.close_timeout,
-                limits=TransportLimits.from_config(cfg),
+        try:
+            tserver: TransportServer = await nursery.start(
+                partial(
+                    serve_transport,
+                    venue.on_transport,
+                    host,
+                    port,
+                    ssl_context=ssl_context,
+                    handshake_timeout=cfg.handshake_timeout,
+                    max_message_size=cfg.max_frame_size,
+                    close_timeout=cfg.close_timeout,
+                    limits=TransportLimits.from_config(cfg),
+                )
             )
-        )
+        except OSError as exc:  # name the address; the original stays the cause
+            why = exc.strerror or str(exc) or type(exc).__name__
+            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {why}") from exc
         server = VenueServer(host, tserver.port, list(tserver.listeners), venue=venue)
         logger.info("venue serving on %s:%d", host, tserver.port)
         task_status.started(server)
@@ -154,13 +232,13 @@ class VenueRunner:
 
     def __init__(
         self,
-        handler: SessionHandler,
+        handler: SessionHandler[Any],
         identity: Identity,
         registry: KeyRegistry,
         config: SessionConfig,
         messages: Any | None,
-        on_session_lost: Hook | None,
-        on_logout: Hook | None,
+        on_session_lost: Hook[Any] | None,
+        on_logout: Hook[Any] | None,
         *,
         store: SessionStore | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -175,6 +253,7 @@ class VenueRunner:
         #: Sessions by session id, kept until they end.
         self.sessions: dict[bytes, SessionControl] = {}
         self.admission = Admission(config, trio.current_time)
+        self.tally = VenueTally(trio.current_time)
         self._nursery: trio.Nursery | None = None
         self._ttl_scopes: dict[bytes, trio.CancelScope] = {}
         self._takeover: set[bytes] = set()
@@ -184,7 +263,11 @@ class VenueRunner:
         self.wall_clock = wall_clock
         self._store: VenueStore | None = None
 
-    def live_sessions(self) -> list[Session]:
+    def stats(self) -> VenueStats:
+        """The venue's numbers now (see :class:`VenueStats`)."""
+        return self.tally.snapshot(self.live_sessions())
+
+    def live_sessions(self) -> list[Session[Any]]:
         """Sessions alive now (LIVE or detached awaiting resume)."""
         return [c.session for c in self.sessions.values() if c.session.state is not State.CLOSED]
 
@@ -198,7 +281,9 @@ class VenueRunner:
         write to it ends the block with that :class:`~trio_session.StoreError`.
         """
         failure: BaseException | None = None
-        async with self._durable() as vstore:
+        sessions = self.sessions.values
+        async with venue_store(self.store, self.wall_clock, self.config, sessions) as vstore:
+            self._store = vstore
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.registry.add_revocation_listener(self.on_revoked)
@@ -218,45 +303,16 @@ class VenueRunner:
         if failure is not None:
             raise failure
 
-    @asynccontextmanager
-    async def _durable(self) -> AsyncIterator[VenueStore | None]:
-        """The venue's store for the block (None without a durable one)."""
-        if self.store is None:
-            yield None
-            return
-        async with store_runtime(self.store, self.wall_clock) as runtime:
-            runtime.claim("venue", "another venue")
-            self._store = vstore = VenueStore(runtime, self.config.resume_ttl)
-            try:
-                yield vstore
-            finally:
-                self._store = None
-                await vstore.final_stamp(list(self.sessions.values()))
-                runtime.release("venue")
-
     async def _restore(self, vstore: VenueStore) -> None:
         """Continue every stored session (see ``_venue_store``)."""
-        contents = await vstore.load()
-        for stored in contents.sessions:
-            control = open_session(Role.VENUE, self.config, self.messages, stored.state.key_id)
-            left = vstore.restore(control, stored, contents.alive_at)
-            self.sessions[stored.state.session_id] = control
-            control.detach(State.STALE)
+        for control, left, end in await vstore.restore_all(self.config, self.messages):
+            self.sessions[_sid(control)] = control
             self._start(self._watch_end, control)
-            end = vstore.owed_end(stored)
-            if end is None and left <= 0:
-                end = SessionExpired("participant did not resume within resume_ttl")
             if end is not None:
                 control.finish(end)  # its end hook runs now, once
                 continue
             self._start(self._run_handler, control.session)
             self._start(self._expire, control, left)
-        if contents.sessions:
-            logger.info(
-                "restored %d sessions from %s",
-                len(contents.sessions),
-                vstore.runtime.store.location,
-            )
 
     def _start(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         assert self._nursery is not None
@@ -276,7 +332,7 @@ class VenueRunner:
         """Admit, authenticate and run one participant connection."""
         cfg = self.config
         conn = VenueConnection(self.identity, cfg, clock=trio.current_time)
-        resuming: list[SessionControl] = []
+        hs = _Handshake(transport.remote_address)
         try:
             # One deadline from TCP accept: upgrade and authentication together.
             with transport.handshake_deadline(cfg.handshake_timeout):
@@ -284,38 +340,47 @@ class VenueRunner:
                     transport,
                     conn,
                     admit=partial(self.admission.admit_address, transport.remote_address),
-                    on_hello=partial(self._accept, conn, resuming),
+                    on_hello=partial(self._accept, conn, hs),
                     eager_confirm=self.store is None,
                 )
                 transport.mark_authenticated()
         except trio.TooSlowError:
-            logger.debug("handshake from %s timed out", transport.remote_address)
+            self._refused(hs, CloseCode.HANDSHAKE_TIMEOUT, f"not done in {cfg.handshake_timeout}s")
             await self._reject(transport, conn, CloseCode.HANDSHAKE_TIMEOUT)
             return
         except RateLimited as exc:
+            self._refused(hs, exc.code, f"{exc}; told to retry in {exc.retry_after:.3f}s")
             await self._reject(transport, conn, exc.code, exc.retry_after)
             return
         except AuthenticationError as exc:
-            logger.warning("handshake from %s refused: %s", transport.remote_address, exc)
-            await self._reject(transport, conn, exc.code)
+            self._refused(hs, exc.code, str(exc))
+            # Only a mode mismatch says more than its code: both lists are public, and
+            # the participant needs them to fix its SessionConfig.modes.
+            detail = str(exc) if exc.code is CloseCode.VERSION_MISMATCH else None
+            await self._reject(transport, conn, exc.code, reason=detail)
             return
         except SessionError as exc:
-            logger.info("handshake from %s failed: %s", transport.remote_address, exc)
+            logger.info("handshake from %s failed: %s", hs.address, exc)
             if not isinstance(exc, ConnectionLost):
+                self._refused(hs, exc.code, str(exc))
                 await self._reject(transport, conn, exc.code)
             return
         assert conn.session is not None
         if done.resumed:
-            control = resuming[0]
+            assert hs.resuming is not None
+            control = hs.resuming
             self._take_over(control)
         else:
-            control = self._new_session(conn.session)
+            control = self._new_session(conn.session, hs)
         await self._run(control, transport, conn, done)
 
-    def _accept(
-        self, conn: VenueConnection, resuming: list[SessionControl], hello: HelloReceived
-    ) -> None:
+    def _refused(self, hs: _Handshake, code: CloseCode, why: str) -> None:
+        self.tally.refused(code, hs.address, hs.key_id, why)
+
+    def _accept(self, conn: VenueConnection, hs: _Handshake, hello: HelloReceived) -> None:
         """ClientHello: key rate, registry, the session to resume, then accept()."""
+        hs.key_id = hello.key_id
+        hs.resume_session_id = hello.resume_session_id
         self.admission.admit_key(hello.key_id)
         public_key = self.registry.lookup(hello.key_id)
         existing = self._resumable(hello)
@@ -330,7 +395,7 @@ class VenueRunner:
                 )
             raise
         if conn.resumed and existing is not None:
-            resuming.append(existing)
+            hs.resuming = existing
 
     def _resumable(self, hello: HelloReceived) -> SessionControl | None:
         sid = hello.resume_session_id
@@ -339,12 +404,33 @@ class VenueRunner:
             return None
         return existing
 
-    def _new_session(self, record: SessionRecord) -> SessionControl:
+    def _new_session(self, record: SessionRecord, hs: _Handshake) -> SessionControl:
         control = open_session(Role.VENUE, self.config, self.messages, record.key_id)
         if self._store is not None:
             self._store.adopt(control)
         control.bind(record)
         self.sessions[record.session_id] = control
+        self.tally.opened += 1
+        if hs.resume_session_id is not None:
+            # The participant's side raises SessionReset with what it had in doubt.
+            self.tally.resets += 1
+            control.log_event(
+                logging.WARNING,
+                "reset",
+                "participant %s asked to resume session %s, which this venue no longer has "
+                "(expired, or the venue restarted): new session",
+                record.key_id,
+                hs.resume_session_id.hex(),
+                old_session_id=hs.resume_session_id.hex(),
+            )
+        control.log_event(
+            logging.INFO,
+            "login",
+            "participant %s logged in from %s",
+            record.key_id,
+            hs.address,
+            address=hs.address,
+        )
         self._start(self._run_handler, control.session)
         self._start(self._watch_end, control)
         return control
@@ -372,10 +458,14 @@ class VenueRunner:
                 await close_forcefully(transport)
                 return
             if done.resumed:
-                logger.info(
-                    "session %s resumed from %s",
-                    control.session.session_id,
+                control.log_event(
+                    logging.INFO,
+                    "resume",
+                    "session resumed from %s (%d messages retransmitted)",
                     transport.remote_address,
+                    done.retransmitted,
+                    address=transport.remote_address,
+                    retransmitted=done.retransmitted,
                 )
                 if self._store is not None:
                     self._store.attached(control)
@@ -383,7 +473,7 @@ class VenueRunner:
             if sid in self._takeover or control.finished:
                 return
             if err.category is Category.RESUMABLE and not control.closing:
-                control.detach(State.STALE)
+                control.detach(State.STALE, f"{type(err).__name__}: {err}")
                 if self._store is not None:
                     self._store.detached(control)
                 self._start(self._expire, control)
@@ -396,10 +486,12 @@ class VenueRunner:
         conn: VenueConnection,
         code: CloseCode,
         retry_after: float | None = None,
+        *,
+        reason: str | None = None,
     ) -> None:
         with trio.move_on_after(self.config.close_timeout):
             try:
-                conn.close(code, code.name.lower(), retry_after=retry_after)
+                conn.close(code, reason or code.name.lower(), retry_after=retry_after)
                 for out in conn.data_to_send():
                     await transport.send(out)
             except SessionError:
@@ -418,11 +510,6 @@ class VenueRunner:
             await trio.sleep(ttl if left is None else left)
             if control.finished or sid in self._takeover:
                 return
-            logger.warning(
-                "session %s not resumed within %ss: dead man's switch",
-                control.session.session_id,
-                ttl,
-            )
             control.finish(SessionExpired(f"participant did not resume within {ttl}s"))
             self._ttl_scopes.pop(sid, None)
 
@@ -438,37 +525,49 @@ class VenueRunner:
         """
         await control.wait_finished()
         err = control.error
+        self.tally.retire(control.session.stats, err)
         if err is not None and is_clean_close(err):
             if err.remote:
+                self.tally.logouts += 1
                 await self._hook(self.on_logout, control, SessionStatus.LOGGED_OUT)
             else:
                 self.sessions.pop(_sid(control), None)
                 if self._store is not None:
                     await self._store.forget(control)
             return
+        self.tally.sessions_lost += 1
+        control.log_event(
+            logging.WARNING,
+            "dead_mans_switch",
+            "participant %s lost: %s: %s; on_session_lost: cancel its orders",
+            control.session.key_id,
+            type(err).__name__,
+            err,
+            error=type(err).__name__,
+            code=err.code.name if err is not None else None,
+            **final_counts(control.session.stats),
+        )
         await self._hook(self.on_session_lost, control, SessionStatus.LOST)
 
-    async def _hook(self, hook: Hook | None, control: SessionControl, end: SessionStatus) -> None:
-        """Run an end hook once; with a store, ``end`` is recorded first and the
-        session is removed only once the hook returned."""
+    async def _hook(
+        self, hook: Hook[Any] | None, control: SessionControl, end: SessionStatus
+    ) -> None:
+        """Run an end hook once (with a store: recorded as owed before it runs, the
+        session forgotten only once it returned)."""
         sid = _sid(control)
         self.sessions.pop(sid, None)
-        store = self._store
-        if hook is not None and sid not in self._hooked:
+        async with hook_owed(self._store, control, end):
+            if hook is None or sid in self._hooked:
+                return
             self._hooked.add(sid)
-            if store is not None:
-                await store.ending(control, end)
-            session = control.session
             try:
-                result = hook(session)
+                result = hook(control.session)
                 if inspect.isawaitable(result):
                     await result
             except Exception:
-                logger.exception("hook %r failed for session %s", hook, session.session_id)
-        if store is not None:
-            await store.forget(control)
+                logger.exception("hook %r failed for session %s", hook, control.session.session_id)
 
-    async def _run_handler(self, session: Session) -> None:
+    async def _run_handler(self, session: Session[Any]) -> None:
         try:
             await self.handler(session)
         except SessionError as exc:
@@ -480,6 +579,17 @@ class VenueRunner:
             await session.aclose(CloseCode.HANDLER_ERROR, "handler failed")
         else:
             await session.aclose()
+
+
+@attrs.define
+class _Handshake:
+    """What one connection's handshake revealed, for the log and the stats."""
+
+    address: str
+    key_id: str | None = None
+    resume_session_id: bytes | None = None
+    #: The detached session this connection resumes.
+    resuming: SessionControl | None = None
 
 
 def _sid(control: SessionControl) -> bytes:

@@ -18,17 +18,21 @@ What a venue started again on its store does (docs/howto/durable.md):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 
-from ._control import SessionControl
+from ._config import SessionConfig
+from ._control import SessionControl, open_session
 from ._errors import SessionClosed, SessionExpired, StoreError
-from ._persist import StoreRuntime
+from ._lifecycle import State
+from ._persist import StoreRuntime, store_runtime
 from .protocol import Role
-from .store import SessionStatus, StoreContents, StoredSession
+from .store import SessionStatus, SessionStore, StoredSession
 
-__all__ = ["VenueStore", "stamp_interval"]
+__all__ = ["VenueStore", "hook_owed", "stamp_interval", "venue_store"]
 
 logger = logging.getLogger("trio_session.server")
 
@@ -36,6 +40,41 @@ logger = logging.getLogger("trio_session.server")
 def stamp_interval(resume_ttl: float) -> float:
     """How often a venue writes its liveness stamp: at most a tenth of the TTL, 1 s."""
     return min(1.0, resume_ttl / 10)
+
+
+@asynccontextmanager
+async def venue_store(
+    store: SessionStore | None,
+    clock: Callable[[], float],
+    config: SessionConfig,
+    sessions: Callable[[], Iterable[SessionControl]],
+) -> AsyncIterator[VenueStore | None]:
+    """The venue's durable store for the block (None without one); on leaving, the
+    final liveness stamp and exact redelivery bounds of ``sessions()``."""
+    if store is None:
+        yield None
+        return
+    async with store_runtime(store, clock) as runtime:
+        runtime.claim("venue", "another venue")
+        vstore = VenueStore(runtime, config.resume_ttl)
+        try:
+            yield vstore
+        finally:
+            await vstore.final_stamp(list(sessions()))
+            runtime.release("venue")
+
+
+@asynccontextmanager
+async def hook_owed(
+    vstore: VenueStore | None, control: SessionControl, end: SessionStatus
+) -> AsyncIterator[None]:
+    """Around an end hook: record that it is owed first, forget the session after."""
+    if vstore is None:
+        yield
+        return
+    await vstore.ending(control, end)
+    yield
+    await vstore.forget(control)
 
 
 class VenueStore:
@@ -46,8 +85,24 @@ class VenueStore:
         self.resume_ttl = resume_ttl
         self.clock: Callable[[], float] = runtime.clock
 
-    async def load(self) -> StoreContents:
-        return await self.runtime.store.load(Role.VENUE)
+    async def restore_all(
+        self, config: SessionConfig, messages: Any
+    ) -> list[tuple[SessionControl, float, SessionClosed | None]]:
+        """Every stored session, continued: (its control, seconds left of its TTL,
+        the end it had already reached or reaches now because its TTL ran out)."""
+        contents = await self.runtime.store.load(Role.VENUE)
+        restored = []
+        for stored in contents.sessions:
+            control = open_session(Role.VENUE, config, messages, stored.state.key_id)
+            left = self.restore(control, stored, contents.alive_at)
+            control.detach(State.STALE)
+            end = self.owed_end(stored)
+            if end is None and left <= 0:
+                end = SessionExpired("participant did not resume within resume_ttl")
+            restored.append((control, left, end))
+        if restored:
+            logger.info("restored %d sessions from %s", len(restored), self.runtime.store.location)
+        return restored
 
     def adopt(self, control: SessionControl) -> None:
         """A new session: keep it in the store (the writer stores it before its

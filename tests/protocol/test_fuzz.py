@@ -1,5 +1,6 @@
 """Soak fuzzing (``nox -s soak``): >= 100,000 generated inputs against the frame
-decoder, the handshake and both state machines; only typed errors may escape."""
+decoder, the handshake and both state machines, in each frame protection mode; only
+typed errors may escape."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from trio_session import SessionConfig, SessionError
 from trio_session.protocol import ClientConnection, MessagesReceived, VenueConnection
+from trio_session.protocol._wire import MODES
 
 from .helpers import PARTICIPANT, VENUE, handshake, pump
 
@@ -35,11 +37,13 @@ def _mutate(rng: random.Random, frame: bytes) -> bytes:
 
 
 @pytest.mark.soak
-def test_fuzz_state_machines_with_100k_inputs() -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_fuzz_state_machines_with_100k_inputs(mode: str) -> None:
     rng = random.Random(2026)
-    cfg = SessionConfig()
+    cfg = SessionConfig(modes=(mode,))
     counts = {"typed_error": 0, "accepted_hello": 0, "accepted_unchanged": 0, "inputs": 0}
     p, v, _, _ = handshake(cfg)
+    assert p.mode == mode
     hello_src = ClientConnection(PARTICIPANT, VENUE.public_key, cfg)
     (m1,) = hello_src.data_to_send()
     for i in range(INPUTS):
@@ -70,7 +74,7 @@ def test_fuzz_state_machines_with_100k_inputs() -> None:
             assert [type(e).__name__ for e in events] == ["HelloReceived"]
             counts["accepted_hello"] += 1
             continue
-        # After the handshake every byte is under the MAC: only an unchanged frame
+        # After the handshake every byte is under the tag: only an unchanged frame
         # (a mutation that happened to restore the original) can be accepted.
         assert frame == original, "a mutated authenticated frame was accepted"
         assert all(isinstance(e, MessagesReceived) for e in events)

@@ -14,8 +14,9 @@ from .helpers import KX_C2V, KX_V2C, SESSION_ID, TH, current
 FRAME = b"\x10" + bytes(13) + b"body"
 
 
-def _same(a: c.FrameMac, b: c.FrameMac) -> bool:
-    return a.tag(FRAME) == b.tag(FRAME)
+def _same(a: c.FrameKey, b: c.FrameKey) -> bool:
+    header, body = FRAME[:14], FRAME[14:]
+    return a.seal(header, body, 0, True) == b.seal(header, body, 0, True)
 
 
 def test_both_ends_derive_the_same_chains_and_resume_secret() -> None:
@@ -52,13 +53,13 @@ def test_epoch_keys_step_tier1_then_switch_to_a_pending_dh_chain() -> None:
     _, chains = KeySchedule.from_handshake(KX_C2V, KX_V2C, TH, None)
     keys = EpochKeys(DIR_C2V, SESSION_ID, chains.c2v, now=5.0)
     assert (keys.epoch, keys.state, keys.epoch_started) == (0, KeyState.STEADY, 5.0)
-    assert _same(keys.mac, c.FrameMac(chains.c2v.message_key(), SESSION_ID, DIR_C2V))
+    assert _same(keys.frame_key, c.FrameMac(chains.c2v.message_key(), SESSION_ID, DIR_C2V))
     chain, mac = keys.candidate()
     assert chain.message_key() == chains.c2v.step().message_key()
     keys.frames_in_epoch = 3
     assert keys.advance(chain, mac, now=6.0) is False  # a tier-1 step
     assert (keys.epoch, keys.frames_in_epoch, keys.epoch_started) == (1, 0, 6.0)
-    assert _same(keys.mac, mac)
+    assert _same(keys.frame_key, mac)
 
     keys.install_pending(chains.v2c)
     assert current(keys.state) is KeyState.DH_PENDING
@@ -69,7 +70,7 @@ def test_epoch_keys_step_tier1_then_switch_to_a_pending_dh_chain() -> None:
 
     keys.switch_to(chains.c2v, now=8.0)  # a sender's DH switch in one call
     assert keys.epoch == 3 and current(keys.state) is KeyState.STEADY
-    assert _same(keys.mac, c.FrameMac(chains.c2v.message_key(), SESSION_ID, DIR_C2V))
+    assert _same(keys.frame_key, c.FrameMac(chains.c2v.message_key(), SESSION_ID, DIR_C2V))
     assert "epoch=3" in repr(keys)
 
 

@@ -145,7 +145,6 @@ class _Participant:
                 ) as session:
                     connected = True
                     tracked = monitor.track(session, "participant")
-                    monitor.emit("connected", tracked, f"logged in to {self.url.text}")
                     with runtime.stop_here():  # Ctrl-C: stop trading and log out
                         await demo.run_participant(
                             session, seconds, board, on_reset=reset_reporter(monitor, tracked)

@@ -47,6 +47,7 @@ from ._wire import (
     HANDSHAKE_TYPES,
     HEADER,
     HEADER_LEN,
+    MODE_MAC,
     SEQ_LIMIT,
     Ack,
     Close,
@@ -143,18 +144,20 @@ class Channel:
         stats: ConnectionStats,
         clock: Callable[[], float],
         *,
+        mode: str = MODE_MAC,
         ratchet_jitter: float = 0.0,
         on_peer_dh_switch: Callable[[], None] | None = None,
     ) -> Channel:
-        """The channel of a completed handshake: epoch 0 of both directions' chains."""
+        """The channel of a completed handshake: epoch 0 of both directions' chains,
+        protected in the ``mode`` the handshake chose."""
         now = clock()
         sid = record.session_id
         rx_direction = DIR_V2C if tx_direction == DIR_C2V else DIR_C2V
         return cls(
             record,
             schedule,
-            EpochKeys(tx_direction, sid, chains.for_direction(tx_direction), now),
-            EpochKeys(rx_direction, sid, chains.for_direction(rx_direction), now),
+            EpochKeys(tx_direction, sid, chains.for_direction(tx_direction), now, mode),
+            EpochKeys(rx_direction, sid, chains.for_direction(rx_direction), now, mode),
             config,
             stats,
             clock,
@@ -162,9 +165,14 @@ class Channel:
             on_peer_dh_switch=on_peer_dh_switch,
         )
 
+    @property
+    def mode(self) -> str:
+        """How frames are protected: ``"mac"`` or ``"aead"``."""
+        return self.tx.mode
+
     def __repr__(self) -> str:
         return (
-            f"<Channel tx_epoch={self.tx.epoch} rx_epoch={self.rx.epoch} "
+            f"<Channel {self.tx.mode} tx_epoch={self.tx.epoch} rx_epoch={self.rx.epoch} "
             f"control={self.tx_control_seq}/{self.rx_control_seq}>"
         )
 
@@ -183,9 +191,9 @@ class Channel:
             and not self.hold_step
         ):
             self._step(tx)
-        frame = HEADER.pack(frame_type, flags, tx.epoch, seq) + body
         tx.frames_in_epoch += 1
-        return frame + tx.mac.tag(frame)
+        header = HEADER.pack(frame_type, flags, tx.epoch, seq)
+        return tx.frame_key.seal(header, body, seq, frame_type is FrameType.DATA)
 
     def _step(self, tx: EpochKeys) -> None:
         self.step_due = False
@@ -194,16 +202,20 @@ class Channel:
             self.stats.ratchets += 1
 
     def seal_control(self, frame_type: FrameType, body: bytes, flags: int = 0) -> bytes:
-        """Seal a control frame with the next control seq."""
+        """Seal a control frame with the next control seq (below 2^63, like data seqs,
+        so the two spaces never meet in an AEAD nonce)."""
         seq = self.tx_control_seq
+        if seq >= SEQ_LIMIT:
+            raise LocalProtocolError("control sequence space exhausted; reconnect")
         self.tx_control_seq = seq + 1
         return self.seal(frame_type, flags, seq, body)
 
     def open(self, frame: bytes) -> tuple[FrameType, int, int, memoryview]:
         """Check size, header, epoch, tag and sequence, in that order, before any decoding.
 
-        Returns ``(type, flags, seq, body)``; the body is still undecoded.  On
-        success the frame's sequence space and epoch have moved on.
+        Returns ``(type, flags, seq, body)``; the body is still undecoded (and, in
+        mode ``"aead"``, decrypted).  On success the frame's sequence space and
+        epoch have moved on.
         """
         if len(frame) < MIN_FRAME:
             raise FrameError(f"frame too short ({len(frame)} bytes)", remote=True)
@@ -217,25 +229,26 @@ class Channel:
             raise FrameError(f"reserved flags 0x{flags:02x} set on {frame_type.name}", remote=True)
         rx = self.rx
         if epoch == rx.epoch:
-            mac = rx.mac
+            key = rx.frame_key
             new_chain = None
         elif epoch == rx.epoch + 1:
-            new_chain, mac = rx.candidate()
+            new_chain, key = rx.candidate()
         else:
             raise IntegrityError(
                 f"frame under key epoch {epoch}, expected {rx.epoch} or {rx.epoch + 1}", remote=True
             )
-        # The tag is checked before the sequence number: a frame damaged on the
-        # line is an integrity failure, not blamed on the peer as a replay.
-        view = memoryview(frame)
-        if not mac.verify(view[:-TAG_LEN], view[-TAG_LEN:]):
+        # The tag is checked (in mode "aead": the body decrypted) before the
+        # sequence number: a frame damaged on the line is an integrity failure,
+        # not blamed on the peer as a replay.
+        body = key.open(frame, seq, frame_type is FrameType.DATA)
+        if body is None:
             raise IntegrityError(f"bad tag on {frame_type.name} frame", remote=True)
         self._check_seq(frame_type, seq)
-        if new_chain is not None and rx.advance(new_chain, mac, self._clock()):
+        if new_chain is not None and rx.advance(new_chain, key, self._clock()):
             self._on_peer_dh_switch()  # the old key is gone; this was a DH switch
         if not self.authenticated:
             self._first_authenticated()
-        return frame_type, flags, seq, view[HEADER_LEN:-TAG_LEN]
+        return frame_type, flags, seq, body
 
     def _check_seq(self, frame_type: FrameType, seq: int) -> None:
         if frame_type is FrameType.DATA:

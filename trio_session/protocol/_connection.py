@@ -171,6 +171,12 @@ class Connection(abc.ABC):
         return self._channel
 
     @property
+    def mode(self) -> str | None:
+        """How this connection protects its frames (``"mac"`` or ``"aead"``), once the
+        handshake chose; None before."""
+        return self._channel.mode if self._channel is not None else None
+
+    @property
     def heartbeat_interval(self) -> float:
         """Seconds between heartbeats (the participant adopts the venue's value)."""
         return self._liveness.interval
@@ -179,6 +185,11 @@ class Connection(abc.ABC):
     def heartbeat_timeout(self) -> float:
         """Seconds of silence after which the peer is declared dead."""
         return self._liveness.timeout
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds of silence after which the peer is reported silent (STALE)."""
+        return self._liveness.stale_after
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -211,7 +222,10 @@ class Connection(abc.ABC):
         except SessionError as exc:
             self._fail(exc)
             raise
-        self._liveness.last_rx = self._clock()
+        liveness = self._liveness
+        liveness.last_rx = self._clock()
+        if liveness.silent:
+            liveness.heard()
         stats = self.stats
         stats.frames_received += 1
         stats.bytes_received += len(frame)
@@ -266,6 +280,7 @@ class Connection(abc.ABC):
             self.config,
             self.stats,
             self._clock,
+            mode=result.mode,
             ratchet_jitter=self._ratchet_jitter,
             on_peer_dh_switch=self._rekey.peer_switched,
         )
@@ -325,7 +340,8 @@ class Connection(abc.ABC):
         if self.state is not _OPEN or flow is None:
             raise LocalProtocolError(f"cannot send data in state {self.state.value}")
         frame = flow.send_data(payloads, FLAG_SYSTEM if system else 0)
-        self._liveness.last_tx = self._clock()
+        liveness = self._liveness
+        liveness.last_tx = liveness.last_data_tx = self._clock()
         self._rekey.count_messages(len(payloads))
         return frame
 
@@ -394,13 +410,25 @@ class Connection(abc.ABC):
         flow = self._flow
         return self._liveness.deadline(flow.unacked_since if flow is not None else None)
 
-    def handle_heartbeat_timer(self) -> None:
-        """Send a heartbeat when idle, probe a silent peer, fail a dead one.
+    def handle_heartbeat_timer(self) -> bool:
+        """Note a silent peer, fail a dead one (the writer then sends what is due).
 
-        Raises HeartbeatTimeout when nothing was received for ``heartbeat_timeout``.
+        Returns True once per silence, when nothing was received for
+        ``stale_after`` (the peer may be unreachable: report STALE).  Raises
+        HeartbeatTimeout when nothing was received for ``heartbeat_timeout``.
         """
-        if self.state is _OPEN:
-            self._guarded(self._liveness.check, self._clock())
+        if self.state is not _OPEN:
+            return False
+        try:
+            return self._liveness.check(self._clock())
+        except SessionError as exc:
+            self._fail(exc)
+            raise
+
+    @property
+    def peer_silent(self) -> bool:
+        """Nothing was received for ``stale_after`` (until the next frame arrives)."""
+        return self._liveness.silent
 
     def rotation_deadline(self) -> float:
         """When :meth:`handle_rotation_timer` next has something to do."""

@@ -7,6 +7,12 @@ BLAKE2b-128 MAC from the stdlib ``hashlib`` (byte-identical to libsodium's
 no KDF binding, so ``kdf`` is keyed BLAKE2b-256 with the label as BLAKE2b's
 ``person`` parameter, the same construction as libsodium's ``crypto_kdf``.
 Tags are compared with ``hmac.compare_digest``.
+
+A connection protects its frames in one of two modes (docs/protocol.md,
+"Frame protection"): :class:`FrameMac` (mode ``"mac"``: the body in clear, a
+BLAKE2b tag) or :class:`FrameAead` (mode ``"aead"``: the body encrypted with
+ChaCha20-Poly1305, the header as associated data).  Both seal and open whole
+frames, so the channel does not care which one it holds.
 """
 
 from __future__ import annotations
@@ -20,12 +26,20 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
+from .._config import MODE_AEAD, MODE_MAC
 from .._errors import AuthenticationError, CloseCode
+from ._wire import HEADER_LEN
 
 __all__ = [
     "TAG_LEN",
     "ChainKey",
+    "FrameAead",
+    "FrameKey",
     "FrameMac",
+    "aead_decrypt",
+    "aead_encrypt",
+    "aead_nonce",
+    "frame_key",
     "h",
     "kdf",
     "kx_client",
@@ -49,6 +63,7 @@ L_CK_C2V: Final = b"tsess ck c2v"
 L_CK_V2C: Final = b"tsess ck v2c"
 L_RESUME: Final = b"tsess resume"
 L_MK: Final = b"tsess mk"
+L_EK: Final = b"tsess ek"
 L_CK: Final = b"tsess ck"
 L_DH: Final = b"tsess dh"
 L_BINDER: Final = b"tsess binder"
@@ -101,8 +116,86 @@ class FrameMac:
     def verify(self, data: bytes | memoryview, tag: bytes | memoryview) -> bool:
         return hmac.compare_digest(self.tag(data), tag)
 
+    def seal(self, header: bytes, body: bytes, seq: int, data: bool) -> bytes:
+        """``header || body || tag`` (``seq`` and ``data`` only matter to the AEAD)."""
+        frame = header + body
+        hasher = self._base.copy()
+        hasher.update(frame)
+        return frame + hasher.digest()
+
+    def open(self, frame: bytes, seq: int, data: bool) -> memoryview | None:
+        """The body of a frame whose tag verifies, else None."""
+        view = memoryview(frame)
+        if hmac.compare_digest(self.tag(view[:-TAG_LEN]), view[-TAG_LEN:]):
+            return view[HEADER_LEN:-TAG_LEN]
+        return None
+
     def __repr__(self) -> str:
         return "<FrameMac (key hidden)>"
+
+
+#: The AEAD nonce: u32 epoch || u64 (seq, with the top bit set for control frames).
+_NONCE: Final = struct.Struct("!IQ")
+#: Separates the control seq space from the data seq space in the nonce; both
+#: stay below 2^63 (docs/protocol.md, "Nonces").
+CONTROL_NONCE_BIT: Final = 1 << 63
+_encrypt: Final = nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt
+_decrypt: Final = nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt
+
+
+def aead_encrypt(plaintext: bytes, ad: bytes, nonce: bytes, key: bytes) -> bytes:
+    """ChaCha20-Poly1305 (IETF): ``ciphertext || tag``."""
+    return _encrypt(plaintext, ad, nonce, key)
+
+
+def aead_decrypt(ciphertext: bytes, ad: bytes, nonce: bytes, key: bytes) -> bytes:
+    """ChaCha20-Poly1305 (IETF) decryption; raises ``nacl.exceptions.CryptoError``."""
+    return _decrypt(ciphertext, ad, nonce, key)
+
+
+def aead_nonce(epoch: int, seq: int, data: bool) -> bytes:
+    """The 12-byte nonce of a frame: unique per key, since each key is one epoch of one
+    direction of one connection, and the two seq spaces never overlap."""
+    return _NONCE.pack(epoch, seq if data else seq | CONTROL_NONCE_BIT)
+
+
+class FrameAead:
+    """Per-(epoch, direction) ChaCha20-Poly1305 (IETF, RFC 8439) for mode ``"aead"``.
+
+    The body is encrypted; the associated data is ``session_id || dir || header``,
+    the same prefix the MAC covers, and the 16-byte Poly1305 tag ends the frame
+    where the MAC tag would.  Why ChaCha20-Poly1305 with a 12-byte nonce rather
+    than XChaCha20: the nonces are counters, never random, so the longer nonce
+    buys nothing, and the IETF construction is in every mainstream library.
+    """
+
+    __slots__ = ("_epoch", "_key", "_prefix")
+
+    def __init__(self, key: bytes, session_id: bytes, direction: int, epoch: int) -> None:
+        self._key = key
+        self._prefix = session_id + bytes((direction,))
+        self._epoch = epoch
+
+    def seal(self, header: bytes, body: bytes, seq: int, data: bool) -> bytes:
+        """``header || ciphertext || tag``; the frame is as long as in mode ``"mac"``."""
+        nonce = aead_nonce(self._epoch, seq, data)
+        return header + _encrypt(body, self._prefix + header, nonce, self._key)
+
+    def open(self, frame: bytes, seq: int, data: bool) -> memoryview | None:
+        """The decrypted body of a frame whose tag verifies, else None."""
+        nonce = aead_nonce(self._epoch, seq, data)
+        try:
+            body = _decrypt(frame[HEADER_LEN:], self._prefix + frame[:HEADER_LEN], nonce, self._key)
+        except nacl.exceptions.CryptoError:
+            return None
+        return memoryview(body)
+
+    def __repr__(self) -> str:
+        return f"<FrameAead epoch={self._epoch} (key hidden)>"
+
+
+#: What protects the frames of one epoch of one direction, in either mode.
+FrameKey = FrameMac | FrameAead
 
 
 class ChainKey:
@@ -120,13 +213,29 @@ class ChainKey:
         self._ck = ck
 
     def message_key(self) -> bytes:
+        """Mode ``"mac"``: the epoch's BLAKE2b MAC key."""
         return kdf(self._ck, L_MK, b"\x01")
+
+    def encryption_key(self) -> bytes:
+        """Mode ``"aead"``: the epoch's ChaCha20-Poly1305 key (its own label, so the two
+        modes never share a key)."""
+        return kdf(self._ck, L_EK, b"\x01")
 
     def step(self) -> ChainKey:
         return ChainKey(kdf(self._ck, L_CK, b"\x02"))
 
     def __repr__(self) -> str:
         return "<ChainKey (hidden)>"
+
+
+def frame_key(
+    mode: str, chain: ChainKey, session_id: bytes, direction: int, epoch: int
+) -> FrameKey:
+    """The frame protection of one epoch of one direction in ``mode``."""
+    if mode == MODE_AEAD:
+        return FrameAead(chain.encryption_key(), session_id, direction, epoch)
+    assert mode == MODE_MAC, mode
+    return FrameMac(chain.message_key(), session_id, direction)
 
 
 #: What PyNaCl raises for an invalid (e.g. low-order) peer key.

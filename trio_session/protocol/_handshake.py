@@ -38,6 +38,7 @@ from .._identity import Identity
 from . import _crypto as c
 from ._channel import Channel, Flow
 from ._events import CloseReceived, Event, HandshakeComplete, HelloReceived
+from ._modes import offer, venue_choice, verify_choice
 from ._record import SessionRecord
 from ._types import Role
 from ._wire import (
@@ -119,6 +120,8 @@ class HandshakeResult:
     heartbeat_ms: tuple[int, int] | None = None
     #: A resume: the data seq we told the peer to retransmit from (our ack position).
     rx_resume: int | None = None
+    #: How the connection's frames are protected, as M2 chose.
+    mode: str = MODE_MAC
 
     def __repr__(self) -> str:
         return f"<HandshakeResult {self.record!r} resumed={self.resumed}>"
@@ -207,6 +210,7 @@ class ClientHandshake(Handshake):
         "_e_pk",
         "_e_sk",
         "_offered_gens",
+        "_offered_modes",
         "_resume",
         "_rx_resume",
         "_venue_pk",
@@ -241,9 +245,10 @@ class ClientHandshake(Handshake):
             resume_req = ResumeRequest(self._resume.session_id, self._rx_resume)
             window = self._resume.credit_base + config.inbound_capacity
             gens = sorted(self._resume.resume_secrets)[-MAX_BINDERS:]
+        self._offered_modes = offer(config)
         hello = ClientHello(
             ver=[PROTOCOL_VERSION],
-            modes=[MODE_MAC],
+            modes=self._offered_modes,
             key_id=identity.key_id,
             p_nonce=p_nonce,
             e_p=self._e_pk,
@@ -275,18 +280,15 @@ class ClientHandshake(Handshake):
         sig_v = frame[-TRAILER_SIG_FIN:-FIN_LEN]
         fin_v = frame[-FIN_LEN:]
         m2 = decode_body(frame_type, memoryview(prefix)[HEADER_LEN:], ServerHello)
-        if m2.ver != PROTOCOL_VERSION or m2.mode != MODE_MAC:
-            raise AuthenticationError(
-                f"venue chose unsupported version/mode {m2.ver}/{m2.mode}",
-                code=CloseCode.VERSION_MISMATCH,
-                remote=True,
-            )
+        # The signature first: a choice changed in transit (a downgrade) is then
+        # reported as the tampering it is, not as the venue's mistake.
         th2 = c.h(TRANSCRIPT_LABEL, self._venue_pk, self.hello_frame, prefix)
         if not c.verify_signature(self._venue_pk, c.SIG_CTX_SERVER + th2, sig_v):
             raise AuthenticationError(
                 "venue signature does not verify (wrong venue key or tampered handshake)",
                 remote=True,
             )
+        verify_choice(m2, self._offered_modes)
         kx_c2v, kx_v2c = c.kx_client(self._e_pk, self._e_sk, m2.e_v)
         self._e_sk = b""
         th2s = c.h(th2, sig_v)
@@ -317,6 +319,7 @@ class ClientHandshake(Handshake):
             reply=m3,
             heartbeat_ms=(m2.heartbeat_ms, m2.heartbeat_timeout_ms),
             rx_resume=self._rx_resume if m2.resumed else None,
+            mode=m2.mode,
         )
 
     def _session_for(self, m2: ServerHello) -> tuple[SessionRecord, bytes | None, int]:
@@ -368,6 +371,7 @@ class VenueHandshake(Handshake):
         "_kx",
         "_m1",
         "_m1_prefix",
+        "_mode",
         "_peer_pk",
         "_pending",
         "_resume_gen",
@@ -393,6 +397,7 @@ class VenueHandshake(Handshake):
         self._wall_ms = wall_ms
         self._m1 = b""
         self._m1_prefix = b""
+        self._mode = MODE_MAC
         #: The ClientHello, once received.
         self.hello: ClientHello | None = None
         self._binders: list[tuple[int, bytes]] = []
@@ -432,12 +437,7 @@ class VenueHandshake(Handshake):
         hello = decode_body(FrameType.CLIENT_HELLO, memoryview(prefix)[HEADER_LEN:], ClientHello)
         if (hello.resume is None) != (flags == 0):
             raise FrameError("CLIENT_HELLO resume request and binders disagree", remote=True)
-        if PROTOCOL_VERSION not in hello.ver or MODE_MAC not in hello.modes:
-            raise AuthenticationError(
-                f"no common version/mode (offered {hello.ver}/{hello.modes})",
-                code=CloseCode.VERSION_MISMATCH,
-                remote=True,
-            )
+        self._mode = venue_choice(hello, self._config)
         self._binders = [
             BINDER_ENTRY.unpack_from(frame, len(prefix) + i * BINDER_ENTRY.size)
             for i in range(flags)
@@ -488,7 +488,7 @@ class VenueHandshake(Handshake):
         e_pk, e_sk = c.kx_keypair(self._rng(32))
         m2 = ServerHello(
             ver=PROTOCOL_VERSION,
-            mode=MODE_MAC,
+            mode=self._mode,
             session_id=self._session_id,
             v_nonce=v_nonce,
             e_v=e_pk,
@@ -581,6 +581,7 @@ class VenueHandshake(Handshake):
             peer_window=window,
             new_gen=0 if self._resume_gen is None else self._resume_gen + 1,
             rx_resume=self._rx_resume if self.resumed else None,
+            mode=self._mode,
         )
 
     def commit(

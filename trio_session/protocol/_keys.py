@@ -7,8 +7,9 @@ Two objects (docs/protocol.md, "Key schedule" and "Key rotation"):
   direction and the next resume secret, and every DH rekey into the next ones
   (:class:`ChainKeys`).  Nothing else ever sees the root key.
 * :class:`EpochKeys` holds one direction's key epoch: the chain key, the frame
-  MAC of the current epoch, and a chain key a DH rekey installed for the next
-  epoch.  Its state (:class:`KeyState`) says which key epoch + 1 will use::
+  key of the current epoch (a MAC or an AEAD, by the connection's mode), and a
+  chain key a DH rekey installed for the next epoch.  Its state
+  (:class:`KeyState`) says which key epoch + 1 will use::
 
       STEADY  --install_pending()-->  DH_PENDING
       STEADY  --advance()-------->    STEADY       (tier-1 step: chain.step())
@@ -24,6 +25,7 @@ from typing import Final
 
 import attrs
 
+from .._config import MODE_MAC
 from .._errors import CloseCode, SessionError
 from . import _crypto as c
 from ._types import DIR_C2V
@@ -103,7 +105,11 @@ class KeyState(enum.Enum):
 
 
 class EpochKeys:
-    """One direction's keys on one connection: epoch, chain, frame MAC, pending DH chain.
+    """One direction's keys on one connection: epoch, chain, frame key, pending DH chain.
+
+    ``mode`` decides what protects the frames (``"mac"`` or ``"aead"``); both modes
+    derive their epoch keys from the same chains, so rekeys and ratchets are one
+    mechanism.
 
     The sender's side counts ``frames_in_epoch`` (a sender steps only after at
     least one frame in the epoch, so a receiver never sees a gap of epochs) and
@@ -115,18 +121,27 @@ class EpochKeys:
         "direction",
         "epoch",
         "epoch_started",
+        "frame_key",
         "frames_in_epoch",
-        "mac",
+        "mode",
         "pending",
         "session_id",
     )
 
-    def __init__(self, direction: int, session_id: bytes, chain: c.ChainKey, now: float) -> None:
+    def __init__(
+        self,
+        direction: int,
+        session_id: bytes,
+        chain: c.ChainKey,
+        now: float,
+        mode: str = MODE_MAC,
+    ) -> None:
         self.direction = direction
         self.session_id = session_id
+        self.mode = mode
         self.epoch = 0
         self.chain = chain
-        self.mac = c.FrameMac(chain.message_key(), session_id, direction)
+        self.frame_key = c.frame_key(mode, chain, session_id, direction, 0)
         self.pending: c.ChainKey | None = None
         self.frames_in_epoch = 0
         self.epoch_started = now
@@ -135,16 +150,17 @@ class EpochKeys:
     def state(self) -> KeyState:
         return KeyState.STEADY if self.pending is None else KeyState.DH_PENDING
 
-    def candidate(self) -> tuple[c.ChainKey, c.FrameMac]:
+    def candidate(self) -> tuple[c.ChainKey, c.FrameKey]:
         """Keys of epoch + 1: the pending DH chain if one is installed, else a ratchet step."""
         chain = self.pending if self.pending is not None else self.chain.step()
-        return chain, c.FrameMac(chain.message_key(), self.session_id, self.direction)
+        key = c.frame_key(self.mode, chain, self.session_id, self.direction, self.epoch + 1)
+        return chain, key
 
     def install_pending(self, chain: c.ChainKey) -> None:
         """A DH rekey produced the chain of epoch + 1 (STEADY -> DH_PENDING)."""
         self.pending = chain
 
-    def advance(self, chain: c.ChainKey, mac: c.FrameMac, now: float) -> bool:
+    def advance(self, chain: c.ChainKey, frame_key: c.FrameKey, now: float) -> bool:
         """Switch to epoch + 1 with the keys :meth:`candidate` gave; True for a DH switch.
 
         The old key is gone afterwards.  Raises SESSION_EXPIRED past MAX_EPOCH.
@@ -155,7 +171,7 @@ class EpochKeys:
                 "key epoch space exhausted; start a new session", code=CloseCode.SESSION_EXPIRED
             )
         self.epoch += 1
-        self.chain, self.mac, self.pending = chain, mac, None
+        self.chain, self.frame_key, self.pending = chain, frame_key, None
         self.frames_in_epoch = 0
         self.epoch_started = now
         return tier2
@@ -166,4 +182,4 @@ class EpochKeys:
         self.advance(*self.candidate(), now)
 
     def __repr__(self) -> str:
-        return f"<EpochKeys dir={self.direction} epoch={self.epoch} {self.state.value}>"
+        return f"<EpochKeys dir={self.direction} epoch={self.epoch} {self.mode} {self.state.value}>"

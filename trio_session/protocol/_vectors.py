@@ -9,7 +9,7 @@ copy embedded in the spec, and re-derives a few values from first principles
 
 Usage::
 
-    python -m trio_session.protocol._vectors              # print the JSON
+    python -m trio_session.protocol._vectors              # print the JSON (both modes)
     python -m trio_session.protocol._vectors --update docs/protocol.md
     python -m trio_session.protocol._vectors --check docs/protocol.md
 """
@@ -23,15 +23,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._config import SessionConfig
+import attrs
+
+from .._config import MODE_AEAD, MODE_MAC, SessionConfig
 from .._identity import Identity
 from . import _crypto as c
 from ._connection import ClientConnection, Connection, VenueConnection
+from ._wire import HEADER_LEN
 
-__all__ = ["BEGIN", "END", "DeterministicRandom", "generate", "render_section"]
+__all__ = [
+    "AEAD_BEGIN",
+    "AEAD_END",
+    "BEGIN",
+    "END",
+    "DeterministicRandom",
+    "generate",
+    "generate_aead",
+    "render_section",
+]
 
 BEGIN = "<!-- BEGIN TEST VECTORS -->"
 END = "<!-- END TEST VECTORS -->"
+AEAD_BEGIN = "<!-- BEGIN AEAD TEST VECTORS -->"
+AEAD_END = "<!-- END AEAD TEST VECTORS -->"
 
 VENUE_SEED = bytes(range(32))
 PARTICIPANT_SEED = bytes(range(32, 64))
@@ -65,8 +79,11 @@ def _pump(a: Connection, b: Connection, log: list[dict[str, str]], name: str) ->
     return events
 
 
-def generate() -> dict[str, Any]:
-    """Run a fixed session and return every value an implementer needs."""
+def _session(modes: tuple[str, ...], detail: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the fixed session with the participant offering ``modes``; every frame in order.
+
+    With ``detail``, the inputs of the AEAD of two frames are recorded there.
+    """
     clock_value = [0.0]
 
     def clock() -> float:
@@ -75,17 +92,18 @@ def generate() -> dict[str, Any]:
     def wall() -> int:
         return WALL_MS
 
-    cfg = SessionConfig(
+    vcfg = SessionConfig(
         heartbeat_interval=5.0, heartbeat_timeout=15.0, inbound_capacity=1024, rekey_jitter=0.0
     )
+    pcfg = attrs.evolve(vcfg, modes=modes)
     venue_id = Identity.from_seed(VENUE_SEED)
     part_id = Identity.from_seed(PARTICIPANT_SEED)
     prng: Callable[[int], bytes] = DeterministicRandom(b"tsess vectors participant")
     vrng: Callable[[int], bytes] = DeterministicRandom(b"tsess vectors venue")
     frames: list[dict[str, str]] = []
 
-    p = ClientConnection(part_id, venue_id.public_key, cfg, clock=clock, rng=prng, wall_ms=wall)
-    v = VenueConnection(venue_id, cfg, clock=clock, rng=vrng, wall_ms=wall)
+    p = ClientConnection(part_id, venue_id.public_key, pcfg, clock=clock, rng=prng, wall_ms=wall)
+    v = VenueConnection(venue_id, vcfg, clock=clock, rng=vrng, wall_ms=wall)
     _pump(p, v, frames, "M1 ClientHello")
     v.accept(part_id.public_key)
     _pump(v, p, frames, "M2 ServerHello")
@@ -94,6 +112,7 @@ def generate() -> dict[str, Any]:
     th = p.channel.schedule.th
     session_id = p.session.session_id
 
+    _record_detail(detail, "DATA c2v seq 0 (2 messages)", p, data=True)
     frames.append(
         {"name": "DATA c2v seq 0 (2 messages)", "hex": _hex(p.send_data([b"order-1", b"order-2"]))}
     )
@@ -109,6 +128,7 @@ def generate() -> dict[str, Any]:
     v.receive_data(bytes.fromhex(frames[-1]["hex"]))
     v.messages_consumed(1)
     clock_value[0] = 5.0
+    _record_detail(detail, "HEARTBEAT c2v (idle 5 s)", p, data=False)
     _pump(p, v, frames, "HEARTBEAT c2v (idle 5 s)")
     _pump(v, p, frames, "HEARTBEAT_ACK v2c")
     v.start_rekey()
@@ -128,16 +148,60 @@ def generate() -> dict[str, Any]:
     )
     resume_secret = p.session.resume_secrets[max(p.session.resume_secrets)]
     p2 = ClientConnection(
-        part_id, venue_id.public_key, cfg, clock=clock, rng=prng, wall_ms=wall, resume=p.session
+        part_id, venue_id.public_key, pcfg, clock=clock, rng=prng, wall_ms=wall, resume=p.session
     )
-    v2 = VenueConnection(venue_id, cfg, clock=clock, rng=vrng, wall_ms=wall)
+    v2 = VenueConnection(venue_id, vcfg, clock=clock, rng=vrng, wall_ms=wall)
     _pump(p2, v2, frames, "resume M1 ClientHello")
     v2.accept(part_id.public_key, v.session)
     _pump(v2, p2, frames, "resume M2 ServerHello")
     _pump(p2, v2, frames, "resume M3 ClientFinish + retransmission")
     assert p2.session is not None and v2.session is not None and p2.channel is not None
     assert v2.session.next_rx_seq == 5
+    assert p.mode == p2.mode == v2.mode == modes[0]
+    out = {
+        "derived": {
+            "session_id": _hex(session_id),
+            "th": _hex(th),
+            "resume_secret_after_rekey": _hex(resume_secret),
+            "resume_th": _hex(p2.channel.schedule.th),
+        },
+        "frames": frames,
+    }
+    _complete_details(detail, out)
+    return out
 
+
+def _record_detail(detail: dict[str, Any] | None, name: str, conn: Connection, data: bool) -> None:
+    """The key and nonce of the next frame ``conn`` seals (mode "aead");
+    :func:`_complete_details` adds the associated data and the body once it is sent."""
+    channel = conn.channel
+    if detail is None or channel is None:
+        return
+    tx = channel.tx
+    seq = channel.record.next_tx_seq if data else channel.tx_control_seq
+    detail[name] = {
+        "ek": _hex(tx.chain.encryption_key()),
+        "nonce": _hex(c.aead_nonce(tx.epoch, seq, data)),
+        "direction": tx.direction,
+    }
+
+
+def _complete_details(detail: dict[str, Any] | None, session: dict[str, Any]) -> None:
+    if detail is None:
+        return
+    frames = {f["name"]: bytes.fromhex(f["hex"]) for f in session["frames"]}
+    sid = bytes.fromhex(session["derived"]["session_id"])
+    for name, item in detail.items():
+        frame = frames[name]
+        ad = sid + bytes((item.pop("direction"),)) + frame[:HEADER_LEN]
+        key, nonce = bytes.fromhex(item["ek"]), bytes.fromhex(item["nonce"])
+        item["ad"] = _hex(ad)
+        item["body"] = _hex(c.aead_decrypt(frame[HEADER_LEN:], ad, nonce, key))
+
+
+def generate() -> dict[str, Any]:
+    """The mode "mac" session: every value an implementer needs."""
+    session = _session((MODE_MAC,))
     cases = {
         "H": {"input": "616263", "output": _hex(c.h(b"abc"))},
         "KDF": {
@@ -152,6 +216,8 @@ def generate() -> dict[str, Any]:
             "output": _hex(c.mac(bytes(range(32)), b"abc")),
         },
     }
+    venue_id = Identity.from_seed(VENUE_SEED)
+    part_id = Identity.from_seed(PARTICIPANT_SEED)
     return {
         "primitives": cases,
         "identities": {
@@ -183,26 +249,54 @@ def generate() -> dict[str, Any]:
             "heartbeat_timeout_ms": 15000,
             "inbound_capacity": 1024,
         },
-        "derived": {
-            "session_id": _hex(session_id),
-            "th": _hex(th),
-            "resume_secret_after_rekey": _hex(resume_secret),
-            "resume_th": _hex(p2.channel.schedule.th),
-        },
-        "frames": frames,
+        **session,
     }
 
 
-def render_section(vectors: dict[str, Any]) -> str:
+def generate_aead() -> dict[str, Any]:
+    """The same session in mode "aead" (the participant offers ``["aead", "mac"]``)."""
+    detail: dict[str, Any] = {}
+    session = _session((MODE_AEAD, MODE_MAC), detail)
+    key, nonce, ad = bytes(range(32)), bytes(range(12)), b"ad"
+    return {
+        "primitives": {
+            "KDF_EK": {
+                "key": _hex(bytes(range(32))),
+                "label": c.L_EK.decode(),
+                "input": "01",
+                "output": _hex(c.ChainKey(bytes(range(32))).encryption_key()),
+            },
+            "AEAD": {
+                "key": _hex(key),
+                "nonce": _hex(nonce),
+                "ad": _hex(ad),
+                "plaintext": "616263",
+                "output": _hex(c.aead_encrypt(b"abc", ad, nonce, key)),
+            },
+        },
+        "offer": [MODE_AEAD, MODE_MAC],
+        "identities_random_config": 'as in the mode "mac" vectors',
+        **session,
+        "aead_inputs": detail,
+    }
+
+
+def render_section(vectors: dict[str, Any], begin: str = BEGIN, end: str = END) -> str:
     body = json.dumps(vectors, indent=2)
-    return f"{BEGIN}\n\n```json\n{body}\n```\n\n{END}"
+    return f"{begin}\n\n```json\n{body}\n```\n\n{end}"
 
 
-def extract(text: str) -> dict[str, Any]:
-    """The vectors embedded in a protocol.md text."""
-    start = text.index(BEGIN)
-    end = text.index(END)
-    block = text[start:end]
+#: Each embedded block: its markers and its generator.
+SECTIONS: dict[str, tuple[str, str, Callable[[], dict[str, Any]]]] = {
+    MODE_MAC: (BEGIN, END, generate),
+    MODE_AEAD: (AEAD_BEGIN, AEAD_END, generate_aead),
+}
+
+
+def extract(text: str, mode: str = MODE_MAC) -> dict[str, Any]:
+    """The vectors of ``mode`` embedded in a protocol.md text."""
+    begin, end, _ = SECTIONS[mode]
+    block = text[text.index(begin) : text.index(end)]
     json_start = block.index("```json") + len("```json")
     json_end = block.rindex("```")
     data: dict[str, Any] = json.loads(block[json_start:json_end])
@@ -211,9 +305,16 @@ def extract(text: str) -> dict[str, Any]:
 
 def update(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
-    start = text.index(BEGIN)
-    end = text.index(END) + len(END)
-    path.write_text(text[:start] + render_section(generate()) + text[end:], encoding="utf-8")
+    for begin, end, make in SECTIONS.values():
+        start = text.index(begin)
+        stop = text.index(end) + len(end)
+        text = text[:start] + render_section(make(), begin, end) + text[stop:]
+    path.write_text(text, encoding="utf-8")
+
+
+def check(path: Path) -> bool:
+    text = path.read_text(encoding="utf-8")
+    return all(extract(text, mode) == make() for mode, (_, _, make) in SECTIONS.items())
 
 
 def main(argv: list[str]) -> int:
@@ -222,7 +323,7 @@ def main(argv: list[str]) -> int:
         if argv[0] == "--update":
             update(path)
             return 0
-        ok = extract(path.read_text(encoding="utf-8")) == generate()
+        ok = check(path)
         print("vectors match" if ok else "vectors DIFFER: run --update")
         return 0 if ok else 1
     if argv:
@@ -231,7 +332,7 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    print(json.dumps(generate(), indent=2))
+    print(json.dumps({mode: make() for mode, (_, _, make) in SECTIONS.items()}, indent=2))
     return 0
 
 

@@ -22,11 +22,15 @@ from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
 
+from .._config import MODE_AEAD, MODE_MAC, MODES
 from .._errors import FrameError
 
 __all__ = [
     "HEADER",
     "HEADER_LEN",
+    "MODES",
+    "MODE_AEAD",
+    "MODE_MAC",
     "Ack",
     "ClientFinish",
     "ClientHello",
@@ -53,7 +57,6 @@ BINDER_ENTRY: Final = struct.Struct("!I16s")  # generation u32 || binder 16 byte
 FLAG_PROBE: Final = 0x01  # on HEARTBEAT: answer at once (FIX TestRequest)
 FLAG_SYSTEM: Final = 0x02  # on DATA: the messages are session-layer notices (rejects)
 PROTOCOL_VERSION: Final = 1
-MODE_MAC: Final = "mac"
 MAX_U64: Final = 2**64 - 1
 SEQ_LIMIT: Final = 2**63  # sessions close before a sequence number reaches this
 
