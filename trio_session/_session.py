@@ -335,13 +335,9 @@ class Session(Generic[M]):
         inbound = self._in
         buf = inbound.buf
         typed = self._codec.typed
-        while len(out) < max_messages and not inbound.reset_pending:
-            if inbound.rx_seq >= inbound.deliver_limit:
-                persist = self._core.persist
-                if persist is not None:  # the store has not recorded these may be delivered
-                    persist.bound_hit()
-                    self._out.wake()
-                break
+        # A durable store records how far messages may be handed out (NO_LIMIT without).
+        limit = min(max_messages, 1 + inbound.deliver_limit - inbound.rx_seq)
+        while len(out) < limit and not inbound.reset_pending:
             if not buf:
                 try:
                     item = inbound.get_nowait()
@@ -363,6 +359,9 @@ class Session(Generic[M]):
             self._last_seq = inbound.rx_seq
             inbound.rx_seq += 1
             out.append(msg)
+        if len(out) == limit < max_messages and (persist := self._core.persist) is not None:
+            persist.bound_hit()  # stopped at the recorded bound: record it further ahead
+            self._out.wake()
         return out
 
     def _take_inbound(self, item: object) -> None:
