@@ -6,9 +6,11 @@ Usage::
 
 Every server and client is a separate process (``bench/worker.py``), so each
 side has its own interpreter and GIL, as in production.  Scenarios (see
-bench/README.md): throughput, rtt, establish, recovery, many, rekey, modes.  Figures
-are medians over ``--runs``; ratios are ours / raw (for throughput: ours msgs/s
-over raw msgs/s, for latencies: ours time over raw time), for ``modes`` aead / mac.
+bench/README.md): throughput, rtt, establish, recovery, many, rekey, modes,
+durable_throughput, durable_rtt, restart_recovery.  Figures are medians over
+``--runs``; ratios are ours / raw (for throughput: ours msgs/s over raw msgs/s,
+for latencies: ours time over raw time), for ``modes`` aead / mac, for
+``durable_*`` SqliteStore / the in-memory store.
 """
 
 from __future__ import annotations
