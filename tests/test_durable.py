@@ -104,6 +104,20 @@ class Venue:
 
 
 @asynccontextmanager
+async def running_venue(
+    store: ts.SessionStore,
+    handler: Callable[[ts.Session], Awaitable[None]] | None = None,
+    **options: Any,
+) -> AsyncIterator[Venue]:
+    """A :class:`Venue` on ``store`` (``venue.board`` reaches it) for the block."""
+    async with trio.open_nursery() as nursery:
+        venue = Venue(nursery, Board(), handler or reply_committed)
+        await venue.start(store, **options)
+        yield venue
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
 async def participant(board: Board, **options: Any) -> AsyncIterator[ts.Session]:
     async with ts.connect(
         "memory://",
@@ -164,10 +178,8 @@ async def test_nothing_is_on_the_wire_before_the_store_holds_what_it_depends_on(
 
     cfg = ts.SessionConfig(rekey_interval=0.5, reject_after=2.0, ratchet_interval=0.1)
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            board = Board()
-            venue = Venue(nursery, board, handler)
-            await venue.start(store, config=cfg)
+        async with running_venue(store, handler, config=cfg) as venue:
+            board = venue.board
             async with participant(board, config=cfg) as session:
                 for i in range(200):
                     await session.send_many([b"%d" % i] * 5)
@@ -180,7 +192,6 @@ async def test_nothing_is_on_the_wire_before_the_store_holds_what_it_depends_on(
                     replies += (await session.receive()).startswith(b"re:")
                 await trio.sleep(3)  # idle: heartbeats and rekeys only
                 assert session.stats.rekeys >= 3
-            nursery.cancel_scope.cancel()
     assert violations == []
     assert checked["DATA"] > 50 and checked["other"] > 20
 
@@ -200,9 +211,8 @@ async def test_the_peer_keeps_a_message_until_it_is_committed(
         await trio.sleep_forever()
 
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            board = Board()
-            await Venue(nursery, board, handler).start(ts.MemoryStore(durable=True))
+        async with running_venue(ts.MemoryStore(durable=True), handler) as venue:
+            board = venue.board
             async with participant(board) as session:
                 await session.send_many([b"a", b"b", b"c"])
                 await got.wait()
@@ -211,7 +221,6 @@ async def test_the_peer_keeps_a_message_until_it_is_committed(
                 await held[0].commit()
                 await trio.sleep(0.1)
                 assert session.stats.unacked == 0
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_venue_restarted_on_its_store_resumes_every_session(
@@ -225,10 +234,8 @@ async def test_a_venue_restarted_on_its_store_resumes_every_session(
         await reply_committed(session)
 
     with trio.fail_after(120):
-        async with trio.open_nursery() as nursery:
-            board = Board()
-            venue = Venue(nursery, board, handler)
-            await venue.start(store)
+        async with running_venue(store, handler) as venue:
+            board = venue.board
             async with participant(board) as alice:
                 sid = alice.session_id
                 await alice.send(b"1")
@@ -241,7 +248,6 @@ async def test_a_venue_restarted_on_its_store_resumes_every_session(
                 assert alice.session_id == sid and alice.stats.resumes >= 1
             assert restored == [False, True]
             assert venue.lost == [] and venue.logouts == [sid]
-            nursery.cancel_scope.cancel()
 
 
 async def test_after_a_crash_uncommitted_messages_are_redelivered_and_flagged(
@@ -260,10 +266,8 @@ async def test_after_a_crash_uncommitted_messages_are_redelivered_and_flagged(
 
     store = ts.MemoryStore(durable=True)
     with trio.fail_after(120):
-        async with trio.open_nursery() as nursery:
-            board = Board()
-            venue = Venue(nursery, board, handler)
-            await venue.start(store)
+        async with running_venue(store, handler) as venue:
+            board = venue.board
             async with participant(board) as alice:
                 await alice.send_many([b"a", b"b"])
                 assert await alice.receive() == b"re:a"
@@ -272,33 +276,37 @@ async def test_after_a_crash_uncommitted_messages_are_redelivered_and_flagged(
                 await venue.stop()
                 await venue.start(crashed)
                 assert await alice.receive() == b"re:b"
-            nursery.cancel_scope.cancel()
     assert seen[0] == (b"a", 0, False, False)
     assert seen[1] == (b"b", 1, False, False)
     assert seen[2] == (b"b", 1, True, True)  # the same message (seq 1), flagged
 
 
-async def _detached_session(
-    board: Board, store: ts.SessionStore, nursery: trio.Nursery
-) -> tuple[str, trio.CancelScope]:
-    """A participant that connects, then vanishes without logging out (its task is
-    cancelled and its connection dropped): the venue keeps the session detached."""
+async def _detached_session(venue: Venue) -> tuple[str, Callable[[], None]]:
+    """A participant that connects and works: (its session id, how it vanishes).
+
+    Vanishing cancels it without a logout and drops its connection, so the venue
+    keeps the session detached (a crash of the participant's process)."""
     ready = trio.Event()
     sid: list[str] = []
     scope = trio.CancelScope()
 
     async def run() -> None:
         with scope:
-            async with participant(board, restart=ts.RestartPolicy(enabled=False)) as s:
+            async with participant(venue.board, restart=ts.RestartPolicy(enabled=False)) as s:
                 await s.send(b"x")
                 await s.receive()
                 sid.append(str(s.session_id))
                 ready.set()
                 await trio.sleep_forever()
 
-    nursery.start_soon(run)
+    def vanish() -> None:
+        scope.cancel()
+        if venue.board.venue is not None:
+            venue.board.venue.break_all()
+
+    venue.nursery.start_soon(run)
     await ready.wait()
-    return sid[0], scope
+    return sid[0], vanish
 
 
 async def test_the_dead_mans_switch_counts_the_ttl_across_a_restart(
@@ -306,14 +314,9 @@ async def test_the_dead_mans_switch_counts_the_ttl_across_a_restart(
 ) -> None:
     store = ts.MemoryStore(durable=True)
     with trio.fail_after(120):
-        async with trio.open_nursery() as nursery:
-            board = Board()
-            venue = Venue(nursery, board, reply_committed)
-            await venue.start(store)
-            sid, scope = await _detached_session(board, store, nursery)
-            scope.cancel()
-            assert board.venue is not None
-            board.venue.break_all()
+        async with running_venue(store, reply_committed) as venue:
+            sid, vanish = await _detached_session(venue)
+            vanish()
             detached = trio.current_time()
             await trio.sleep(4)
             await venue.stop()  # orderly stop 4 s after the detach
@@ -325,7 +328,6 @@ async def test_the_dead_mans_switch_counts_the_ttl_across_a_restart(
             await trio.sleep(30)
             assert venue.lost == [sid]  # once
             assert store._image.entries == {}  # and forgotten
-            nursery.cancel_scope.cancel()
 
 
 async def test_sessions_expired_while_the_venue_was_down_fire_at_once_and_refuse_resume(
@@ -333,18 +335,16 @@ async def test_sessions_expired_while_the_venue_was_down_fire_at_once_and_refuse
 ) -> None:
     store = ts.MemoryStore(durable=True)
     with trio.fail_after(120):
-        async with trio.open_nursery() as nursery:
-            board = Board()
-            venue = Venue(nursery, board, reply_committed)
-            await venue.start(store)
-            gone = [await _detached_session(board, store, nursery) for _ in range(3)]
+        async with running_venue(store, reply_committed) as venue:
+            board = venue.board
+            gone = [await _detached_session(venue) for _ in range(3)]
             async with participant(board) as late:
                 late_sid = str(late.session_id)
                 await late.send(b"before")
                 assert await late.receive() == b"re:before"
                 await venue.stop()
-                for _, scope in gone:
-                    scope.cancel()
+                for _, vanish in gone:
+                    vanish()
                 await trio.sleep(CONFIG.resume_ttl + 5)  # down longer than the TTL
                 start = trio.current_time()
                 await venue.start(store)
@@ -358,7 +358,6 @@ async def test_sessions_expired_while_the_venue_was_down_fire_at_once_and_refuse
                 assert late.session_id != late_sid
             await trio.sleep(30)
             assert len(venue.lost) == 4
-            nursery.cancel_scope.cancel()
 
 
 async def test_an_end_hook_interrupted_by_a_crash_runs_again(
@@ -367,11 +366,8 @@ async def test_an_end_hook_interrupted_by_a_crash_runs_again(
     store = ts.MemoryStore(durable=True)
     crashed: list[ts.MemoryStore] = []
     with trio.fail_after(120):
-        async with trio.open_nursery() as nursery:
-            board = Board()
-            venue = Venue(nursery, board, reply_committed)
-            await venue.start(store)
-            sid, scope = await _detached_session(board, store, nursery)
+        async with running_venue(store, reply_committed) as venue:
+            sid, vanish = await _detached_session(venue)
             statuses: list[SessionStatus] = []
 
             def crash() -> None:  # inside the hook: the store says the hook is owed
@@ -380,9 +376,7 @@ async def test_an_end_hook_interrupted_by_a_crash_runs_again(
                 crashed.append(store.copy())
 
             venue.during_lost_hook = crash
-            scope.cancel()
-            assert board.venue is not None
-            board.venue.break_all()
+            vanish()
             await venue.lost_event.wait()
             assert statuses == [SessionStatus.LOST]
             venue.during_lost_hook = None
@@ -392,7 +386,6 @@ async def test_an_end_hook_interrupted_by_a_crash_runs_again(
             assert venue.lost == [sid, sid]  # again after the crash, then never again
             await trio.sleep(30)
             assert venue.lost == [sid, sid] and crashed[0]._image.entries == {}
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_participant_restarted_on_its_store_resumes_the_same_session(
@@ -400,9 +393,8 @@ async def test_a_participant_restarted_on_its_store_resumes_the_same_session(
 ) -> None:
     vstore, pstore = ts.MemoryStore(durable=True), ts.MemoryStore(durable=True)
     with trio.fail_after(120):
-        async with trio.open_nursery() as nursery:
-            board = Board()
-            await Venue(nursery, board, reply_committed).start(vstore)
+        async with running_venue(vstore, reply_committed) as venue:
+            board, nursery = venue.board, venue.nursery
             first = trio.CancelScope()
             state: dict[str, Any] = {}
             crashed = trio.Event()
@@ -434,7 +426,6 @@ async def test_a_participant_restarted_on_its_store_resumes_the_same_session(
                 # re:1 had been handed out, not committed: flagged.  (The others are
                 # flagged too: the bound is recorded a little ahead of the application.)
                 assert flags[0] is True
-            nursery.cancel_scope.cancel()
     assert state["r1"] == b"re:1"
 
 
@@ -443,10 +434,8 @@ async def test_leaving_connect_logs_out_and_forgets_the_session(
 ) -> None:
     vstore, pstore = ts.MemoryStore(durable=True), ts.MemoryStore(durable=True)
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            board = Board()
-            venue = Venue(nursery, board, reply_committed)
-            await venue.start(vstore)
+        async with running_venue(vstore, reply_committed) as venue:
+            board = venue.board
             async with participant(board, store=pstore) as s:
                 await s.send(b"x")
                 assert await s.receive() == b"re:x"
@@ -454,7 +443,6 @@ async def test_leaving_connect_logs_out_and_forgets_the_session(
             await trio.testing.wait_all_tasks_blocked()
             assert pstore._image.entries == {} and vstore._image.entries == {}
             assert venue.logouts and not venue.lost
-            nursery.cancel_scope.cancel()
 
 
 class FailingStore(ts.MemoryStore):
@@ -475,14 +463,12 @@ async def test_a_failed_store_write_ends_the_participants_session(
 ) -> None:
     pstore = FailingStore()
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            board = Board()
-            await Venue(nursery, board, reply_committed).start(ts.MemoryStore(durable=True))
+        async with running_venue(ts.MemoryStore(durable=True), reply_committed) as venue:
+            board = venue.board
             with pytest.raises(ts.StoreError, match="No space left"):
                 async with participant(board, store=pstore) as s:
                     pstore.broken = True
                     await s.send(b"x")
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_failed_store_write_stops_the_venue(

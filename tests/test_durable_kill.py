@@ -29,7 +29,7 @@ SOAK_ORDERS = 150_000
 SEED = 20261129
 
 
-def _venue_plans(rng: random.Random) -> list[dict[str, Any]]:
+def _plans(rng: random.Random) -> list[dict[str, Any]]:
     """One kill inside a writer batch, one mid-rekey, one during a resume handshake."""
     return [
         {"kind": "write", "nth": rng.randint(20, 120), "before": rng.random() < 0.5},
@@ -73,15 +73,7 @@ def _run_venue_kills(
 
 
 def test_venue_killed_three_times_loses_nothing(tmp_path: Path) -> None:
-    _run_venue_kills(tmp_path, [*_venue_plans(random.Random(SEED)), None], SEED)
-
-
-def _participant_plans(rng: random.Random) -> list[dict[str, Any]]:
-    return [
-        {"kind": "write", "nth": rng.randint(20, 120), "before": rng.random() < 0.5},
-        {"kind": "rekey", "nth": rng.randint(1, 3)},
-        {"kind": "resume"},
-    ]
+    _run_venue_kills(tmp_path, [*_plans(random.Random(SEED)), None], SEED)
 
 
 def _run_participant_kills(
@@ -117,7 +109,7 @@ def _run_participant_kills(
 
 
 def test_participant_killed_three_times_resumes_the_same_session(tmp_path: Path) -> None:
-    _run_participant_kills(tmp_path, [*_participant_plans(random.Random(SEED)), None], SEED)
+    _run_participant_kills(tmp_path, [*_plans(random.Random(SEED)), None], SEED)
 
 
 def _soak_plans(rng: random.Random, make: Any) -> list[dict[str, Any] | None]:
@@ -134,12 +126,12 @@ def _soak_plans(rng: random.Random, make: Any) -> list[dict[str, Any] | None]:
 @pytest.mark.soak
 @pytest.mark.parametrize("seed", range(5))
 def test_soak_venue_killed_many_times(tmp_path: Path, seed: int) -> None:
-    plans = _soak_plans(random.Random(seed), _venue_plans)
+    plans = _soak_plans(random.Random(seed), _plans)
     _run_venue_kills(tmp_path, plans, seed, SOAK_ORDERS)
 
 
 @pytest.mark.soak
 @pytest.mark.parametrize("seed", range(5))
 def test_soak_participant_killed_many_times(tmp_path: Path, seed: int) -> None:
-    plans = _soak_plans(random.Random(seed), _participant_plans)
+    plans = _soak_plans(random.Random(seed), _plans)
     _run_participant_kills(tmp_path, plans, seed, SOAK_ORDERS)

@@ -404,7 +404,24 @@ class _Transaction:
             raise StoreError(f"cannot write store {self.path}: {exc}", path=self.path) from None
 
 
-class _Compactor:
+class _Thread:
+    """One long-lived thread running the calls it is given, in order."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=60)
+
+
+class _Compactor(_Thread):
     """The store thread: folds log files into the tables, one after the other.
 
     The SQLite connection is shared with the event loop's own (rare) uses,
@@ -413,54 +430,33 @@ class _Compactor:
 
     def __init__(self, name: str) -> None:
         self.lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._idle = threading.Condition()
         self._pending = 0
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        super().__init__(name)
 
-    def _loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        with self._idle:
+            self._pending += 1
+
+        def job() -> None:
             try:
-                job()
+                fn(*args)
             finally:
                 with self._idle:
                     self._pending -= 1
                     self._idle.notify_all()
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        with self._idle:
-            self._pending += 1
-        self._jobs.put(lambda: fn(*args))
+        self._jobs.put(job)
 
     def drain(self) -> None:
         with self._idle:
             self._idle.wait_for(lambda: self._pending == 0)
 
-    def stop(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout=60)
 
-
-class _Worker:
+class _Worker(_Thread):
     """The log sync thread (``synchronous="full"``): :meth:`run` waits for a call's
     result, which comes back through the Trio token, so the event loop goes on
     while the disk syncs."""
-
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            job()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         token = trio.lowlevel.current_trio_token()
@@ -478,7 +474,3 @@ class _Worker:
         with trio.CancelScope(shield=True):
             await done.wait()
         return result[0].unwrap()
-
-    def stop(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout=30)
