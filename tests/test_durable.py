@@ -187,13 +187,23 @@ async def test_nothing_is_on_the_wire_before_the_store_holds_what_it_depends_on(
                         await trio.sleep(0.3)  # key rotation runs meanwhile
                     if i % 50 == 49 and board.venue is not None:
                         board.venue.break_all()  # resumes: retransmissions
-                replies = 0
-                while replies < 1000:
-                    replies += (await session.receive()).startswith(b"re:")
+                # Exactly once, in order, across the resumes.
+                replies = await _replies(session, 1000)
+                assert replies == [b"re:%d" % i for i in range(200) for _ in range(5)]
                 await trio.sleep(3)  # idle: heartbeats and rekeys only
                 assert session.stats.rekeys >= 3
     assert violations == []
     assert checked["DATA"] > 50 and checked["other"] > 20
+
+
+async def _replies(session: ts.Session, n: int) -> list[bytes]:
+    """The next ``n`` replies (``re:…``), skipping conflated and lossy messages."""
+    replies: list[bytes] = []
+    while len(replies) < n:
+        message = await session.receive()
+        if message.startswith(b"re:"):
+            replies.append(message)
+    return replies
 
 
 async def test_the_peer_keeps_a_message_until_it_is_committed(
@@ -480,3 +490,19 @@ async def test_a_failed_store_write_stops_the_venue(
             async with memory_venue(reply_committed, VENUE, registry(), store=vstore):
                 vstore.broken = True
                 await trio.sleep(5)  # the next liveness stamp fails
+
+
+async def test_one_store_holds_one_session_per_key_and_venue(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pstore = ts.MemoryStore(durable=True)
+    with trio.fail_after(60):
+        async with (
+            running_venue(ts.MemoryStore(durable=True)) as venue,
+            participant(venue.board, store=pstore) as first,
+        ):
+            with pytest.raises(ts.StoreError, match="another session of key"):
+                async with participant(venue.board, store=pstore):
+                    pass
+            await first.send(b"still here")
+            assert await first.receive() == b"re:still here"

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from trio_session.store import SessionWrite
 from trio_session.store import _sqlite_log as log_module
 from trio_session.store._sqlite_file import APPLICATION_ID, SCHEMA_VERSION
 from trio_session.store._sqlite_log import LOG_MAGIC, log_files
+from trio_session.testing import identities
 
 from ..cli_helpers import cli_env
 from .test_contract import _state
@@ -208,3 +210,29 @@ async def test_synchronous_must_be_normal_or_full(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="synchronous"):
         ts.SqliteStore(tmp_path / "x.db", synchronous="sometimes")  # type: ignore[arg-type]
     await trio.lowlevel.checkpoint()
+
+
+async def test_sessions_run_end_to_end_on_full_sync_stores(tmp_path: Path) -> None:
+    """synchronous="full": every write waits for the disk on the log sync thread."""
+    venue_id, alice, registry = identities()
+
+    async def echo(session: ts.Session) -> None:
+        async for message in session:
+            await session.send(message, commit=True)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            vstore = ts.SqliteStore(tmp_path / "venue.db", synchronous="full")
+            serve = partial(ts.serve, echo, venue_id, registry, "127.0.0.1", 0, store=vstore)
+            server = await nursery.start(serve)
+            pstore = ts.SqliteStore(tmp_path / "alice.db", synchronous="full")
+            url = f"ws://127.0.0.1:{server.port}/"
+            async with ts.connect(url, alice, venue_id.public_key, store=pstore) as session:
+                for i in range(50):
+                    await session.send(b"%d" % i)
+                assert [await session.receive() for _ in range(50)] == [
+                    b"%d" % i for i in range(50)
+                ]
+            stats = pstore.statistics()
+            assert stats.commits >= 50 and stats.max_write_seconds > 0
+            nursery.cancel_scope.cancel()
