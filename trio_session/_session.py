@@ -19,7 +19,7 @@ from typing import Any, Final, Generic, final
 import trio
 
 from ._core import SessionCore, SessionStats
-from ._durable_link import commit_pending
+from ._durable_session import DurableFacade
 from ._errors import (
     CloseCode,
     ConnectionLost,
@@ -35,7 +35,6 @@ from ._errors import (
     is_clean_close,
 )
 from ._lifecycle import State
-from ._persist import SessionPersistence
 from ._queues import notice_error, reject_notice
 from ._typing import M
 from .protocol import ConnectionState
@@ -48,7 +47,7 @@ _CREATE: Final = object()
 
 
 @final
-class Session(Generic[M]):
+class Session(DurableFacade, Generic[M]):
     """One logical session, on either side.  Created by ``ts.connect`` / ``ts.serve``.
 
     Generic in its message type: ``Session[Order | Fill]`` with
@@ -81,8 +80,8 @@ class Session(Generic[M]):
         self._in = core.inbound
         self._last_seq = -1
         self._send_count = 0
-        #: With a durable store: each :meth:`receive` first commits the messages
-        #: returned before it.  Set False to commit only with :meth:`commit`.
+        #: Durable store: :meth:`receive` commits what it returned before (else only
+        #: :meth:`commit` and ``send(commit=True)`` do).
         self.auto_commit = True
 
     # -- identity and observation --------------------------------------------------
@@ -172,19 +171,15 @@ class Session(Generic[M]):
         at once instead while the session is not LIVE (from the moment a lost
         connection is detected): for orders priced off data that is now stale.
 
-        With a durable store it returns once the message is stored: a crash of
-        either side cannot lose it (docs/howto/durable.md).
-
         Args:
             message: one message of the declared ``messages=`` type (``bytes``
                 without it).
             fail_fast: raise :class:`~trio_session.ConnectionLost` at once when
                 the session is not LIVE, instead of queueing the message for
                 after the resume.
-            commit: with a durable store, also commit every message
-                :meth:`receive` returned so far, in the same write: after a
-                crash either both happened or neither (an answer is never sent
-                twice, nor its request forgotten).  Without one it changes nothing.
+            commit: with a durable store (which returns once the message is
+                stored), commit what :meth:`receive` returned so far in the same
+                write: after a crash, both or neither (docs/howto/durable.md).
 
         Raises the session's error once it ended, :class:`TypeError` for a
         message of the wrong type, and :class:`~trio_session.LocalProtocolError`
@@ -220,12 +215,9 @@ class Session(Generic[M]):
         if fail_fast and self._core.states.state is not State.LIVE:
             state = self._core.states.state.value
             raise ConnectionLost(f"session is {state}, not sending (fail_fast)")
-        persist = self._core.persist
-        if persist is not None:  # durable store: stored before we return
-            if commit:
-                persist.commit(self._in.rx_seq, self._in.consume_target)
+        if self._core.persist is not None:  # durable store: stored before we return
             try:
-                await persist.enqueue(item, count)
+                await self._enqueue_durable(item, count, commit)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise final_error(self._core)  # noqa: B904 - keeps the error's own cause
             return
@@ -277,10 +269,8 @@ class Session(Generic[M]):
         :meth:`with_rejects` to get rejects as values);
         :class:`~trio_session.SessionReset` once when the session was
         replaced; the session's error once it ended and everything received
-        before has been delivered.
-
-        With a durable store (and :attr:`auto_commit`), calling it commits the
-        messages it returned before: the peer may then forget them.
+        before has been delivered.  With a durable store (and :attr:`auto_commit`)
+        it first commits the messages it returned before.
         """
         inbound = self._in
         persist = self._core.persist
@@ -368,62 +358,6 @@ class Session(Generic[M]):
         consumed = self._in.take(item)
         if consumed:
             self._core.credit(consumed)
-
-    def _commit_now(self, persist: SessionPersistence) -> None:
-        inbound = self._in
-        if persist.commit(inbound.rx_seq, inbound.consume_target):
-            # Stored with the next write, or by the writer when enough is owed
-            # or the delayed ack comes due (20 ms): a commit alone is not worth one.
-            if persist.commits_due():
-                self._out.wake()
-            else:
-                link = self._core.link
-                if link is not None:
-                    commit_pending(link)
-
-    async def commit(self) -> None:
-        """Commit every message :meth:`receive` returned so far, and wait until the
-        store recorded it.
-
-        With a durable store, the peer keeps (and after a crash retransmits)
-        every message until it is committed; :meth:`receive` commits the
-        previous ones by itself unless :attr:`auto_commit` is False.  Without a
-        durable store it only checkpoints (messages are acknowledged on receipt).
-        """
-        persist = self._core.persist
-        if persist is None:
-            await trio.lowlevel.checkpoint()
-            return
-        inbound = self._in
-        persist.commit(inbound.rx_seq, inbound.consume_target)
-        await persist.runtime.sync()
-        self._out.wake()
-
-    @property
-    def last_redelivered(self) -> bool:
-        """Whether the last message :meth:`receive` returned may have been handed
-        to the application before: it was received again after a restart from a
-        store, and the application had not committed it.  Always False without
-        a durable store."""
-        return 0 <= self._last_seq < self._in.redeliver_before
-
-    @property
-    def send_count(self) -> int:
-        """How many messages :meth:`send` / :meth:`send_many` have accepted on this
-        session (a ``send`` cancelled while it waited for room is not counted).
-
-        With a durable store it counts across restarts: after a crash, a send
-        that was in progress made it into the session exactly when this count
-        includes it, so an application that numbers its messages in send order
-        knows where to continue."""
-        persist = self._core.persist
-        return self._send_count if persist is None else persist.next_j
-
-    @property
-    def restored(self) -> bool:
-        """True when this session was loaded from a store after a restart (its
-        handler runs again; see docs/howto/durable.md)."""
-        return self._core.restored
 
     @property
     def last_seq(self) -> int:
