@@ -84,13 +84,28 @@ async def _handler(session: ts.Session) -> None:
         return
 
 
+def _store(params: dict[str, Any]) -> ts.SessionStore | None:
+    """``"store": PATH`` in the parameters: an SqliteStore there (else the memory default)."""
+    path = params.get("store")
+    return ts.SqliteStore(path, synchronous=params.get("synchronous", "normal")) if path else None
+
+
 async def server(params: dict[str, Any]) -> None:
     raise_nofile()
     venue, _, registry = identities()
     cfg = session_config(params.get("config"))
     async with trio.open_nursery() as nursery:
         srv = await nursery.start(
-            partial(ts.serve, _handler, venue, registry, "127.0.0.1", 0, config=cfg)
+            partial(
+                ts.serve,
+                _handler,
+                venue,
+                registry,
+                "127.0.0.1",
+                params.get("port", 0),
+                config=cfg,
+                store=_store(params),
+            )
         )
         emit("PORT", srv.port)
         await stdin_eof()
@@ -103,7 +118,15 @@ def _connector(params: dict[str, Any], port: int | None = None) -> Callable[[], 
     url = f"ws://127.0.0.1:{port or params['port']}/"
     restart = ts.RestartPolicy(**params["restart"]) if params.get("restart") else None
     cfg = session_config(params.get("config"))
-    return partial(ts.connect, url, participant, venue.public_key, config=cfg, restart=restart)
+    return partial(
+        ts.connect,
+        url,
+        participant,
+        venue.public_key,
+        config=cfg,
+        restart=restart,
+        store=_store(params),
+    )
 
 
 def _connect(params: dict[str, Any], port: int | None = None) -> Any:
@@ -395,4 +418,31 @@ async def many(params: dict[str, Any]) -> None:
             },
         )
         stop.set()
+        nursery.cancel_scope.cancel()
+
+
+async def restart_participant(params: dict[str, Any]) -> None:
+    """For ``restart_recovery``: a participant (optionally on a store) that reports
+    when it is LIVE with the replay done, after its start and after each venue
+    restart the orchestrator announces with ``watch``.
+
+    Prints ``LIVE {"t": <time.monotonic()>}`` (the clock is system-wide, so the
+    orchestrator subtracts its own kill time), ``WATCHING`` when armed.
+    """
+    async with _connect(params) as session, trio.open_nursery() as nursery:
+        await session.wait_state(ts.State.LIVE)
+        emit("LIVE", {"t": time.monotonic(), "restored": session.stats.resumes > 0})
+        if params.get("flow") and session.stats.resumes == 0:
+            await session.send(f"flow {params['flow']} 0".encode())
+        nursery.start_soon(_Stream(session).run)
+        while (await read_line()).strip() == "watch":
+            before = session.stats.connections
+            emit("WATCHING")
+            await session.wait_state(ts.State.STALE, ts.State.RESUMING)
+            while True:
+                await session.wait_state(ts.State.LIVE)
+                if session.stats.connections > before:
+                    break
+                await session.wait_state(ts.State.STALE, ts.State.RESUMING)
+            emit("LIVE", {"t": time.monotonic(), "resumes": session.stats.resumes})
         nursery.cancel_scope.cancel()

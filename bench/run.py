@@ -6,9 +6,11 @@ Usage::
 
 Every server and client is a separate process (``bench/worker.py``), so each
 side has its own interpreter and GIL, as in production.  Scenarios (see
-bench/README.md): throughput, rtt, establish, recovery, many, rekey, modes.  Figures
-are medians over ``--runs``; ratios are ours / raw (for throughput: ours msgs/s
-over raw msgs/s, for latencies: ours time over raw time), for ``modes`` aead / mac.
+bench/README.md): throughput, rtt, establish, recovery, many, rekey, modes,
+durable_throughput, durable_rtt, restart_recovery.  Figures are medians over
+``--runs``; ratios are ours / raw (for throughput: ours msgs/s over raw msgs/s,
+for latencies: ours time over raw time), for ``modes`` aead / mac, for
+``durable_*`` SqliteStore / the in-memory store.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from _common import (
     ts,
 )
 from _modes import run_modes
+from durable import durable_rtt, durable_throughput, restart_recovery
 
 WORKER = BENCH_DIR / "worker.py"
 
@@ -75,6 +78,8 @@ class Sizes:
     many_ramp_timeout: float
     rekey_seconds: float
     rekey_rate: float
+    #: restart_recovery: kills per run (of each kind).
+    restart_kills: int
 
 
 QUICK = Sizes(
@@ -92,6 +97,7 @@ QUICK = Sizes(
     many_ramp_timeout=30.0,
     rekey_seconds=3.0,
     rekey_rate=20_000,
+    restart_kills=5,
 )
 FULL = Sizes(
     throughput_n=200_000,
@@ -108,9 +114,27 @@ FULL = Sizes(
     many_ramp_timeout=120.0,
     rekey_seconds=5.0,
     rekey_rate=20_000,
+    restart_kills=10,
 )
 
-SCENARIOS = ("throughput", "rtt", "establish", "recovery", "rekey", "many", "modes")
+SCENARIOS = (
+    "throughput",
+    "rtt",
+    "establish",
+    "recovery",
+    "rekey",
+    "many",
+    "modes",
+    "durable_throughput",
+    "durable_rtt",
+    "restart_recovery",
+)
+#: Scenarios that are functions of ``durable.py`` rather than Bench methods.
+DURABLE = {
+    "durable_throughput": durable_throughput,
+    "durable_rtt": durable_rtt,
+    "restart_recovery": restart_recovery,
+}
 
 
 def log(msg: str) -> None:
@@ -244,17 +268,25 @@ class Bench:
         profile: tuple[Path, str] | None,
         *,
         gc_freeze: bool = False,
+        many_config: dict[str, Any] | None = None,
     ) -> None:
         self.gc_freeze = gc_freeze
+        #: SessionConfig fields of the many-sessions scenario (ours).
+        self.many_config = HEARTBEAT_CONFIG if many_config is None else many_config
         self.sizes = sizes
         self.runs = runs
         self.profile = profile
 
     @contextmanager
     def server(
-        self, stack: str, config: dict[str, Any] | None = None, tag: str = ""
+        self,
+        stack: str,
+        config: dict[str, Any] | None = None,
+        tag: str = "",
+        extra: dict[str, Any] | None = None,
     ) -> Iterator[Proc]:
-        proc = Proc(f"{stack}-server", {"config": config or {}}, self.profile, tag)
+        params = {"config": config or {}, **(extra or {})}
+        proc = Proc(f"{stack}-server", params, self.profile, tag)
         try:
             proc.port = proc.expect("PORT", 30)
             yield proc
@@ -553,7 +585,7 @@ class Bench:
     def _many_once(self, stack: str, n: int) -> dict[str, float]:
         z = self.sizes
         k = _client_procs(n)
-        config = HEARTBEAT_CONFIG if stack == "ours" else {}
+        config = self.many_config if stack == "ours" else {}
         with self.server(stack, config) as srv:
             time.sleep(0.3)
             rss0 = proc_rss_bytes(srv.pid)
@@ -707,6 +739,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="many: gc.freeze() in every process (both stacks) once the sessions are up",
     )
+    parser.add_argument(
+        "--many-config",
+        type=json.loads,
+        metavar="JSON",
+        help="many: SessionConfig fields for trio_session instead of the scenario's 1 s "
+        "heartbeats, e.g. '{}' for the library defaults",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.many_n:
@@ -717,7 +756,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
         profile = (args.profile.resolve(), args.profiler)
     raise_nofile()
-    bench = Bench(sizes, runs, profile, gc_freeze=args.gc_freeze)
+    bench = Bench(sizes, runs, profile, gc_freeze=args.gc_freeze, many_config=args.many_config)
     info = machine_info()
     log(f"machine: {info}")
     chosen = args.scenario or list(SCENARIOS)
@@ -727,6 +766,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         if name == "many":
             steps.extend((name, partial(bench.many, n)) for n in sizes.many_n)
+        elif name in DURABLE:
+            steps.append((name, partial(DURABLE[name], bench)))
         else:
             steps.append((name, getattr(bench, name)))
     start = time.monotonic()

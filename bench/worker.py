@@ -35,6 +35,7 @@ ROLES: dict[str, Role] = {
     "ours-recovery": _ours.recovery,
     "ours-rekey": _ours.rekey,
     "ours-many": _ours.many,
+    "ours-restart-participant": _ours.restart_participant,
 }
 
 

@@ -29,11 +29,14 @@ __all__ = [
     "Keys",
     "assert_clean",
     "cli_env",
+    "connect_cli",
     "keys",
     "logging_restored",
     "running",
+    "serve_cli",
     "serving",
     "start_serve",
+    "trading_summary",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,11 +54,15 @@ class Cli:
     """One running ``python -m trio_session …`` with its stdout and stderr collected."""
 
     def __init__(
-        self, *args: str, cwd: Path | None = None, python_args: Sequence[str] = ()
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        python_args: Sequence[str] = (),
+        module: str = "trio_session",
     ) -> None:
         self.args = args
         self.proc = subprocess.Popen(
-            [sys.executable, *python_args, "-m", "trio_session", *args],
+            [sys.executable, *python_args, "-m", module, *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -156,6 +163,17 @@ def running(*args: str, cwd: Path | None = None) -> Iterator[Cli]:
         cli.stop()
 
 
+def trading_summary(participant: Cli, code: int) -> str:
+    """The final line of a ``connect`` that traded: clean output, exit 0, nothing lost."""
+    text = participant.dump()
+    assert_clean(text)
+    assert code == 0, text
+    summary = participant.out[-1]
+    assert summary.startswith("OK: "), text
+    assert "lost=0 dup=0 reordered=0" in summary, summary
+    return summary
+
+
 def assert_clean(text: str) -> None:
     """Nothing a user should never see: no traceback, no exception group."""
     assert "Traceback" not in text, text
@@ -217,9 +235,9 @@ def logging_restored() -> Iterator[None]:
             lg.handlers[:] = handlers
 
 
-def start_serve(k: Keys, *extra: str, port: int = 0) -> tuple[Cli, int]:
-    """``serve`` for ``k``'s venue and registry on loopback, once it listens: (it, its port)."""
-    venue = Cli(
+def serve_cli(k: Keys, *extra: str, port: int = 0) -> Cli:
+    """``serve`` for ``k``'s venue and registry on loopback (not waited for)."""
+    return Cli(
         "serve",
         "--identity",
         str(k.venue),
@@ -230,8 +248,27 @@ def start_serve(k: Keys, *extra: str, port: int = 0) -> tuple[Cli, int]:
         "--plain",
         *extra,
     )
+
+
+def start_serve(k: Keys, *extra: str, port: int = 0) -> tuple[Cli, int]:
+    """``serve`` for ``k``'s venue and registry on loopback, once it listens: (it, its port)."""
+    venue = serve_cli(k, *extra, port=port)
     bound = int(venue.wait_for(r"listening on ws://127\.0\.0\.1:(\d+)/")[1])
     return venue, bound
+
+
+def connect_cli(k: Keys, port: int, *extra: str, identity: Path | None = None) -> Cli:
+    """``connect`` as alice (or ``identity``) to ``k``'s venue listening on ``port``."""
+    return Cli(
+        "connect",
+        f"ws://127.0.0.1:{port}/",
+        "--identity",
+        str(identity or k.alice),
+        "--venue-key",
+        str(k.venue_pub),
+        "--plain",
+        *extra,
+    )
 
 
 @contextmanager

@@ -70,7 +70,15 @@ async def venue(
     """A venue on 127.0.0.1 for the duration of the block."""
     async with trio.open_nursery() as nursery:
         server: ts.VenueServer = await nursery.start(
-            partial(ts.serve, handler, VENUE, reg or registry(), "127.0.0.1", 0, **kwargs)
+            partial(
+                ts.serve,
+                handler,
+                VENUE,
+                reg if reg is not None else registry(),  # an empty registry is falsy
+                "127.0.0.1",
+                0,
+                **kwargs,
+            )
         )
         yield server
         nursery.cancel_scope.cancel()

@@ -193,7 +193,7 @@ async def _many_sessions(duration: float) -> None:
                 async with flood(*args) as f:
                     while time.monotonic() < attack_start + duration:
                         await trio.sleep(0.05)
-                        peak_sessions = max(peak_sessions, venue.by_key.count(OTHER.key_id))
+                        peak_sessions = max(peak_sessions, venue.gate.by_key.count(OTHER.key_id))
                         peak_tasks = max(peak_tasks, len(task_names()))
                     report = await f.ask()
                 attack_end = time.monotonic()

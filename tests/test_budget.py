@@ -218,9 +218,11 @@ async def test_silent_participant_slow_consumer_timing_under_a_mock_clock(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """The same, exact to the timer step: a participant that completes the handshake
-    and then never reads nor sends (default timers: heartbeat timeout 15 s, slow
-    consumer 30 s, resume TTL 60 s)."""
+    and then never reads nor sends (default timers: STALE at ``stale_after``, the
+    connection dropped at ``heartbeat_timeout``, slow consumer at 30 s, resume TTL
+    60 s)."""
     cfg = ts.SessionConfig()
+    assert cfg.heartbeat_timeout < cfg.slow_consumer_timeout < cfg.resume_ttl
     feed = MarketData()
     lost: list[tuple[float, ts.Session]] = []
     with trio.fail_after(300):
@@ -248,11 +250,9 @@ async def test_silent_participant_slow_consumer_timing_under_a_mock_clock(
             control = venue._venue.sessions[bytes.fromhex(session.session_id)]
             stalled = control.stalled_since
             assert stalled is not None  # 4 messages of credit, long gone
-            assert await session.wait_state(ts.State.STALE) is ts.State.STALE
-            detached = trio.current_time()
             await session.wait_state(ts.State.CLOSED)
             nursery.cancel_scope.cancel()
     ((ended, gone),) = lost
     assert gone is session and isinstance(session.error, ts.SlowConsumer)
-    assert detached - stalled == pytest.approx(cfg.heartbeat_timeout, abs=STEP)
+    assert session.stats.stale_spells >= 1
     assert ended - stalled == pytest.approx(cfg.slow_consumer_timeout, abs=STEP)

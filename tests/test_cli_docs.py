@@ -1,6 +1,7 @@
 """The reference tables in the docs match the code: the API page's SessionConfig and
-RestartPolicy tables and connect/serve signatures, and the command-line page's options,
-messages and exit codes.  A change to either side without the other fails here."""
+RestartPolicy tables and the parameter descriptions of connect, serve and the Session
+methods (docstrings the page renders), and the command-line page's options, messages
+and exit codes.  A change to either side without the other fails here."""
 
 from __future__ import annotations
 
@@ -64,16 +65,25 @@ def test_field_tables_list_every_field_with_its_default(cls: type, header: str) 
 
 
 @pytest.mark.parametrize("function", [ts.connect, ts.serve])
-def test_signatures_on_the_api_page_match(function: object) -> None:
+def test_connect_and_serve_describe_every_parameter_on_the_api_page(function: object) -> None:
+    # The API page renders their docstrings (autodoc): every parameter must be
+    # described there, in order, under "Args:".
     name = function.__name__  # type: ignore[attr-defined]
-    match = re.search(rf"\.\. py:function:: {name}\((.*)\)\n", API)
-    assert match, name
-    documented = [p.split("=")[0].strip().lstrip("*") for p in match[1].split(",")]
-    documented = [p for p in documented if p]
+    assert f".. autofunction:: trio_session.{name}\n" in API
+    doc = inspect.getdoc(function) or ""
+    args = doc.split("Args:\n", 1)[1].split("\n\n", 1)[0]
+    described = re.findall(r"^    (\w+):", args, flags=re.MULTILINE)
     actual = list(inspect.signature(function).parameters)  # type: ignore[arg-type]
-    assert documented == actual
-    params = re.findall(r":param (?:[\w.]+ )?(\w+):", API[match.start() :].split("```")[0])
-    assert params == actual  # every parameter described, in order
+    assert described == actual
+
+
+def test_session_methods_describe_their_parameters() -> None:
+    for name in ("send", "send_many", "send_latest", "receive_batch", "reject", "aclose"):
+        method = getattr(ts.Session, name)
+        doc = inspect.getdoc(method) or ""
+        params = [p for p in inspect.signature(method).parameters if p != "self"]
+        for param in params:
+            assert re.search(rf"^    {param}:", doc, flags=re.MULTILINE), (name, param)
 
 
 def _options() -> dict[str, set[str]]:
@@ -82,10 +92,18 @@ def _options() -> dict[str, set[str]]:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     found: dict[str, set[str]] = {}
     for name, command in sub.choices.items():
-        found[name] = {
-            o for a in command._actions for o in a.option_strings if o.startswith("--")
-        } - {"--help"}
+        found[name] = _long_options(command) - {"--help"}
     return found
+
+
+def _long_options(parser: argparse.ArgumentParser) -> set[str]:
+    """A parser's long options, and those of its actions' parsers (``store inspect``)."""
+    options = {o for a in parser._actions for o in a.option_strings if o.startswith("--")}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for nested in action.choices.values():
+                options |= _long_options(nested)
+    return options
 
 
 def test_every_option_is_on_the_cli_page_and_every_documented_option_exists() -> None:
@@ -93,7 +111,7 @@ def test_every_option_is_on_the_cli_page_and_every_documented_option_exists() ->
     every = set().union(*options.values())
     documented = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", CLI))
     assert documented - {"--help"} <= every, documented - every
-    for command in ("demo", "keygen", "serve", "connect"):
+    for command in ("demo", "keygen", "serve", "connect", "store"):
         assert options[command] <= documented, (command, options[command] - documented)
 
 

@@ -37,6 +37,7 @@ PAGES: dict[str, bool] = {
     "howto/plugins.md": True,
     "howto/backpressure.md": True,
     "howto/tls.md": False,
+    "howto/durable.md": True,
 }
 #: Pages whose python blocks are pytest tests.
 PYTEST_PAGES = ("howto/testing.md",)
@@ -165,8 +166,10 @@ def test_disconnects(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Mon
     assert seen["after_resume"] == "LIVE" and seen["same_session"] is True
     assert seen["acks"] == [f"ack {i}" for i in range(6)]
     assert seen["resumes"] == 1
-    # A session that could not be resumed is reported once, then the new one works.
+    # A session that could not be resumed is reported once, naming exactly the order in
+    # doubt (written, never acknowledged), then the new one works.
     assert seen["reset"] is True
+    assert seen["in_doubt"] == [(1, b"order 8")]
     # Cancellation is a loss (dead man's switch after resume_ttl); leaving the block a logout.
     assert seen["venue_events"] == ["lost after 30s", "logout"]
 
@@ -201,6 +204,12 @@ def test_backpressure(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Mo
 def test_tls(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     refused = run_page("howto/tls.md", capsys, monkeypatch)
     assert refused == "ConnectionLost"
+
+
+def test_durable(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = run_page("howto/durable.md", capsys, monkeypatch)
+    assert seen["same_session"] is True  # a venue restart on its store: no SessionReset
+    assert seen["sent"] == 2
 
 
 def test_testing_page_tests_pass_under_pytest_trio(tmp_path: Path) -> None:

@@ -26,7 +26,10 @@ def test_enter_records_changes_only_and_closed_is_final() -> None:
     assert h.state is State.CONNECTING
     assert not h.enter(State.CONNECTING)
     assert h.enter(State.LIVE) and h.enter(State.STALE) and h.enter(State.RESUMING)
-    assert h.enter(State.STALE) and h.stale_spells == 2
+    # A failed reconnection attempt continues the same outage: one spell, not two.
+    assert h.enter(State.STALE) and h.stale_spells == 1
+    assert h.enter(State.RESUMING) and h.enter(State.LIVE) and h.enter(State.STALE)
+    assert h.stale_spells == 2
     assert h.enter(State.CLOSED)
     assert not h.enter(State.LIVE) and _state(h) is State.CLOSED
     assert h.stale_spells == 2

@@ -128,7 +128,7 @@ async def test_the_guard_sheds_the_largest_sessions_until_under_the_payload_shar
     assert "max_buffered_bytes (800 bytes)" in str(err)
 
 
-def test_a_finished_session_leaves_the_ledger() -> None:
+async def test_a_finished_session_leaves_the_ledger() -> None:
     ledger = ByteLedger()
     control = open_session(Role.VENUE, ts.SessionConfig(), None, "k", ledger=ledger)
     control.bind(SessionRecord(bytes(16), "k", Role.VENUE))
@@ -150,7 +150,7 @@ def _controls(n: int) -> list[SessionControl]:
     return out
 
 
-def test_the_cap_ends_the_longest_detached_session_or_refuses() -> None:
+async def test_the_cap_ends_the_longest_detached_session_or_refuses() -> None:
     sessions = KeySessions(cap=3)
     a, b, c = _controls(3)
     for control in (a, b, c):

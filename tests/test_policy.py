@@ -70,7 +70,7 @@ def test_backoff_intensity_limit_and_window() -> None:
         first.append(d)
         clock.now += 1.0
     assert first[0] == 0.0
-    assert backoff.next_delay() is None  # max_restarts within the window: give up
+    assert backoff.next_delay() is None  # max_restarts failures within the window: give up
     assert backoff.next_delay() is None  # and stays given up while they are in it
     assert backoff.attempt == policy.max_restarts
     # The oldest restart was at 1000.0; once it leaves the window one slot frees.
@@ -80,6 +80,24 @@ def test_backoff_intensity_limit_and_window() -> None:
     d = backoff.next_delay()
     assert d is not None and d > 0  # not reset: still backing off, not immediate
     assert backoff.next_delay() is None
+
+
+def test_progress_does_not_count_but_the_delay_still_grows() -> None:
+    # A connection that resumed and moved messages is not a failure, however
+    # often the link drops; the backoff still grows on fast flapping.
+    policy = ts.RestartPolicy(base_delay=0.1, max_delay=4.0, max_restarts=3, window=60.0)
+    backoff, clock = _backoff(policy, seed=3)
+    delays = []
+    for _ in range(50):  # 50 drops within a few seconds, each after progress
+        d = backoff.next_delay(counted=False)
+        assert d is not None
+        delays.append(d)
+        clock.now += 0.05
+    assert delays[0] == 0.0 and max(delays) == policy.max_delay
+    assert sum(delays[-10:]) > sum(delays[1:11])  # grew
+    for _ in range(policy.max_restarts):  # failures without progress still count
+        assert backoff.next_delay(counted=True) is not None
+    assert backoff.next_delay(counted=True) is None
 
 
 def test_backoff_resets_only_after_a_stable_connection() -> None:
@@ -109,21 +127,21 @@ def test_backoff_resets_only_after_a_stable_connection() -> None:
     assert backoff.next_delay() is None
 
 
-def test_backoff_failed_attempts_back_off_without_counting_as_restarts() -> None:
-    # next_delay(restart=False): the previous attempt never came up (refused).
+def test_backoff_uncounted_attempts_back_off_without_counting() -> None:
+    # next_delay(counted=False): e.g. the venue was unreachable (refused).
     policy = ts.RestartPolicy(base_delay=0.1, max_delay=1.0, max_restarts=2, window=60.0)
     backoff, clock = _backoff(policy)
     assert backoff.next_delay() == 0.0  # the connection came up, then failed
     prev = policy.base_delay
     for _ in range(50):  # an outage: many refused attempts, never "gave up"
-        d = backoff.next_delay(restart=False)
+        d = backoff.next_delay(counted=False)
         assert d is not None
         assert policy.base_delay <= d <= min(policy.max_delay, 3 * prev)
         prev = max(d, policy.base_delay)
         clock.now += d
     assert backoff.attempt == 51
-    assert backoff.next_delay() is not None  # second restart in the window
-    assert backoff.next_delay() is None  # third: flapping, give up
+    assert backoff.next_delay() is not None  # second failure in the window
+    assert backoff.next_delay() is None  # third: no progress, give up
 
 
 # -- decide(): a table, no Trio ----------------------------------------------------------------
@@ -202,7 +220,8 @@ def test_decide_gives_up_when_the_restart_intensity_is_exceeded() -> None:
     gave_up = decision.error
     assert isinstance(gave_up, ts.ConnectionLost) and gave_up is not err
     assert (
-        str(gave_up) == "gave up after 3 restarts within 60.0s; last error: ConnectionLost: reset"
+        str(gave_up) == "gave up: more than 3 attempts without progress within 60.0s; last error: "
+        "ConnectionLost: reset"
     )
     assert gave_up.__cause__ is err
 

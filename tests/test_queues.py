@@ -151,7 +151,7 @@ def test_inbound_buffers_batches_notices_and_the_reset_marker() -> None:
     notice = encode_body(reject_notice(3, "why", ts.RejectCode.REJECTED, None))
     assert inbound.put([b"m0", b"m1"], False)
     assert inbound.put([notice, b"\xc1"], True)  # a good notice and a malformed one
-    inbound.put_reset(new)
+    inbound.put_reset(new, ())
     assert inbound.put([b"n0"], False)
     assert inbound.depth == 5
     assert inbound.take(inbound.get_nowait()) == 2

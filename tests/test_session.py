@@ -114,7 +114,7 @@ async def test_typed_messages_and_invalid_message_is_per_message() -> None:
             await session.send(Order(5))
             assert await session.receive() == Fill(5)
             with pytest.raises(TypeError):
-                await session.send(b"not a struct")
+                await session.send(b"not a struct")  # type: ignore[arg-type]
 
 
 async def test_aclose_is_idempotent_and_send_after_close_raises() -> None:

@@ -33,11 +33,13 @@ __all__ = [
     "HandshakeTimeout",
     "HeartbeatTimeout",
     "Identity",
+    "InDoubt",
     "IntegrityError",
     "InvalidMessage",
     "KeyRegistry",
     "LocalProtocolError",
     "MemoryBudgetExceeded",
+    "MemoryStore",
     "MessageRejected",
     "Metrics",
     "Plugin",
@@ -45,6 +47,7 @@ __all__ = [
     "RateLimit",
     "RateLimited",
     "RejectCode",
+    "Rejected",
     "RekeyTimeout",
     "RemoteProtocolError",
     "RestartPolicy",
@@ -58,11 +61,15 @@ __all__ = [
     "SessionExpired",
     "SessionReset",
     "SessionStats",
+    "SessionStore",
     "SlowConsumer",
+    "SqliteStore",
     "State",
+    "StoreError",
     "TooManySessions",
     "Validate",
     "VenueServer",
+    "VenueStats",
     "connect",
     "load_plugins",
     "serve",
@@ -106,15 +113,22 @@ _LAZY: dict[str, str] = {
     "SessionExpired": "._errors",
     "SessionReset": "._errors",
     "SlowConsumer": "._errors",
+    "StoreError": "._errors",
     "TooManySessions": "._errors",
     "InvalidMessage": "._errors",
+    "InDoubt": "._errors",
+    "Rejected": "._errors",
     "Identity": "._identity",
     "KeyRegistry": "._identity",
     "VenueServer": "._server",
+    "VenueStats": "._server",
     "serve": "._server",
     "Session": "._session",
     "SessionStats": "._session",
     "State": "._session",
+    "MemoryStore": ".store",
+    "SessionStore": ".store",
+    "SqliteStore": ".store",
 }
 
 if TYPE_CHECKING:
@@ -136,6 +150,7 @@ if TYPE_CHECKING:
     from ._errors import FrameError as FrameError
     from ._errors import HandshakeTimeout as HandshakeTimeout
     from ._errors import HeartbeatTimeout as HeartbeatTimeout
+    from ._errors import InDoubt as InDoubt
     from ._errors import IntegrityError as IntegrityError
     from ._errors import InvalidMessage as InvalidMessage
     from ._errors import LocalProtocolError as LocalProtocolError
@@ -144,6 +159,7 @@ if TYPE_CHECKING:
     from ._errors import ProtocolError as ProtocolError
     from ._errors import RateLimited as RateLimited
     from ._errors import RejectCode as RejectCode
+    from ._errors import Rejected as Rejected
     from ._errors import RekeyTimeout as RekeyTimeout
     from ._errors import RemoteProtocolError as RemoteProtocolError
     from ._errors import ResumeRefused as ResumeRefused
@@ -153,16 +169,21 @@ if TYPE_CHECKING:
     from ._errors import SessionExpired as SessionExpired
     from ._errors import SessionReset as SessionReset
     from ._errors import SlowConsumer as SlowConsumer
+    from ._errors import StoreError as StoreError
     from ._errors import TooManySessions as TooManySessions
     from ._identity import Identity as Identity
     from ._identity import KeyRegistry as KeyRegistry
     from ._policy import Backoff as Backoff
     from ._policy import RestartPolicy as RestartPolicy
     from ._server import VenueServer as VenueServer
+    from ._server import VenueStats as VenueStats
     from ._server import serve as serve
     from ._session import Session as Session
     from ._session import SessionStats as SessionStats
     from ._session import State as State
+    from .store import MemoryStore as MemoryStore
+    from .store import SessionStore as SessionStore
+    from .store import SqliteStore as SqliteStore
 else:
 
     def __getattr__(name: str) -> Any:

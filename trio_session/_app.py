@@ -25,14 +25,22 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Generic
 
 import attrs
 import trio
 
 from ._admission import TokenBuckets
-from ._errors import InvalidMessage, MessageRejected, RejectCode, SessionError, is_clean_close
+from ._errors import (
+    InvalidMessage,
+    MessageRejected,
+    RejectCode,
+    Rejected,
+    SessionError,
+    is_clean_close,
+)
 from ._session import Session, State
+from ._typing import M, T
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -50,18 +58,23 @@ logger = logging.getLogger("trio_session.app")
 ENTRY_POINT_GROUP = "trio_session.plugins"
 
 #: A route handler: called with the message's context and the message.
-RouteHandler = Callable[["Context", Any], Awaitable[None]]
+RouteHandler = Callable[["Context[M]", T], Awaitable[None]]
 CallNext = Callable[[], Awaitable[None]]
-Middleware = Callable[["Context", Any, CallNext], Awaitable[None]]
-H = TypeVar("H", bound=RouteHandler)
+Middleware = Callable[["Context[Any]", Any, CallNext], Awaitable[None]]
+#: A reject handler (:meth:`Router.on_reject`): the session and the reject.
+RejectHandler = Callable[[Session[M], Rejected], Awaitable[None]]
 
 
 @attrs.define(eq=False)
-class Context:
-    """What a handler or middleware gets with each message."""
+class Context(Generic[M]):
+    """What a handler or middleware gets with each message.
+
+    Generic in the session's message type, so that :meth:`reply` is checked:
+    annotate handlers ``ctx: ts.Context[Order | Fill]``.
+    """
 
     #: The session the message arrived on.
-    session: Session
+    session: Session[M]
     #: The message's data sequence number in this session (bind replies to it).
     seq: int
     #: Per-message scratch space shared along the middleware chain.
@@ -69,10 +82,18 @@ class Context:
     #: True once the message was rejected back to the peer (by middleware, for
     #: lack of a route, or because its handler raised).
     rejected: bool = False
+    #: With a durable store: the message may have been handled before a restart
+    #: (``Session.last_redelivered``).
+    redelivered: bool = False
 
-    async def reply(self, message: Any) -> None:
-        """Send ``message`` back on the same session (lossless)."""
-        await self.session.send(message)
+    async def reply(self, message: M) -> None:
+        """Send ``message`` back on the same session (lossless).
+
+        With a durable store the request is committed in the same write as its
+        reply (``send(commit=True)``): after a crash either the reply exists and
+        the request is not delivered again, or neither.
+        """
+        await self.session.send(message, commit=True)
 
     def reject(
         self,
@@ -98,23 +119,23 @@ class Plugin:
     #: A short name for logs.
     name: str = "plugin"
 
-    async def on_open(self, session: Session) -> None:
+    async def on_open(self, session: Session[Any]) -> None:
         """A new logical session started."""
 
-    async def on_message(self, session: Session, context: Context, message: Any) -> None:
+    async def on_message(self, session: Session[Any], context: Context[Any], message: Any) -> None:
         """A message was processed (after middleware and its route handler), whether
         accepted or rejected: check ``context.rejected``."""
 
-    async def on_stale(self, session: Session) -> None:
+    async def on_stale(self, session: Session[Any]) -> None:
         """The connection was lost; the session may resume."""
 
-    async def on_resume(self, session: Session) -> None:
+    async def on_resume(self, session: Session[Any]) -> None:
         """The session is LIVE again after a reconnect."""
 
-    async def on_session_lost(self, session: Session) -> None:
+    async def on_session_lost(self, session: Session[Any]) -> None:
         """Venue: the session was not resumed in time (dead man's switch)."""
 
-    async def on_close(self, session: Session, error: SessionError | None) -> None:
+    async def on_close(self, session: Session[Any], error: SessionError | None) -> None:
         """The session ended (``error`` is None after a clean close)."""
 
 
@@ -141,22 +162,26 @@ def load_plugins(group: str = ENTRY_POINT_GROUP) -> list[Plugin]:
     return plugins
 
 
-class Router:
+class Router(Generic[M]):
     """Dispatch messages by type to registered handlers, with middleware and plugins.
 
     Example::
 
-        router = ts.Router(middleware=[ts.RateLimit(100)], plugins=ts.load_plugins())
+        router: ts.Router[Order | Fill] = ts.Router()
 
         @router.route(Order)
-        async def on_order(ctx: ts.Context, order: Order) -> None:
-            await ctx.reply(ExecutionReport(order.client_id, ref_seq=ctx.seq))
+        async def on_order(ctx: ts.Context[Order | Fill], order: Order) -> None:
+            await ctx.reply(Fill(order.client_id, ref_seq=ctx.seq))
 
         await nursery.start(ts.serve, router, venue_id, registry, host, port,
-                            messages=Order | ExecutionReport,
+                            messages=Order | Fill,
                             on_session_lost=router.session_lost)
 
-    Messages without a route go to ``fallback`` if set, else are rejected.
+    Generic in the session's message type; a type checker rejects a handler
+    registered for ``Order`` that takes another type.  Messages without a route
+    go to ``fallback`` if set, else are rejected.  On the participant side,
+    rejects of our own messages go to the :meth:`on_reject` handler (else they
+    are logged), and the loop goes on.
     """
 
     def __init__(
@@ -164,23 +189,35 @@ class Router:
         *,
         middleware: Iterable[Middleware] = (),
         plugins: Iterable[Plugin] = (),
-        fallback: RouteHandler | None = None,
+        fallback: RouteHandler[M, Any] | None = None,
     ) -> None:
-        self._routes: dict[type, RouteHandler] = {}
+        self._routes: dict[type, RouteHandler[M, Any]] = {}
+        self._on_reject: RejectHandler[M] | None = None
         self.middleware: list[Middleware] = list(middleware)
         self.plugins: list[Plugin] = list(plugins)
         self.fallback = fallback
 
-    def route(self, message_type: type) -> Callable[[H], H]:
-        """Decorator: handle messages of ``message_type`` (exact type match)."""
+    def route(self, message_type: type[T]) -> Callable[[RouteHandler[M, T]], RouteHandler[M, T]]:
+        """Decorator: handle messages of ``message_type`` (exact type match).
 
-        def register(handler: H) -> H:
+        The handler takes the :class:`Context` and a ``message_type`` message.
+        """
+
+        def register(handler: RouteHandler[M, T]) -> RouteHandler[M, T]:
             if message_type in self._routes:
                 raise ValueError(f"{message_type.__name__} already has a handler")
             self._routes[message_type] = handler
             return handler
 
         return register
+
+    def on_reject(self, handler: RejectHandler[M]) -> RejectHandler[M]:
+        """Decorator: ``handler(session, rejected)`` for each of our messages the
+        peer refused (a :class:`~trio_session.Rejected`, with the message's
+        ``ref_seq``), in stream order; the loop goes on.  Without one, rejects are
+        logged.  An exception from it is logged and the loop goes on."""
+        self._on_reject = handler
+        return handler
 
     def use(self, middleware: Middleware) -> None:
         """Append a middleware to the chain (outermost first)."""
@@ -189,12 +226,12 @@ class Router:
     def add_plugin(self, plugin: Plugin) -> None:
         self.plugins.append(plugin)
 
-    async def session_lost(self, session: Session) -> None:
+    async def session_lost(self, session: Session[Any]) -> None:
         """Pass as ``on_session_lost=`` to :func:`trio_session.serve`."""
         for plugin in self.plugins:
             await _call_hook(plugin, "on_session_lost", session)
 
-    async def __call__(self, session: Session) -> None:
+    async def __call__(self, session: Session[M]) -> None:
         """Run the session: receive, dispatch, until it ends."""
         active = [p for p in self.plugins if await _call_hook(p, "on_open", session)]
         error: SessionError | None = None
@@ -204,8 +241,11 @@ class Router:
                 while True:
                     try:
                         message = await session.receive()
-                    except (InvalidMessage, MessageRejected) as exc:
-                        # Per-message problems: the session continues.
+                    except MessageRejected as exc:
+                        await self._rejected(session, exc.rejected)
+                        continue
+                    except InvalidMessage as exc:
+                        # The peer's message: already rejected back; the session continues.
                         logger.info("%s", exc)
                         continue
                     await self._dispatch(session, active, message)
@@ -218,8 +258,29 @@ class Router:
         if error is not None:
             raise error
 
-    async def _dispatch(self, session: Session, plugins: list[Plugin], message: Any) -> None:
-        ctx = Context(session, session.last_seq)
+    async def _rejected(self, session: Session[M], rejected: Rejected) -> None:
+        handler = self._on_reject
+        if handler is None:
+            logger.info(
+                "[session %s] peer rejected our message %d: %s",
+                session.session_id,
+                rejected.ref_seq,
+                rejected.reason or rejected.code,
+            )
+            return
+        try:
+            await handler(session, rejected)
+        except SessionError:
+            raise
+        except Exception:
+            logger.exception(
+                "reject handler failed for message %d in session %s",
+                rejected.ref_seq,
+                session.session_id,
+            )
+
+    async def _dispatch(self, session: Session[M], plugins: list[Plugin], message: M) -> None:
+        ctx = Context(session, session.last_seq, redelivered=session.last_redelivered)
         handler = self._routes.get(type(message), self.fallback)
 
         async def endpoint() -> None:
@@ -246,21 +307,26 @@ class Router:
         for plugin in plugins:
             await _call_hook(plugin, "on_message", session, ctx, message)
 
-    async def _watch_state(self, session: Session, plugins: list[Plugin]) -> None:
+    async def _watch_state(self, session: Session[M], plugins: list[Plugin]) -> None:
         # Edge-triggered: a short LIVE spell between two outages is not missed.
         stale = session.state is not State.LIVE
-        async for state in session.transitions():
-            if state is State.STALE and not stale:
-                stale, hook = True, "on_stale"
-            elif state is State.LIVE and stale:
-                stale, hook = False, "on_resume"
-            else:
-                continue
-            for plugin in plugins:
-                await _call_hook(plugin, hook, session)
+        try:
+            async for state in session.transitions():
+                if state is State.STALE and not stale:
+                    stale, hook = True, "on_stale"
+                elif state is State.LIVE and stale:
+                    stale, hook = False, "on_resume"
+                else:
+                    continue
+                for plugin in plugins:
+                    await _call_hook(plugin, hook, session)
+        except SessionError:
+            # A hook used the session after it ended: the receive loop reports that
+            # end itself; raising it from this task would make an exception group.
+            return
 
 
-def _wrap_middleware(mw: Middleware, ctx: Context, message: Any, nxt: CallNext) -> CallNext:
+def _wrap_middleware(mw: Middleware, ctx: Context[Any], message: Any, nxt: CallNext) -> CallNext:
     async def call() -> None:
         await mw(ctx, message, nxt)
 
@@ -308,7 +374,7 @@ class RateLimit:
         )
         self.rejected = 0
 
-    async def __call__(self, ctx: Context, message: Any, call_next: CallNext) -> None:
+    async def __call__(self, ctx: Context[Any], message: Any, call_next: CallNext) -> None:
         if self.only is not None and not isinstance(message, self.only):
             await call_next()
             return
@@ -326,7 +392,7 @@ class Validate:
     def __init__(self, check: Callable[[Any], str | None]) -> None:
         self.check = check
 
-    async def __call__(self, ctx: Context, message: Any, call_next: CallNext) -> None:
+    async def __call__(self, ctx: Context[Any], message: Any, call_next: CallNext) -> None:
         problem = self.check(message)
         if problem:
             ctx.reject(problem)
@@ -342,7 +408,7 @@ class Metrics:
         self.handling_seconds: dict[str, float] = {}
         self._log = log or logger
 
-    async def __call__(self, ctx: Context, message: Any, call_next: CallNext) -> None:
+    async def __call__(self, ctx: Context[Any], message: Any, call_next: CallNext) -> None:
         name = type(message).__name__
         start = time.perf_counter()
         try:

@@ -56,3 +56,12 @@ class Codec:
             raise InvalidMessage(
                 f"message {seq} does not match the schema: {exc}", seq=seq
             ) from exc
+
+    def decode_or_raw(self, payload: bytes) -> Any:
+        """Our own sent message back (for reports): decoded where typed, else the bytes."""
+        if not self.typed:
+            return payload
+        try:
+            return self._dec.decode(payload)
+        except (msgspec.MsgspecError, ValueError, TypeError, RecursionError):
+            return payload

@@ -78,16 +78,28 @@ class SessionConfig:
     """Timers, limits and capacities of a session.  All times are in seconds.
 
     Key timers follow WireGuard's (a new DH key every 120 s, keys refused after
-    180 s); heartbeats follow FIX practice.
+    180 s).  Heartbeats follow FIX practice (a heartbeat, then a probe, then a
+    timeout) at the tempo of trading: a silent link is STALE within
+    ``stale_after`` (2.5 s), and abandoned for a new connection after
+    ``heartbeat_timeout`` (10 s).
     Invalid values raise :class:`ValueError`/:class:`TypeError` naming the field.
     """
 
-    #: The participant sends a heartbeat when it sent or heard nothing for this
-    #: long; the venue only answers (and probes a participant silent for half-way
-    #: to the timeout).  The venue's value is dictated to the participant.
-    heartbeat_interval: float = attrs.field(default=5.0, validator=_positive)
-    #: Declare the peer dead when nothing was received for this long.
-    heartbeat_timeout: float = attrs.field(default=15.0, validator=_positive)
+    #: The participant sends a heartbeat every this many seconds (busy or idle;
+    #: that also measures the RTT); the venue answers, and probes a participant
+    #: silent half-way to the timeout.  The venue's value is dictated to the
+    #: participant.  1 s makes ``stale_after`` possible at 2.5 s; an idle session
+    #: costs one small frame each way per second.
+    heartbeat_interval: float = attrs.field(default=1.0, validator=_positive)
+    #: Nothing received for this long: the session turns STALE at once (the peer
+    #: may be unreachable; what you hold may be out of date), while the connection
+    #: is kept and probed, so a link that recovers (a short black hole, a peer's
+    #: pause) is LIVE again without a reconnect.  Never below 1.5 intervals nor
+    #: above ``heartbeat_timeout``.
+    stale_after: float = attrs.field(default=2.5, validator=_positive)
+    #: Nothing received for this long: the peer is dead, the connection ends
+    #: (``HeartbeatTimeout``) and the participant reconnects and resumes.
+    heartbeat_timeout: float = attrs.field(default=10.0, validator=_positive)
     #: Participant: each idle heartbeat goes out after a random
     #: ``(1 - jitter) .. 1`` times the interval, so that sessions started together
     #: (e.g. after a venue restart) do not beat in lockstep.  0 disables it.

@@ -25,19 +25,32 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, final
 
+import attrs
 import trio
 
 from ._budget import ByteLedger
 from ._config import SessionConfig
-from ._core import SessionCore
-from ._errors import Category, ConnectionLost, SessionError
+from ._core import SessionCore, in_doubt_of
+from ._errors import Category, ConnectionLost, InDoubt, SessionError
 from ._lifecycle import State
 from ._link import Link
+from ._persist import SessionPersistence, StoreRuntime
 from ._session import Session, new_session
 from ._transport import Transport
 from .protocol import Connection, Role, SessionRecord
+from .store import StoredSession
 
-__all__ = ["SessionControl", "open_session"]
+__all__ = ["LinkOutcome", "SessionControl", "open_session"]
+
+
+@attrs.frozen
+class LinkOutcome:
+    """What the last attached connection achieved (for the restart policy)."""
+
+    #: It was LIVE (caught up with the peer's replay) at some point.
+    live: bool = False
+    #: It was LIVE and moved what was owed: see ``Link.made_progress``.
+    progress: bool = False
 
 
 def open_session(
@@ -70,6 +83,8 @@ class SessionControl:
         self.session = session
         self.attach_lock = trio.Lock()
         self._link: Link | None = None
+        #: What the last connection achieved (set when :meth:`attach` returns).
+        self.last_outcome = LinkOutcome()
 
     # -- facts ------------------------------------------------------------------------
 
@@ -120,8 +135,17 @@ class SessionControl:
         """Payload bytes the session holds in its queues and replay buffer."""
         return self._core.buffered_bytes()
 
+    @property
+    def pending_reset_in_doubt(self) -> tuple[InDoubt, ...]:
+        """After :meth:`reset_to`: the old session's messages in doubt."""
+        return self._core.inbound.pending_reset_in_doubt
+
     async def wait_finished(self) -> None:
         await self._core.finished.wait()
+
+    def log_event(self, level: int, event: str, msg: str, *args: object, **fields: Any) -> None:
+        """Log a lifecycle event of this session (see ``_log.py``)."""
+        self._core.log.event(level, event, msg, *args, **fields)
 
     # -- the logical session ----------------------------------------------------------
 
@@ -138,9 +162,45 @@ class SessionControl:
         """
         core = self._core
         old_target = core.inbound.consume_target
+        in_doubt = in_doubt_of(core.record, core.codec) if core.record is not None else ()
         core.bind(record)
         core.inbound.consume_target = old_target
-        core.inbound.put_reset(record)
+        core.inbound.put_reset(record, in_doubt)
+
+    @property
+    def restored_unused(self) -> bool:
+        """The session was restored from a store and never carried a message
+        either way (e.g. the process died right after storing a new session):
+        if the venue does not know it, a new one replaces it silently, as there
+        is nothing to reconcile."""
+        record = self._core.record
+        return (
+            self._core.restored
+            and record is not None
+            and record.next_tx_seq == 0
+            and max(record.next_rx_seq, record.rx_dedup) == 0
+        )
+
+    @property
+    def persist(self) -> SessionPersistence | None:
+        """The session's write-ahead state with a durable store (else None)."""
+        return self._core.persist
+
+    def use_store(self, runtime: StoreRuntime, *, key: str | None, peer: str) -> SessionPersistence:
+        """Keep this session in a durable store (before its first :meth:`bind`)."""
+        persist = SessionPersistence(runtime, self._core, key=key, peer=peer)
+        self._core.persist = persist
+        return persist
+
+    def restore(self, stored: StoredSession) -> None:
+        """Continue a session loaded from the store (after :meth:`use_store`).
+
+        Raises ValueError for an entry that does not validate.
+        """
+        core = self._core
+        assert core.persist is not None
+        core.bind(core.persist.restore(stored))
+        core.restored = True
 
     def discard_resume(self) -> None:
         """The logical session is gone: the next handshake starts a new one."""
@@ -172,9 +232,11 @@ class SessionControl:
         self._link = core.link = link
         core.connection_done = trio.Event()
         core.counters.connections += 1
+        core.resumed = resumed
         if resumed:
             core.counters.resumes += 1
         if core.role is Role.VENUE:
+            link.reached_live = True
             core.set_state(State.LIVE)
         elif core.states.state is not State.CONNECTING:
             core.set_state(State.RESUMING)
@@ -183,13 +245,14 @@ class SessionControl:
             return await link.run()
         finally:
             self._link = None
+            self.last_outcome = LinkOutcome(link.reached_live, link.made_progress())
 
-    def detach(self, state: State) -> None:
-        """No connection now: STALE (lost) or RESUMING (reconnecting).  Ignored
-        once the session finished."""
+    def detach(self, state: State, reason: str = "") -> None:
+        """No connection now: STALE (lost, ``reason`` says why) or RESUMING
+        (reconnecting).  Ignored once the session finished."""
         assert state in (State.STALE, State.RESUMING), state
         if not self._core.finished.is_set():
-            self._core.set_state(state)
+            self._core.set_state(state, reason)
 
     def preempt(self) -> None:
         """Drop the attached connection: a resume on a new one is taking over."""

@@ -27,27 +27,20 @@ import trio
 from ._budget import ByteLedger
 from ._codec import Codec
 from ._config import SessionConfig
-from ._errors import SessionError, is_clean_close
+from ._errors import InDoubt, SessionError, is_clean_close
 from ._lifecycle import State, StateHistory
+from ._log import SessionLog
 from ._queues import Inbound, Outbound
 from .protocol import ConnectionState, Role, SessionRecord
+from .protocol._wire import FLAG_SYSTEM
 
 if TYPE_CHECKING:
     from ._link import Link
+    from ._persist import SessionPersistence
 
-__all__ = ["Counters", "SessionCore", "SessionLog", "SessionStats"]
+__all__ = ["Counters", "SessionCore", "SessionStats", "final_counts", "in_doubt_of"]
 
 logger = logging.getLogger("trio_session.session")
-
-
-class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Puts the session id in every record: as ``record.session_id`` for
-    structured handlers and as a ``[session …]`` prefix for plain ones."""
-
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        sid = (self.extra or {}).get("session_id", "-")
-        kwargs.setdefault("extra", {})["session_id"] = sid
-        return f"[session {sid}] {msg}", kwargs
 
 
 @attrs.frozen
@@ -57,6 +50,9 @@ class SessionStats:
     #: Application messages handed to the wire / received from it.
     sent: int
     received: int
+    #: Frame bytes written to / read from the connections (all frame types).
+    bytes_sent: int
+    bytes_received: int
     #: Connections that resumed this session, and connections in total.
     resumes: int
     connections: int
@@ -65,7 +61,9 @@ class SessionStats:
     ratchets: int
     #: Messages retransmitted after resumes.
     retransmitted: int
-    #: Last heartbeat round-trip time in seconds (None before the first).
+    #: Latest round-trip time in seconds (None before the first), measured by
+    #: heartbeats: the participant beats every interval, the venue while it
+    #: sends data; kept across connections.
     rtt: float | None
     #: Messages waiting to be sent / received and not yet consumed.
     outbound_depth: int
@@ -76,7 +74,8 @@ class SessionStats:
     dropped: int
     conflated: int
     heartbeats_sent: int
-    #: Times the session went STALE (connection lost while it was LIVE or resuming).
+    #: Outages: times the session went STALE, however many reconnection attempts
+    #: each one took.
     stale_spells: int
 
 
@@ -87,6 +86,8 @@ class Counters:
 
     sent: int = 0
     received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
     resumes: int = 0
     connections: int = 0
     rekeys: int = 0
@@ -128,6 +129,10 @@ class SessionCore:
         self.record: SessionRecord | None = None
         #: The attached connection's link (None between connections).
         self.link: Link | None = None
+        #: With a durable store: the session's write-ahead state (else None).
+        self.persist: SessionPersistence | None = None
+        #: Loaded from a store after a restart.
+        self.restored = False
         #: Why the session ended (set once, by :meth:`finish`).
         self.error: SessionError | None = None
         #: aclose() started: no new sends, no reconnects.
@@ -143,18 +148,32 @@ class SessionCore:
         #: Venue: since when queued messages wait on a participant that does not
         #: consume (no credit, or a blocked write); kept while it is detached.
         self.stalled_since: float | None = None
-        self.log = SessionLog(logger, {"session_id": "-"})
+        #: When the current outage began (None while LIVE), and reconnects in it.
+        self.down_since: float | None = None
+        self.attempts = 0
+        #: The attached connection resumed the session (False: a new one, or the first).
+        self.resumed = False
+        self.log = SessionLog(logger, role=role.value, key_id=key_id)
 
-    def set_state(self, state: State) -> None:
+    def set_state(self, state: State, reason: str = "") -> None:
+        """Enter ``state`` and log the lifecycle event it is (``reason``: why, for STALE)."""
         old = self.states.state
-        if self.states.enter(state):
+        if not self.states.enter(state):
+            return
+        if state is State.STALE or state is State.RESUMING or old is not State.LIVE:
+            log_transition(self, old, state, reason)
+        else:
             self.log.debug("state %s -> %s", old.value, state.value)
 
     def bind(self, record: SessionRecord) -> None:
         """Run the session on ``record`` (a new logical session, or the resumed one)."""
         self.record = record
         self.inbound.consume_target = record
-        self.log = SessionLog(logger, {"session_id": record.session_id.hex()})
+        self.log = SessionLog(
+            logger, record.session_id.hex(), role=self.role.value, key_id=self.key_id
+        )
+        if self.persist is not None and self.persist.record is not record:
+            self.persist.bind(record)
 
     def unsent(self) -> bool:
         """Messages still queued here or sent but unacknowledged."""
@@ -219,6 +238,10 @@ class SessionCore:
             return
         if self.error is None:
             self.error = error
+            if self.record is not None and not is_clean_close(error) and not error.in_doubt:
+                # The application reconciles exactly these (a plain attribute).
+                error.in_doubt = in_doubt_of(self.record, self.codec)
+                error.last_delivered_seq = self.record.next_rx_seq - 1
         self.finished.set()
         self.set_state(State.CLOSED)
         if self.link is not None:
@@ -229,16 +252,18 @@ class SessionCore:
         self.outbound.close()  # senders blocked on a full queue get the session's error
         self._leave_ledger()
         self.drained.set()
-        lvl = logging.DEBUG if is_clean_close(self.error) else logging.INFO
-        self.log.log(lvl, "session ended: %s", self.error)
+        log_end(self)
 
     def stats(self) -> SessionStats:
         c = self.counters
         rekeys, ratchets, retrans, hbs = c.rekeys, c.ratchets, c.retransmitted, c.heartbeats_sent
+        bytes_sent, bytes_received = c.bytes_sent, c.bytes_received
         rtt = c.rtt
         link = self.link
         if link is not None:
             s = link.conn.stats
+            bytes_sent += s.bytes_sent
+            bytes_received += s.bytes_received
             rekeys += s.rekeys
             ratchets += s.ratchets
             retrans += s.retransmitted
@@ -248,6 +273,8 @@ class SessionCore:
         return SessionStats(
             sent=c.sent,
             received=c.received,
+            bytes_sent=bytes_sent,
+            bytes_received=bytes_received,
             resumes=c.resumes,
             connections=c.connections,
             rekeys=rekeys,
@@ -262,3 +289,96 @@ class SessionCore:
             heartbeats_sent=hbs,
             stale_spells=self.states.stale_spells,
         )
+
+
+def log_transition(core: SessionCore, old: State, state: State, reason: str) -> None:
+    """The lifecycle event a state change is: stale, resuming, live (CLOSED: :func:`log_end`)."""
+    now = trio.current_time()
+    log = core.log
+    venue = core.role is Role.VENUE
+    if state is State.STALE:
+        if old is State.RESUMING:  # a failed attempt within the same outage
+            log.debug("reconnection attempt failed: %s", reason or "-")
+            return
+        core.down_since, core.attempts = now, 0
+        unacked = core.record.replay_messages if core.record is not None else 0
+        text = (
+            "participant's connection lost, awaiting its resume"
+            if venue
+            else "connection to the venue lost; data is stale"
+        )
+        log.event(
+            logging.WARNING,
+            "stale",
+            "%s (%s)",
+            text,
+            reason or "connection lost",
+            reason=reason or None,
+            unacked=unacked,
+        )
+    elif state is State.RESUMING:
+        core.attempts += 1
+        level = logging.INFO if core.attempts == 1 else logging.DEBUG
+        log.event(
+            level, "resuming", "reconnecting (attempt %d)", core.attempts, attempt=core.attempts
+        )
+    elif state is State.LIVE and core.down_since is not None:
+        outage = now - core.down_since
+        core.down_since = None
+        how = "resumed" if core.resumed else "on a new session"
+        log.event(
+            logging.INFO,
+            "live",
+            "live again after %.3fs, %s",
+            outage,
+            how,
+            outage_s=round(outage, 3),
+            attempts=core.attempts,
+            resumed=core.resumed,
+        )
+    elif state is not State.CLOSED:
+        log.debug("state %s -> %s", old.value, state.value)
+
+
+def final_counts(stats: SessionStats) -> dict[str, int]:
+    """The counters worth a field on a session's last log records."""
+    return {
+        "sent": stats.sent,
+        "received": stats.received,
+        "resumes": stats.resumes,
+        "stale_spells": stats.stale_spells,
+        "rekeys": stats.rekeys,
+        "ratchets": stats.ratchets,
+    }
+
+
+def log_end(core: SessionCore) -> None:
+    """The last record of a session: a logout, or why it ended, with its counts."""
+    err = core.error
+    counts = final_counts(core.stats())
+    if err is None or is_clean_close(err):
+        by = "peer" if err is not None and err.remote else "us"
+        core.log.event(logging.INFO, "logout", "logged out (closed by %s)", by, by=by, **counts)
+        return
+    core.log.event(
+        logging.INFO,
+        "session_ended",
+        "session ended: %s: %s",
+        type(err).__name__,
+        err,
+        error=type(err).__name__,
+        code=err.code.name,
+        **counts,
+    )
+
+
+def in_doubt_of(record: SessionRecord, codec: Codec) -> tuple[InDoubt, ...]:
+    """The application messages ``record`` sent that the peer never acknowledged
+    (its replay buffer, notices left out), oldest first, decoded where typed."""
+    out: list[InDoubt] = []
+    for first, msgs, flags in record.replay:
+        if flags & FLAG_SYSTEM:
+            continue  # our rejects of the peer's messages, not application messages
+        for i, payload in enumerate(msgs):
+            out.append(InDoubt(first + i, codec.decode_or_raw(payload), payload))
+    return tuple(out)

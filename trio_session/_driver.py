@@ -27,13 +27,16 @@ async def run_handshake(
     *,
     admit: Callable[[], None] | None = None,
     on_hello: Callable[[HelloReceived], None] | None = None,
+    eager_confirm: bool = True,
 ) -> HandshakeComplete:
     """Exchange handshake frames over ``transport`` until ``conn`` completes.
 
     A fresh session is confirmed at once (the participant's ClientFinish, the
     venue's first authenticated frame) to take a scheduling round off the
     connect path; after a resume, the session's writer sends that together
-    with the retransmission that must follow it.
+    with the retransmission that must follow it.  With a durable store
+    (``eager_confirm=False``) the writer sends it, once the new session is
+    stored: a peer must never hold a session we could forget.
 
     Raises the typed error of a refusal (a received REJECT/CLOSE), of a hook,
     or of an invalid frame.
@@ -48,7 +51,7 @@ async def run_handshake(
         first = False
         for event in conn.receive_data(frame):
             if type(event) is HandshakeComplete:
-                if not event.resumed:
+                if eager_confirm and not event.resumed:
                     for out in conn.data_to_send():
                         await transport.send(out)
                 return event

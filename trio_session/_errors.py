@@ -14,6 +14,9 @@ sequence numbers only.
 from __future__ import annotations
 
 import enum
+from typing import Any
+
+import attrs
 
 __all__ = [
     "AuthenticationError",
@@ -24,6 +27,7 @@ __all__ = [
     "FrameError",
     "HandshakeTimeout",
     "HeartbeatTimeout",
+    "InDoubt",
     "IntegrityError",
     "InvalidMessage",
     "LocalProtocolError",
@@ -32,6 +36,7 @@ __all__ = [
     "ProtocolError",
     "RateLimited",
     "RejectCode",
+    "Rejected",
     "RekeyTimeout",
     "RemoteProtocolError",
     "ResumeRefused",
@@ -41,6 +46,7 @@ __all__ = [
     "SessionExpired",
     "SessionReset",
     "SlowConsumer",
+    "StoreError",
     "TooManySessions",
 ]
 
@@ -140,15 +146,41 @@ class CloseCode(enum.IntEnum):
             return cls.INTERNAL_ERROR
 
 
+@attrs.frozen
+class InDoubt:
+    """A message that was sent but never acknowledged when continuity was lost.
+
+    The peer may or may not have received it: reconcile it (ask the venue for
+    the order's status) rather than assume either way.  Carried by
+    :class:`SessionReset` and by the final error of a session that ended
+    with messages unacknowledged, in ``in_doubt``.
+    """
+
+    #: Its data sequence number in the session it was sent on (the n-th message, from 0).
+    seq: int
+    #: The message as sent: decoded (a ``messages=`` type) on a typed session, else bytes.
+    message: Any
+    #: Its encoded bytes.
+    payload: bytes = attrs.field(repr=False)
+
+
 class SessionError(Exception):
     """Root of every error trio_session raises to users.
 
     Attributes:
         code: the :class:`CloseCode` that describes this failure on the wire.
         remote: True when the peer reported or caused it.
+        in_doubt: on :class:`SessionReset` and on the final error of a session
+            that ended for good, the messages sent but not acknowledged, oldest
+            first (see :class:`InDoubt`); empty otherwise.
+        last_delivered_seq: with ``in_doubt``, the data sequence number of the
+            last message received from the peer in that session (-1: none);
+            None otherwise.
     """
 
     default_code: CloseCode = CloseCode.INTERNAL_ERROR
+    in_doubt: tuple[InDoubt, ...] = ()
+    last_delivered_seq: int | None = None
 
     def __init__(
         self, message: str = "", *, code: CloseCode | None = None, remote: bool = False
@@ -258,12 +290,30 @@ class RejectCode(enum.IntEnum):
     REJECTED = 3
 
 
+@attrs.frozen
+class Rejected:
+    """The peer refused one of our messages: a value, for code that wants rejects
+    in its message loop (:meth:`Session.with_rejects`, ``Router.on_reject``)
+    rather than as a :class:`MessageRejected` exception.  The session continues.
+    """
+
+    #: Data sequence number of the refused message (the n-th message we sent, from 0).
+    ref_seq: int
+    #: Why: a :class:`RejectCode` (or the raw value of a code this version does not know).
+    code: RejectCode | int
+    #: The peer's explanation (at most 200 characters).
+    reason: str = ""
+    #: Seconds after which the peer may accept it again (``RATE_LIMITED``), if it said.
+    retry_after: float | None = None
+
+
 class MessageRejected(SessionError):
     """The peer refused one of our messages; the session continues.
 
     Raised by :meth:`Session.receive` in stream order.  ``ref_seq`` is the
     data sequence number of the refused message (as seen by the peer, i.e.
-    the n-th message we sent, from 0).
+    the n-th message we sent, from 0).  :meth:`Session.with_rejects` yields
+    the same as a :class:`Rejected` value instead.
     """
 
     default_code = CloseCode.PROTOCOL_ERROR
@@ -286,6 +336,11 @@ class MessageRejected(SessionError):
         self.reason = reason
         self.retry_after = retry_after
 
+    @property
+    def rejected(self) -> Rejected:
+        """The same reject as a value."""
+        return Rejected(self.ref_seq, self.reason_code, self.reason, self.retry_after)
+
 
 class InvalidMessage(SessionError):
     """A received message did not match the declared ``messages=`` schema.
@@ -305,12 +360,27 @@ class InvalidMessage(SessionError):
 class SessionReset(SessionError):
     """The logical session was replaced by a new one: continuity is broken.
 
-    Raised to the application when a resume was impossible and a fresh session
-    was established instead.  Messages may have been lost in between: resync
-    snapshots and reconcile orders.
+    Raised once by :meth:`Session.receive` when a resume was impossible and a
+    fresh session was established instead, after every message received on the
+    old session.  ``in_doubt`` lists the messages sent on the old session that
+    the venue never acknowledged (it may or may not have them: reconcile exactly
+    those), and ``last_delivered_seq`` is the sequence number of the last message
+    received from the old session.  Whatever the peer sent after that is lost:
+    resync snapshots.  Messages still queued (never sent) go out on the new session.
     """
 
     default_code = CloseCode.RESUME_REFUSED
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        in_doubt: tuple[InDoubt, ...] = (),
+        last_delivered_seq: int = -1,
+    ) -> None:
+        super().__init__(message)
+        self.in_doubt = in_doubt
+        self.last_delivered_seq = last_delivered_seq
 
 
 class RateLimited(SessionError):
@@ -405,6 +475,24 @@ class SessionExpired(SessionClosed):
     """
 
     default_code = CloseCode.SESSION_EXPIRED
+
+
+class StoreError(SessionError):
+    """A session store cannot be used or written (``INTERNAL_ERROR``).
+
+    At start: the file is held by another process, is corrupt, is not a
+    trio_session store, or was written by a newer version (the message names
+    the file and the fix; nothing starts, so nothing is silently lost).  While
+    running: a write failed (e.g. the disk is full): the durability promise no
+    longer holds, so the sessions using the store end with it.
+    """
+
+    default_code = CloseCode.INTERNAL_ERROR
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        #: The store's file (or address), when it has one.
+        self.path = path
 
 
 def is_clean_close(err: SessionError) -> bool:

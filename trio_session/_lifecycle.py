@@ -46,7 +46,8 @@ class StateHistory:
 
     def __init__(self) -> None:
         self.state = State.CONNECTING
-        #: Times STALE was entered.
+        #: Outages: STALE entered other than after a failed reconnection attempt
+        #: (RESUMING -> STALE continues the same spell).
         self.stale_spells = 0
         self._entries: deque[State] = deque(maxlen=HISTORY)
         self._start = 0  # absolute index of _entries[0]
@@ -56,7 +57,7 @@ class StateHistory:
         """Move to ``state``; False when nothing changed (same state, or CLOSED)."""
         if state is self.state or self.state is State.CLOSED:
             return False
-        if state is State.STALE:
+        if state is State.STALE and self.state is not State.RESUMING:
             self.stale_spells += 1
         entries = self._entries
         if len(entries) == HISTORY:

@@ -22,12 +22,15 @@ transport, telling the peer why when we detected the problem.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Final, final
 
 import trio
 
 from ._core import SessionCore
+from ._durable_link import durable_writer
 from ._errors import (
     Category,
     CloseCode,
@@ -85,9 +88,22 @@ class Link:
         self._rot_sleep: trio.CancelScope | None = None
         #: Venue: when the write in progress started (None between writes).
         self._send_started: float | None = None
-        #: Control frames sealed by the writer and not yet written (a cancelled
-        #: writer leaves them for the CLOSE, whose seq comes after theirs).
-        self._owed: list[bytes] = []
+        #: Frames sealed by the writer and not yet written (a cancelled writer
+        #: leaves them for the CLOSE, whose control seq comes after theirs).
+        self.owed: list[bytes] = []
+        #: The connection was LIVE (caught up) at some point.
+        self.reached_live = False
+        record = conn.session
+        #: Where the session stood at attach: (peer_ack, next_rx_seq, messages owed).
+        self._start = (
+            (record.peer_ack, record.next_rx_seq, record.replay_messages)
+            if record is not None
+            else (0, 0, 0)
+        )
+
+    @property
+    def core(self) -> SessionCore:
+        return self._core
 
     async def run(self) -> SessionError:
         """Run the four tasks until the connection ends; returns why it ended (a
@@ -99,7 +115,10 @@ class Link:
                 if core.finished.is_set():
                     nursery.cancel_scope.cancel()
                 nursery.start_soon(self._guard, self._reader, name="reader")
-                nursery.start_soon(self._guard, self._writer, name="writer")
+                if core.persist is None:
+                    nursery.start_soon(self._guard, self._writer, name="writer")
+                else:  # a durable store: write-ahead (_durable_link.py)
+                    nursery.start_soon(self._guard, partial(durable_writer, self), name="writer")
                 nursery.start_soon(self._guard, self._heartbeat, name="heartbeat")
                 nursery.start_soon(self._guard, self._rotation, name="key-rotation")
         finally:
@@ -108,7 +127,7 @@ class Link:
                 core.link = None
             self._keep_stall()
             self._absorb_stats()
-            await self._close_transport()
+            await close_transport(self, self._core.config.close_timeout)
             # Release anyone waiting on this connection's progress.
             core.drained.set()
             self.close_sent.set()
@@ -118,12 +137,29 @@ class Link:
         return core.error if core.error is not None else ConnectionLost("connection ended")
 
     def end(self, error: SessionError) -> None:
-        """End the connection with ``error`` (ignored if it already has one)."""
+        """End the connection with ``error`` (ignored if it already has one).
+
+        The session turns STALE here, at detection, not after the close
+        handshake that follows (bounded by ``close_timeout``): the application
+        must know at once, and ``send(fail_fast=True)`` fails from now on.
+        """
         if self.error is None:
             self.error = error
             if not is_clean_close(error):
-                self._core.log.info("connection ended: %s: %s", type(error).__name__, error)
+                self._core.log.debug("connection ended: %s: %s", type(error).__name__, error)
+                self._mark_lost(f"{type(error).__name__}: {error}")
         self.cancel()
+
+    def _mark_lost(self, reason: str) -> None:
+        """This connection is known lost: STALE now, unless the session is ending anyway."""
+        core = self._core
+        if (
+            core.link is self
+            and not core.closing
+            and not core.finished.is_set()
+            and core.states.state in (State.LIVE, State.RESUMING)
+        ):
+            core.set_state(State.STALE, reason)
 
     def cancel(self) -> None:
         if self._scope is not None:
@@ -134,6 +170,17 @@ class Link:
         self.conn.close(code, reason)
         self._core.outbound.wake()
         await self.close_sent.wait()
+
+    def made_progress(self) -> bool:
+        """LIVE, and moved what was owed: the peer acknowledged messages of ours, or
+        we received new ones, or nothing was owed (see ``_policy.py``)."""
+        record = self.conn.session
+        peer_ack, rx, owed = self._start
+        return (
+            self.reached_live
+            and record is not None
+            and (owed == 0 or record.peer_ack > peer_ack or record.next_rx_seq > rx)
+        )
 
     # -- lifecycle helpers ----------------------------------------------------------------
 
@@ -152,67 +199,14 @@ class Link:
 
     def _absorb_stats(self) -> None:
         s, c = self.conn.stats, self._core.counters
+        c.bytes_sent += s.bytes_sent
+        c.bytes_received += s.bytes_received
         c.rekeys += s.rekeys
         c.ratchets += s.ratchets
         c.retransmitted += s.retransmitted
         c.heartbeats_sent += s.heartbeats_sent
         if s.last_rtt is not None:
             c.rtt = s.last_rtt
-
-    async def _close_transport(self) -> None:
-        err, transport = self.error, self.transport
-        # Cancelled from outside (err is None): the connection simply drops.  A
-        # cancelled participant is indistinguishable from a lost one on purpose:
-        # the venue keeps the session for resume, then its dead man's switch
-        # fires.  A clean logout is aclose() (or leaving ``connect()`` normally).
-        with trio.CancelScope(shield=True):
-            # Tell the peer why, when we detected the problem and still hold keys
-            # (not for a plain close: that one was exchanged already, or received).
-            if (
-                err is not None
-                and not err.remote
-                and not isinstance(err, ConnectionLost)
-                and type(err) is not SessionClosed
-                and not transport.closed
-            ):
-                await self._send_close(err)
-            if err is None:
-                await close_forcefully(transport)  # cancelled: drop, do not linger
-                return
-            # The WebSocket close carries the code too (docs/protocol.md,
-            # "Observable close codes"), for peers that cannot read our CLOSE.
-            code, reason = observable_close(err.code)
-            if err.remote and not isinstance(err, (SessionClosed, ConnectionLost)):
-                await transport.fail(code, reason)  # an invalid frame: do not linger
-                return
-            with trio.move_on_at(self._close_deadline(err)) as scope:
-                await transport.aclose(code, reason)
-            if scope.cancelled_caught:
-                await close_forcefully(transport)
-
-    def _close_deadline(self, err: SessionError) -> float:
-        """How long the close handshake may take: ``close_timeout``; but when the
-        venue will keep the session for a resume, never past a stalled participant's
-        slow-consumer deadline (until the connection is closed, the session is
-        neither attached nor detached, and nobody checks it)."""
-        core = self._core
-        deadline = trio.current_time() + core.config.close_timeout
-        stalled = core.stalled_since
-        if core.role is Role.VENUE and stalled is not None and err.category is Category.RESUMABLE:
-            deadline = min(deadline, stalled + core.config.slow_consumer_timeout)
-        return deadline
-
-    async def _send_close(self, err: SessionError) -> None:
-        try:
-            self.conn.close(err.code, type(err).__name__)
-            # Control frames the writer had sealed but not written when it was
-            # cancelled go first: the CLOSE's control seq follows theirs.
-            frames = self._owed + self.conn.data_to_send()
-            with trio.move_on_after(min(0.5, self._core.config.close_timeout)):
-                for frame in frames:
-                    await self.transport.send(frame)
-        except SessionError:
-            pass
 
     async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
         """Turn a task's failure into the connection's one typed error."""
@@ -256,7 +250,7 @@ class Link:
             confirmed, self._on_confirmed = self._on_confirmed, None
             confirmed()
         if self._core.states.state is not State.LIVE and self._caught_up():
-            self._core.set_state(State.LIVE)
+            self._live()
 
     def _deliver(self, ev: MessagesReceived) -> bool:
         core = self._core
@@ -269,13 +263,21 @@ class Link:
             if due < hb.deadline:
                 hb.deadline = due
         if core.states.state is not State.LIVE and self._caught_up():
-            core.set_state(State.LIVE)
+            self._live()
         return True
+
+    def _live(self) -> None:
+        core = self._core
+        if core.link is self and not core.finished.is_set() and self.error is None:
+            self.reached_live = True
+            core.set_state(State.LIVE)
 
     async def _on_peer_close(self, ev: CloseReceived) -> None:
         err = ev.to_error()
         if self.error is None:
             self.error = err
+            if not is_clean_close(err):
+                self._mark_lost(f"{type(err).__name__}: {err}")
         self.conn.close(CloseCode.NORMAL if ev.code is CloseCode.NORMAL else ev.code)
         self._core.outbound.wake()
         with trio.move_on_after(self._core.config.close_timeout):
@@ -291,12 +293,8 @@ class Link:
             send = self._bounded_send
         while True:
             out.wake_pending = False
-            rot = self._rot_sleep
-            if rot is not None:
-                due = conn.rotation_deadline()
-                if due < rot.deadline:
-                    rot.deadline = due
-            owed = self._owed = conn.data_to_send()
+            self.pull_rotation_deadline()
+            owed = self.owed = conn.data_to_send()
             while owed:
                 await send(owed[0])
                 del owed[0]
@@ -308,7 +306,7 @@ class Link:
                 await out.park(wait_for_data=False)
                 continue
             window = conn.send_window()
-            data = self._next_data_frame(window)
+            data = self.next_data_frame(window)
             if data is not None:
                 await send(data)
                 continue
@@ -316,7 +314,27 @@ class Link:
                 continue
             await out.park(wait_for_data=window > 0 and not out.latest and not out.lossy)
 
-    def _next_data_frame(self, window: int) -> bytes | None:
+    def sender(self) -> Callable[[bytes], Awaitable[None]]:
+        """How frames are written (the venue bounds each write)."""
+        return self._bounded_send if self._core.role is Role.VENUE else self.transport.send
+
+    def pull_rotation_deadline(self) -> None:
+        """The key-rotation task wakes at the connection's deadline if that is sooner."""
+        rot = self._rot_sleep
+        if rot is not None:
+            due = self.conn.rotation_deadline()
+            if due < rot.deadline:
+                rot.deadline = due
+
+    def pull_heartbeat_deadline(self) -> None:
+        """The heartbeat task wakes at the connection's deadline if that is sooner."""
+        hb = self._hb_sleep
+        if hb is not None:
+            due = self.conn.heartbeat_deadline()
+            if due < hb.deadline:
+                hb.deadline = due
+
+    def next_data_frame(self, window: int) -> bytes | None:
         """The next notice or message frame the window allows, or None (idle or stalled)."""
         conn, core = self.conn, self._core
         out = core.outbound
@@ -364,7 +382,7 @@ class Link:
         # start stays, and _keep_stall carries it over to the detached session.
         self._send_started = None
         if scope.cancelled_caught:
-            raise SlowConsumer(f"participant did not read for {limit}s")
+            raise slow_consumer(self._core, f"participant did not read for {limit}s")
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -383,17 +401,23 @@ class Link:
                 self._hb_sleep = sleep
                 await trio.sleep_forever()
             self._hb_sleep = None
-            conn.handle_heartbeat_timer()
+            if conn.handle_heartbeat_timer() and core.states.state is State.LIVE:
+                # Silent for stale_after: STALE now; the connection is kept (and
+                # probed) until heartbeat_timeout, so a link that recovers is LIVE
+                # again at its next frame, without a reconnect.
+                core.set_state(State.STALE, f"no frame from the peer for {conn.stale_after}s")
             if conn.has_pending_control():
                 core.outbound.wake()
             stalled = core.stalled_since
             if venue and stalled is not None and trio.current_time() - stalled >= slow_limit:
-                raise SlowConsumer(
-                    f"participant consumed nothing for {slow_limit}s while messages waited"
+                raise slow_consumer(
+                    self._core,
+                    f"participant consumed nothing for {slow_limit}s while messages waited",
                 )
 
     async def _rotation(self) -> None:
-        conn = self.conn
+        conn, log = self.conn, self._core.log
+        rekeys = conn.stats.rekeys
         while True:
             now = trio.current_time()
             # Adjustable: once a due ratchet step rides on an outgoing frame, the
@@ -403,8 +427,94 @@ class Link:
                 await trio.sleep_forever()
             self._rot_sleep = None
             conn.handle_rotation_timer()
+            if conn.stats.rekeys != rekeys:  # a DH rekey completed since the last look
+                rekeys = conn.stats.rekeys
+                log.event(
+                    logging.DEBUG,
+                    "rekey",
+                    "keys rotated (%d rekeys, %d ratchet steps on this connection)",
+                    rekeys,
+                    conn.stats.ratchets,
+                    rekeys=rekeys,
+                    ratchets=conn.stats.ratchets,
+                )
             if conn.has_pending_control():
                 self._core.outbound.wake()
+
+
+async def close_transport(link: Link, close_timeout: float) -> None:
+    """End ``link``'s transport after its tasks ended, telling the peer why when we
+    detected the problem ourselves."""
+    err, transport = link.error, link.transport
+    # Cancelled from outside (err is None): the connection simply drops.  A
+    # cancelled participant is indistinguishable from a lost one on purpose:
+    # the venue keeps the session for resume, then its dead man's switch
+    # fires.  A clean logout is aclose() (or leaving ``connect()`` normally).
+    with trio.CancelScope(shield=True):
+        # Tell the peer why, when we detected the problem and still hold keys
+        # (not for a plain close: that one was exchanged already, or received).
+        if (
+            err is not None
+            and not err.remote
+            and not isinstance(err, ConnectionLost)
+            and type(err) is not SessionClosed
+            and not transport.closed
+        ):
+            await _send_close(link, err, close_timeout)
+        if err is None:
+            await close_forcefully(transport)  # cancelled: drop, do not linger
+            return
+        # The WebSocket close carries the code too (docs/protocol.md, "Observable
+        # close codes"), for peers that cannot read our CLOSE.
+        code, reason = observable_close(err.code)
+        if err.remote and not isinstance(err, (SessionClosed, ConnectionLost)):
+            await transport.fail(code, reason)  # an invalid frame: do not linger
+            return
+        with trio.move_on_at(_close_deadline(link.core, err, close_timeout)) as scope:
+            await transport.aclose(code, reason)
+        if scope.cancelled_caught:
+            await close_forcefully(transport)
+
+
+def _close_deadline(core: SessionCore, err: SessionError, close_timeout: float) -> float:
+    """How long the close handshake may take: ``close_timeout``; but when the venue
+    will keep the session for a resume, never past a stalled participant's
+    slow-consumer deadline (until the connection is closed, the session is neither
+    attached nor detached, and nobody checks it)."""
+    deadline = trio.current_time() + close_timeout
+    stalled = core.stalled_since
+    if core.role is Role.VENUE and stalled is not None and err.category is Category.RESUMABLE:
+        deadline = min(deadline, stalled + core.config.slow_consumer_timeout)
+    return deadline
+
+
+async def _send_close(link: Link, err: SessionError, close_timeout: float) -> None:
+    try:
+        persist = link.core.persist
+        if persist is not None and persist.write_ahead_owed():  # the CLOSE is a frame too
+            with trio.move_on_after(min(0.5, close_timeout)):
+                await persist.store_ahead()
+        link.conn.close(err.code, type(err).__name__)
+        # Frames the writer had sealed but not written when it was cancelled go
+        # first: the CLOSE's control seq follows theirs.
+        frames = link.owed + link.conn.data_to_send()
+        with trio.move_on_after(min(0.5, close_timeout)):
+            for frame in frames:
+                await link.transport.send(frame)
+    except SessionError:
+        pass
+
+
+def slow_consumer(core: SessionCore, why: str) -> SlowConsumer:
+    """The error that closes a venue session whose participant does not read (logged)."""
+    core.log.event(
+        logging.WARNING,
+        "slow_consumer",
+        "closing the session: %s (slow_consumer_timeout)",
+        why,
+        outbound_depth=core.outbound.depth,
+    )
+    return SlowConsumer(why)
 
 
 async def close_forcefully(transport: Transport) -> None:

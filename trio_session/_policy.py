@@ -19,8 +19,17 @@ applies the decision.
   restart intensity or the outage limit exceeded, supervision disabled).
 
 Delays come from :class:`Backoff`: decorrelated jitter (first retry
-immediate), an Erlang-style intensity limit that counts only connections that
-came up and failed, and a reset after a connection stayed up ``stable_after``.
+immediate), an Erlang-style intensity limit that counts only attempts that made
+no progress, and a reset after a connection stayed up ``stable_after``.
+
+Why progress and not restarts: a connection that came up, resumed (LIVE again)
+and moved messages proves that retrying works, however often the link drops; a
+trader on a flaky link keeps a working session.  What retrying cannot fix shows
+as attempts that get nowhere: the venue refuses the handshake, or each
+connection dies before it is LIVE, or it is LIVE but delivers nothing of what is
+owed.  Those count; an unreachable venue (no connection at all) does not count
+either, it is ridden out until ``max_outage``.  The delay still grows with every
+restart (fast flapping backs off) until a connection stays up ``stable_after``.
 """
 
 from __future__ import annotations
@@ -57,18 +66,27 @@ class RestartPolicy:
 
     Defaults suit a trading client: reconnect at once, then back off with
     decorrelated jitter between ``base_delay`` and ``max_delay``.  Give up when
-    the session *flaps* — ``max_restarts`` connections that came up and failed
-    within ``window`` seconds — or when it has not been LIVE for
-    ``max_outage`` seconds (an unreachable venue is retried until then).  A
-    connection that stayed up ``stable_after`` seconds resets the backoff.
+    more than ``max_restarts`` attempts *made no progress* within ``window`` seconds (the
+    venue refused the handshake, or connections died before they were LIVE, or
+    delivered nothing of what was owed), or when the session has not been LIVE
+    for ``max_outage`` seconds.  Connections that resumed and moved messages never
+    count, so a flaky link that works between its drops is kept; an unreachable
+    venue is retried until ``max_outage``.  A connection that stayed up
+    ``stable_after`` seconds resets the backoff.
     """
 
     #: Supervise at all; False means one connection, and its loss ends the session.
     enabled: bool = True
+    #: Smallest wait between reconnection attempts (the first retry is immediate).
     base_delay: float = attrs.field(default=0.05, validator=_non_negative)
+    #: Largest wait between attempts; the decorrelated jitter grows towards it
+    #: with every restart until a connection proves stable.
     max_delay: float = attrs.field(default=5.0, validator=_non_negative)
+    #: Give up when more than this many attempts made no progress within ``window``.
     max_restarts: int = attrs.field(default=20, validator=_non_negative)
+    #: The period, in seconds, over which ``max_restarts`` counts.
     window: float = attrs.field(default=60.0, validator=_non_negative)
+    #: A connection up this long resets the backoff (delay and count).
     stable_after: float = attrs.field(default=10.0, validator=_non_negative)
     #: Give up when the session was not LIVE again after this long (None: never).
     max_outage: float | None = 300.0
@@ -97,7 +115,7 @@ class Backoff:
         self._clock = clock
         self._rng = rng or random.Random()
         self._prev = 0.0
-        self._restarts: list[float] = []
+        self._failures: list[float] = []
         self._up_since: float | None = None
         self.attempt = 0
 
@@ -113,24 +131,23 @@ class Backoff:
 
     def reset(self) -> None:
         self._prev = 0.0
-        self._restarts.clear()
+        self._failures.clear()
         self.attempt = 0
 
-    def next_delay(self, *, restart: bool = True) -> float | None:
-        """The next sleep before reconnecting.
+    def next_delay(self, *, counted: bool = True) -> float | None:
+        """The next sleep before reconnecting, or None to give up.
 
-        ``restart`` says the previous attempt had connected (the session came up
-        and then failed): only those count against the intensity limit, so a
-        flapping session gives up while a venue outage is ridden out (bounded by
-        ``max_outage``) with backoff between failed attempts.
+        ``counted`` says the previous attempt made no progress (see the module
+        docstring): only those count against the intensity limit.  The delay
+        grows either way.
         """
         p = self.policy
         now = self._clock()
-        if restart:
-            self._restarts = [t for t in self._restarts if now - t < p.window]
-            if len(self._restarts) >= p.max_restarts:
+        if counted:
+            self._failures = [t for t in self._failures if now - t < p.window]
+            if len(self._failures) >= p.max_restarts:
                 return None
-            self._restarts.append(now)
+            self._failures.append(now)
         self.attempt += 1
         if self.attempt == 1:
             delay = 0.0
@@ -146,13 +163,13 @@ class History:
     """What :func:`decide` knows besides the error: facts the supervisor gathered."""
 
     policy: RestartPolicy
-    #: The time now, and when the outage began (the last connection came up then
-    #: failed; or the first failed attempt after it), on the same clock.
+    #: The time now, and when the outage began (the session was last LIVE then),
+    #: on the same clock.
     now: float
     outage_since: float
     #: AUTH_FAILED failures in a row before this error.
     auth_failures: int
-    #: The backoff's next delay; None when the restart intensity is exceeded.
+    #: The backoff's next delay; None when too many attempts made no progress.
     delay: float | None
 
 
@@ -202,7 +219,7 @@ def decide(error: SessionError, history: History) -> Decision:
     delay = history.delay
     if delay is None:
         gave_up = ConnectionLost(
-            f"gave up after {policy.max_restarts} restarts within "
+            f"gave up: more than {policy.max_restarts} attempts without progress within "
             f"{policy.window}s; last error: {type(error).__name__}: {error}"
         )
         gave_up.__cause__ = error

@@ -23,16 +23,27 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 from collections.abc import Hashable
-from typing import Any, final
+from typing import Any, Final, final
 
 import trio
 
 from ._budget import ByteLedger
-from ._errors import MessageRejected, RejectCode, SessionError
+from ._errors import InDoubt, MessageRejected, RejectCode, SessionError
 from .protocol import SessionRecord
 from .protocol._wire import NOTICE_REJECT, Notice, decode_notice, encode_body
 
-__all__ = ["Inbound", "Notices", "OutNotice", "Outbound", "notice_error", "reject_notice"]
+__all__ = [
+    "NO_LIMIT",
+    "Inbound",
+    "Notices",
+    "OutNotice",
+    "Outbound",
+    "notice_error",
+    "reject_notice",
+]
+
+#: ``Inbound.deliver_limit`` without a durable store: beyond any data seq.
+NO_LIMIT: Final = 2**64
 
 
 class OutNotice(bytes):
@@ -46,12 +57,14 @@ class Notices(list[bytes]):
 
 @final
 class _Reset:
-    """Inbound marker: the logical session was replaced by ``record``."""
+    """Inbound marker: the logical session was replaced by ``record``; ``in_doubt``
+    are the old session's messages sent and never acknowledged."""
 
-    __slots__ = ("record",)
+    __slots__ = ("in_doubt", "record")
 
-    def __init__(self, record: SessionRecord) -> None:
+    def __init__(self, record: SessionRecord, in_doubt: tuple[InDoubt, ...]) -> None:
         self.record = record
+        self.in_doubt = in_doubt
 
 
 @final
@@ -94,6 +107,8 @@ class Outbound:
         #: Messages discarded by the ``drop_oldest`` / ``conflate`` policies.
         self.dropped = 0
         self.conflated = 0
+        #: Lossless messages taken so far (a durable store numbers them in this order).
+        self.lossless_taken = 0
         # The writer's wake-up.
         self._lot = trio.lowlevel.ParkingLot()
         self._parked = False
@@ -243,6 +258,7 @@ class Outbound:
                 break
             msgs.append(pending.popleft())
             size += lm
+        self.lossless_taken += len(msgs)
         if not full:
             size = self._take_unordered(msgs, window, cap, budget, size)
         if size:
@@ -338,7 +354,18 @@ class Inbound:
         self.buf: deque[Any] = deque()
         #: Data seq of the next message handed to the application.
         self.rx_seq = 0
+        #: Durable store: messages from this seq on wait until the store recorded
+        #: that they may be delivered (:data:`NO_LIMIT` without a durable store).
+        self.deliver_limit = NO_LIMIT
+        #: Messages below this seq may have reached the application before a
+        #: restart (they are flagged as redeliveries).
+        self.redeliver_before = 0
         self.reset_pending = False
+        #: For the SessionReset: the old session's in-doubt messages, and the seq
+        #: of the last message delivered from it.
+        self.reset_info: tuple[tuple[InDoubt, ...], int] = ((), -1)
+        #: The in-doubt messages of the last reset queued (for its log record).
+        self.pending_reset_in_doubt: tuple[InDoubt, ...] = ()
         #: Messages in the channel (not yet in ``buf``).
         self.queued = 0
         #: The logical session that consuming the next messages credits.
@@ -367,9 +394,10 @@ class Inbound:
         self.ledger.add(nbytes)
         return True
 
-    def put_reset(self, record: SessionRecord) -> None:
+    def put_reset(self, record: SessionRecord, in_doubt: tuple[InDoubt, ...]) -> None:
         """Everything queued so far belongs to the old session; ``record`` follows."""
-        self._send.send_nowait(_Reset(record))
+        self.pending_reset_in_doubt = in_doubt
+        self._send.send_nowait(_Reset(record, in_doubt))
 
     def close(self) -> None:
         self._send.close()
@@ -397,8 +425,12 @@ class Inbound:
         if type(item) is _Reset:
             # From here on: the new session's messages, numbered and credited there.
             self.reset_pending = True
+            self.reset_info = (item.in_doubt, self.rx_seq - 1)
             self.rx_seq = 0
             self.consume_target = item.record
+            self.redeliver_before = 0
+            if self.deliver_limit != NO_LIMIT:
+                self.deliver_limit = 0  # the new session's bound is recorded on first use
             return 0
         n = len(item)
         self.queued -= n

@@ -8,7 +8,7 @@ resumes it in time, the dead man's switch fires (``on_session_lost``) so the
 venue can cancel the participant's resting orders; a graceful logout fires
 ``on_logout`` instead — the two are never confused.
 
-Every handshake is admitted cheapest check first (``_admission.py``), then
+Every handshake is admitted cheapest check first (``_venue_gate.py``), then
 driven by the shared handshake loop (``_driver.py``).  What one identity and
 all sessions together may hold is bounded too: ``max_sessions_per_key``
 (``_key_sessions.py``) and ``max_buffered_bytes`` (``_budget.py``).
@@ -19,18 +19,19 @@ from __future__ import annotations
 import inspect
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, final
+from typing import Any, final, overload
 
 import attrs
 import trio
 
-from ._admission import Admission
 from ._budget import MemoryGuard
 from ._config import SessionConfig
 from ._control import SessionControl, open_session
+from ._core import final_counts
 from ._driver import run_handshake
 from ._errors import (
     AuthenticationError,
@@ -39,12 +40,9 @@ from ._errors import (
     ConnectionLost,
     RateLimited,
     SessionError,
-    SessionExpired,
-    SlowConsumer,
     is_clean_close,
 )
 from ._identity import Identity, KeyRegistry
-from ._key_sessions import KeySessions
 from ._lifecycle import State
 from ._link import close_forcefully
 from ._session import Session
@@ -55,16 +53,21 @@ from ._transport import (
     observable_close,
     serve_transport,
 )
+from ._typing import M, TypeForm
+from ._venue_gate import VenueGate, detached_end, end_session, sid_of
+from ._venue_stats import VenueStats, VenueTally
+from ._venue_store import VenueStore, hook_owed, venue_store
 from .protocol import HandshakeComplete, HelloReceived, Role, SessionRecord, VenueConnection
+from .store import SessionStatus, SessionStore
 
-__all__ = ["VenueServer", "serve"]
+__all__ = ["VenueServer", "VenueStats", "serve"]
 
 logger = logging.getLogger("trio_session.server")
 
 #: The application's venue handler: called once per logical session.
-SessionHandler = Callable[[Session], Awaitable[None]]
+SessionHandler = Callable[[Session[M]], Awaitable[None]]
 #: ``on_session_lost`` / ``on_logout``: a plain or async callable.
-Hook = Callable[[Session], Awaitable[None] | None]
+Hook = Callable[[Session[M]], Awaitable[None] | None]
 
 
 @attrs.define(eq=False)
@@ -78,58 +81,143 @@ class VenueServer:
     _venue: VenueRunner = attrs.field(repr=False, alias="venue")
 
     @property
-    def sessions(self) -> list[Session]:
+    def sessions(self) -> list[Session[Any]]:
         """Sessions alive now (LIVE or detached awaiting resume)."""
         return self._venue.live_sessions()
 
+    def stats(self) -> VenueStats:
+        """The venue's numbers now, for monitoring: sessions by state, messages and
+        bytes each way, resumes, resets, rekeys, RTTs, queue depths, drops, slow
+        consumers and refused handshakes by reason.  Counters include ended
+        sessions; computed when called (one pass over the live sessions)."""
+        return self._venue.stats()
 
+
+@overload
 async def serve(
-    handler: SessionHandler,
+    handler: SessionHandler[bytes],
     identity: Identity,
     registry: KeyRegistry,
     host: str,
     port: int,
     *,
     config: SessionConfig | None = None,
-    messages: Any | None = None,
+    messages: None = None,
     ssl_context: ssl.SSLContext | None = None,
-    on_session_lost: Hook | None = None,
-    on_logout: Hook | None = None,
+    on_session_lost: Hook[bytes] | None = None,
+    on_logout: Hook[bytes] | None = None,
+    store: SessionStore | None = None,
+    task_status: trio.TaskStatus[VenueServer] = trio.TASK_STATUS_IGNORED,
+) -> None: ...
+
+
+@overload
+async def serve(
+    handler: SessionHandler[M],
+    identity: Identity,
+    registry: KeyRegistry,
+    host: str,
+    port: int,
+    *,
+    config: SessionConfig | None = None,
+    messages: TypeForm[M],
+    ssl_context: ssl.SSLContext | None = None,
+    on_session_lost: Hook[M] | None = None,
+    on_logout: Hook[M] | None = None,
+    store: SessionStore | None = None,
+    task_status: trio.TaskStatus[VenueServer] = trio.TASK_STATUS_IGNORED,
+) -> None: ...
+
+
+async def serve(
+    handler: SessionHandler[Any],
+    identity: Identity,
+    registry: KeyRegistry,
+    host: str,
+    port: int,
+    *,
+    config: SessionConfig | None = None,
+    messages: Any = None,
+    ssl_context: ssl.SSLContext | None = None,
+    on_session_lost: Hook[Any] | None = None,
+    on_logout: Hook[Any] | None = None,
+    store: SessionStore | None = None,
     task_status: trio.TaskStatus[VenueServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve participant sessions; use with ``await nursery.start(ts.serve, ...)``.
+    """Serve participant sessions until cancelled: ``server = await nursery.start(ts.serve, ...)``.
+
+    ``nursery.start`` returns the :class:`VenueServer` once listening (pass the
+    keyword options with ``functools.partial``).  Failing to listen raises
+    :class:`OSError` (address in use, not an address of this machine) or
+    :class:`ValueError` (a port outside 0..65535) from ``nursery.start``,
+    as itself.
 
     ``handler(session)`` is called once per *logical* session and survives the
     participant's reconnects.  When it returns, the session is closed
     gracefully; when it raises, the error is logged, the participant receives
-    CLOSE(HANDLER_ERROR), and the server keeps serving everyone else.
+    CLOSE(HANDLER_ERROR), and the server keeps serving everyone else.  A
+    :class:`~trio_session.SessionError` from it (the session ended) is a
+    normal end.
 
     At most one end hook runs per session.  ``on_session_lost(session)`` — the
     dead man's switch — when it ended without a graceful close: usually its
     connection broke and it was not resumed within ``resume_ttl``
     (:class:`~trio_session.SessionExpired`), but also a handler failure, a
-    revoked key, a slow consumer or a fatal error.  ``on_logout(session)`` when
-    it ended with a graceful close from the participant (a logout, or its
-    answer to the venue's close once the handler returned).  Runs until
-    cancelled.
+    revoked key, a slow consumer or a fatal error: cancel the participant's
+    resting orders there.  ``on_logout(session)`` when it ended with a graceful
+    close from the participant (a logout, or its answer to the venue's close
+    once the handler returned).
+
+    Args:
+        handler: ``async def handler(session) -> None``, once per logical session
+            (a :class:`~trio_session.Router` is one).
+        identity: the venue's :class:`~trio_session.Identity` (participants pin
+            its public key).
+        registry: the participants' public keys; revoking a key id ends its
+            live sessions.
+        host: address to listen on (``"0.0.0.0"``: all IPv4 interfaces).
+        port: TCP port, 0..65535; 0 picks a free one (read ``VenueServer.port``).
+        config: timers, capacities and limits; the heartbeat timing is dictated
+            to participants.
+        messages: the application message type (as for :func:`connect`); the
+            handler then gets a ``Session[that type]``.
+        ssl_context: server TLS context: serve ``wss://``.
+        on_session_lost: the dead man's switch (sync or async), see above.
+        on_logout: called (sync or async) after a participant's graceful logout.
+        store: where sessions are kept (default: in memory, for the life of the
+            process).  With :class:`~trio_session.SqliteStore` the venue started
+            again on the same store, even after ``kill -9``, restores every
+            session (resumable within ``resume_ttl`` of its detach) and loses no
+            message ``send()`` returned for (docs/howto/durable.md).  A store
+            that cannot be used, or a failed write to it, raises
+            :class:`~trio_session.StoreError`.
+        task_status: for ``nursery.start``; receives the :class:`VenueServer`.
     """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an int in 0..65535, got {port!r}")
     # modes=None prefers "aead" without TLS (docs/api.md, SessionConfig.modes).
     cfg = (config or SessionConfig()).for_venue(tls=ssl_context is not None)
-    venue = VenueRunner(handler, identity, registry, cfg, messages, on_session_lost, on_logout)
+    venue = VenueRunner(
+        handler, identity, registry, cfg, messages, on_session_lost, on_logout, store=store
+    )
     async with venue.running() as nursery:
-        tserver: TransportServer = await nursery.start(
-            partial(
-                serve_transport,
-                venue.on_transport,
-                host,
-                port,
-                ssl_context=ssl_context,
-                handshake_timeout=cfg.handshake_timeout,
-                max_message_size=cfg.max_frame_size,
-                close_timeout=cfg.close_timeout,
-                limits=TransportLimits.from_config(cfg),
+        try:
+            tserver: TransportServer = await nursery.start(
+                partial(
+                    serve_transport,
+                    venue.on_transport,
+                    host,
+                    port,
+                    ssl_context=ssl_context,
+                    handshake_timeout=cfg.handshake_timeout,
+                    max_message_size=cfg.max_frame_size,
+                    close_timeout=cfg.close_timeout,
+                    limits=TransportLimits.from_config(cfg),
+                )
             )
-        )
+        except OSError as exc:  # name the address; the original stays the cause
+            why = exc.strerror or str(exc) or type(exc).__name__
+            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {why}") from exc
         server = VenueServer(host, tserver.port, list(tserver.listeners), venue=venue)
         logger.info("venue serving on %s:%d", host, tserver.port)
         task_status.started(server)
@@ -146,13 +234,16 @@ class VenueRunner:
 
     def __init__(
         self,
-        handler: SessionHandler,
+        handler: SessionHandler[Any],
         identity: Identity,
         registry: KeyRegistry,
         config: SessionConfig,
         messages: Any | None,
-        on_session_lost: Hook | None,
-        on_logout: Hook | None,
+        on_session_lost: Hook[Any] | None,
+        on_logout: Hook[Any] | None,
+        *,
+        store: SessionStore | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.handler = handler
         self.identity = identity
@@ -163,16 +254,25 @@ class VenueRunner:
         self.on_logout = on_logout
         #: Sessions by session id, kept until they end.
         self.sessions: dict[bytes, SessionControl] = {}
-        self.admission = Admission(config, trio.current_time)
-        #: The sessions of each key, for ``max_sessions_per_key``.
-        self.by_key = KeySessions(config.max_sessions_per_key)
-        #: The bytes all sessions buffer, for ``max_buffered_bytes``.
+        #: Admission and the sessions of each key (``max_sessions_per_key``).
+        self.gate = VenueGate(config, registry, self.sessions)
+        #: The bytes all sessions buffer (``max_buffered_bytes``).
         self.memory = MemoryGuard(config.max_buffered_bytes, self.sessions.values)
+        self.tally = VenueTally(trio.current_time)
         self._nursery: trio.Nursery | None = None
         self._ttl_scopes: dict[bytes, trio.CancelScope] = {}
         self._takeover: set[bytes] = set()
+        self._hooked: set[bytes] = set()
+        #: A durable store, and the clock its detach times and stamps use.
+        self.store = store if store is not None and store.durable else None
+        self.wall_clock = wall_clock
+        self._store: VenueStore | None = None
 
-    def live_sessions(self) -> list[Session]:
+    def stats(self) -> VenueStats:
+        """The venue's numbers now (see :class:`VenueStats`)."""
+        return self.tally.snapshot(self.live_sessions())
+
+    def live_sessions(self) -> list[Session[Any]]:
         """Sessions alive now (LIVE or detached awaiting resume)."""
         return [c.session for c in self.sessions.values() if c.session.state is not State.CLOSED]
 
@@ -181,21 +281,47 @@ class VenueRunner:
         """Run the venue's background work (handlers, TTL timers, hooks) for the
         block; the nursery is yielded for the listener.  An exception from the
         block is re-raised outside the nursery, so it is never an ExceptionGroup.
+
+        With a durable store, its sessions are restored first, and a failed
+        write to it ends the block with that :class:`~trio_session.StoreError`.
         """
         failure: BaseException | None = None
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self.memory.run)
-            self.registry.add_revocation_listener(self.on_revoked)
-            try:
-                yield nursery
-            except BaseException as exc:
-                failure = exc
-            finally:
-                self.registry.remove_revocation_listener(self.on_revoked)
-                nursery.cancel_scope.cancel()
+        sessions = self.sessions.values
+        async with venue_store(self.store, self.wall_clock, self.config, sessions) as vstore:
+            self._store = vstore
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self.memory.run)
+                self.registry.add_revocation_listener(self.on_revoked)
+                try:
+                    if vstore is not None:
+                        await self._restore(vstore)
+                        nursery.start_soon(vstore.stamp_forever)
+                        nursery.start_soon(vstore.watch, nursery)
+                    yield nursery
+                except BaseException as exc:
+                    failure = exc
+                finally:
+                    self.registry.remove_revocation_listener(self.on_revoked)
+                    nursery.cancel_scope.cancel()
+            if vstore is not None and vstore.runtime.error is not None:
+                raise vstore.runtime.error
         if failure is not None:
             raise failure
+
+    async def _restore(self, vstore: VenueStore) -> None:
+        """Continue every stored session (see ``_venue_store``)."""
+        ledger = self.memory.ledger
+        for control, left, end in await vstore.restore_all(self.config, self.messages, ledger):
+            self.sessions[sid_of(control)] = control
+            self.gate.opened(control)
+            self.gate.detached(control)
+            self._start(self._watch_end, control)
+            if end is not None:
+                control.finish(end)  # its end hook runs now, once
+                continue
+            self._start(self._run_handler, control.session)
+            self._start(self._expire, control, left)
 
     def _start(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         assert self._nursery is not None
@@ -215,128 +341,102 @@ class VenueRunner:
         """Admit, authenticate and run one participant connection."""
         cfg = self.config
         conn = VenueConnection(self.identity, cfg, clock=trio.current_time)
-        resuming: list[SessionControl] = []
+        hs = _Handshake(transport.remote_address)
         try:
             # One deadline from TCP accept: upgrade and authentication together.
             with transport.handshake_deadline(cfg.handshake_timeout):
                 done = await run_handshake(
                     transport,
                     conn,
-                    admit=partial(self.admission.admit_address, transport.remote_address),
-                    on_hello=partial(self._accept, conn, resuming, transport.remote_address),
+                    admit=partial(self.gate.admit_address, transport.remote_address),
+                    on_hello=partial(self._accept, conn, hs),
+                    eager_confirm=self.store is None,
                 )
                 transport.mark_authenticated()
-                control = resuming[0] if done.resumed else self._open_new(conn)
+                if not done.resumed:
+                    assert conn.session is not None
+                    self.gate.make_room(conn.session.key_id)  # may refuse: SESSION_LIMIT
         except trio.TooSlowError:
-            logger.debug("handshake from %s timed out", transport.remote_address)
+            self._refused(hs, CloseCode.HANDSHAKE_TIMEOUT, f"not done in {cfg.handshake_timeout}s")
             await self._reject(transport, conn, CloseCode.HANDSHAKE_TIMEOUT)
             return
         except RateLimited as exc:
+            self._refused(hs, exc.code, f"{exc}; told to retry in {exc.retry_after:.3f}s")
             await self._reject(transport, conn, exc.code, exc.retry_after)
             return
         except AuthenticationError as exc:
-            logger.warning("handshake from %s refused: %s", transport.remote_address, exc)
+            self._refused(hs, exc.code, str(exc))
             # Only a mode mismatch says more than its code: both lists are public, and
             # the participant needs them to fix its SessionConfig.modes.
             detail = str(exc) if exc.code is CloseCode.VERSION_MISMATCH else None
             await self._reject(transport, conn, exc.code, reason=detail)
             return
         except SessionError as exc:
-            logger.info("handshake from %s failed: %s", transport.remote_address, exc)
+            logger.info("handshake from %s failed: %s", hs.address, exc)
             if not isinstance(exc, ConnectionLost):
+                self._refused(hs, exc.code, str(exc))
                 await self._reject(transport, conn, exc.code)
             return
+        assert conn.session is not None
         if done.resumed:
+            assert hs.resuming is not None
+            control = hs.resuming
             if control.ending:  # the venue began closing it between M1 and M3
                 await self._reject(transport, conn, CloseCode.RESUME_REFUSED)
                 return
             self._take_over(control)
+        else:
+            control = self._new_session(conn.session, hs)
         await self._run(control, transport, conn, done)
 
-    def _accept(
-        self,
-        conn: VenueConnection,
-        resuming: list[SessionControl],
-        remote_address: str,
-        hello: HelloReceived,
-    ) -> None:
-        """ClientHello: registry, then the budget the attempt can prove it may use
-        (a verified resume binder, or the unverified one of its key and address),
-        then accept().  No public-key operation before all of them passed."""
-        key_id = hello.key_id
-        public_key = self.registry.lookup(key_id)  # unknown keys allocate nothing
-        existing = self._resumable(hello)
-        if existing is not None and self._binder_verifies(conn, existing):
-            self.admission.admit_verified(key_id)
-            resuming.append(existing)
-        else:
-            existing = None
-            self.admission.admit_unverified(key_id, remote_address)
-            self.by_key.check_room(key_id)
-        conn.accept(public_key, existing.record if existing else None)
+    def _refused(self, hs: _Handshake, code: CloseCode, why: str) -> None:
+        self.tally.refused(code, hs.address, hs.key_id, why)
 
-    def _binder_verifies(self, conn: VenueConnection, existing: SessionControl) -> bool:
-        """Check the resume binder (a MAC: cheap); raises for a bad or reused one."""
-        assert existing.record is not None
-        try:
-            return conn.verify_resume(existing.record)
-        except AuthenticationError as exc:
-            if exc.code is CloseCode.BINDER_REUSED:
-                # The session is left alone: a replayed ClientHello cannot complete M3.
-                logger.error(
-                    "resume binder reused for session %s (replayed ClientHello?)",
-                    existing.session.session_id,
-                )
-            raise
+    def _accept(self, conn: VenueConnection, hs: _Handshake, hello: HelloReceived) -> None:
+        """ClientHello: admission (``_venue_gate.py``), then accept()."""
+        hs.key_id = hello.key_id
+        hs.resume_session_id = hello.resume_session_id
+        hs.resuming = self.gate.accept(conn, hs.address, hello)
 
-    def _resumable(self, hello: HelloReceived) -> SessionControl | None:
-        """The session a ClientHello asks to resume, if it can be: not one that is
-        ending (the venue closed it, or is closing it), which gets a new session."""
-        sid = hello.resume_session_id
-        existing = self.sessions.get(sid) if sid is not None else None
-        if existing is None or existing.ending or existing.session.key_id != hello.key_id:
-            return None
-        return existing
-
-    def _open_new(self, conn: VenueConnection) -> SessionControl:
-        """The participant's signature verified: a new session, within its key's
-        budget and cap (ending the key's longest-detached session to make room)."""
-        record = conn.session
-        assert record is not None
-        key_id = record.key_id
-        self.admission.verified_handshake(key_id)
-        for old in self.by_key.make_room(key_id):
-            logger.info(
-                "key %s opened a new session at max_sessions_per_key (%d): ending its "
-                "detached session %s",
-                key_id,
-                self.config.max_sessions_per_key,
-                old.session.session_id,
-            )
-            old.finish(
-                SessionExpired(
-                    "replaced: the participant opened a new session while this one was "
-                    f"detached and its key had max_sessions_per_key ({self.by_key.cap})"
-                )
-            )
-        return self._new_session(record)
-
-    def _new_session(self, record: SessionRecord) -> SessionControl:
+    def _new_session(self, record: SessionRecord, hs: _Handshake) -> SessionControl:
         control = open_session(
             Role.VENUE, self.config, self.messages, record.key_id, ledger=self.memory.ledger
         )
+        if self._store is not None:
+            self._store.adopt(control)
         control.bind(record)
         self.sessions[record.session_id] = control
-        self.by_key.add(record.key_id, record.session_id, control)
+        self.gate.opened(control)
+        self.tally.opened += 1
+        if hs.resume_session_id is not None:
+            # The participant's side raises SessionReset with what it had in doubt.
+            self.tally.resets += 1
+            control.log_event(
+                logging.WARNING,
+                "reset",
+                "participant %s asked to resume session %s, which this venue no longer has "
+                "(expired, or the venue restarted): new session",
+                record.key_id,
+                hs.resume_session_id.hex(),
+                old_session_id=hs.resume_session_id.hex(),
+            )
+        control.log_event(
+            logging.INFO,
+            "login",
+            "participant %s logged in from %s",
+            record.key_id,
+            hs.address,
+            address=hs.address,
+        )
         self._start(self._run_handler, control.session)
         self._start(self._watch_end, control)
         return control
 
     def _take_over(self, control: SessionControl) -> None:
         """A resume arrived: drop the old connection (if any) and stop the TTL."""
-        sid = _sid(control)
+        sid = sid_of(control)
         self._takeover.add(sid)
-        self.by_key.attached(sid)
+        self.gate.attached(control)
         control.preempt()
         self._stop_ttl(sid)
 
@@ -352,27 +452,35 @@ class VenueRunner:
         conn: VenueConnection,
         done: HandshakeComplete,
     ) -> None:
-        sid = _sid(control)
+        sid = sid_of(control)
         async with control.attach_lock:
             self._takeover.discard(sid)
             if control.finished:
                 await close_forcefully(transport)
                 return
             if done.resumed:
-                logger.info(
-                    "session %s resumed from %s",
-                    control.session.session_id,
+                control.log_event(
+                    logging.INFO,
+                    "resume",
+                    "session resumed from %s (%d messages retransmitted)",
                     transport.remote_address,
+                    done.retransmitted,
+                    address=transport.remote_address,
+                    retransmitted=done.retransmitted,
                 )
+                if self._store is not None:
+                    self._store.attached(control)
             err = await control.attach(transport, conn, resumed=done.resumed)
             if sid in self._takeover or control.finished:
                 return
             if err.category is Category.RESUMABLE and not control.closing:
-                control.detach(State.STALE)
-                self.by_key.detached(sid, trio.current_time())
+                control.detach(State.STALE, f"{type(err).__name__}: {err}")
+                self.gate.detached(control)
+                if self._store is not None:
+                    self._store.detached(control)
                 self._start(self._expire, control)
                 return
-            self._end(control, err)
+            end_session(control, err)
 
     async def _reject(
         self,
@@ -394,49 +502,18 @@ class VenueRunner:
 
     # -- the end of a session --------------------------------------------------------------
 
-    def _end(self, control: SessionControl, err: SessionError) -> None:
-        """End a session for good.  A slow consumer's unsent data is dropped at once
-        (the participant consumed none of it); what it sent is still delivered."""
-        control.finish(err)
-        if isinstance(err, SlowConsumer):
-            control.drop_unsent()
-
-    async def _expire(self, control: SessionControl) -> None:
-        """The dead man's switch timer: end the session unless resumed within the TTL.
-
-        A session whose participant had stopped consuming before its connection
-        was lost ends at the slow-consumer deadline if that comes first: queued
-        data waits on it no longer than ``slow_consumer_timeout``, connected or not.
-        """
-        sid = _sid(control)
-        cfg = self.config
-        ttl_at = trio.current_time() + cfg.resume_ttl
-        stalled = control.stalled_since
-        stall_at = float("inf") if stalled is None else stalled + cfg.slow_consumer_timeout
+    async def _expire(self, control: SessionControl, left: float | None = None) -> None:
+        """The dead man's switch timer: the session ends unless resumed in time
+        (``detached_end``; ``left``: what remains of a restored session's TTL)."""
+        sid = sid_of(control)
+        at, end = detached_end(control, self.config, left)
         with trio.CancelScope() as scope:
             self._ttl_scopes[sid] = scope
-            await trio.sleep_until(min(ttl_at, stall_at))
-            self._ttl_scopes.pop(sid, None)
+            await trio.sleep_until(at)
             if control.finished or sid in self._takeover:
                 return
-            if stall_at < ttl_at:
-                logger.warning(
-                    "session %s: participant consumed nothing for %ss and is gone: slow consumer",
-                    control.session.session_id,
-                    cfg.slow_consumer_timeout,
-                )
-                err: SessionError = SlowConsumer(
-                    f"participant consumed nothing for {cfg.slow_consumer_timeout}s while "
-                    "messages waited (and its connection was lost)"
-                )
-            else:
-                logger.warning(
-                    "session %s not resumed within %ss: dead man's switch",
-                    control.session.session_id,
-                    cfg.resume_ttl,
-                )
-                err = SessionExpired(f"participant did not resume within {cfg.resume_ttl}s")
-            self._end(control, err)
+            end_session(control, end)
+            self._ttl_scopes.pop(sid, None)
 
     async def _watch_end(self, control: SessionControl) -> None:
         """Call at most one end hook per session, once it is over.
@@ -449,33 +526,52 @@ class VenueRunner:
         and the participant did not answer within ``close_timeout``.
         """
         await control.wait_finished()
-        self._forget(control)
+        self.gate.ended(control)
+        self._stop_ttl(sid_of(control))
         err = control.error
+        self.tally.retire(control.session.stats, err)
         if err is not None and is_clean_close(err):
             if err.remote:
-                await self._hook(self.on_logout, control)
+                self.tally.logouts += 1
+                await self._hook(self.on_logout, control, SessionStatus.LOGGED_OUT)
+            else:
+                self.sessions.pop(sid_of(control), None)
+                if self._store is not None:
+                    await self._store.forget(control)
             return
-        await self._hook(self.on_session_lost, control)
+        self.tally.sessions_lost += 1
+        control.log_event(
+            logging.WARNING,
+            "dead_mans_switch",
+            "participant %s lost: %s: %s; on_session_lost: cancel its orders",
+            control.session.key_id,
+            type(err).__name__,
+            err,
+            error=type(err).__name__,
+            code=err.code.name if err is not None else None,
+            **final_counts(control.session.stats),
+        )
+        await self._hook(self.on_session_lost, control, SessionStatus.LOST)
 
-    def _forget(self, control: SessionControl) -> None:
-        """The session ended: it no longer counts anywhere, and its TTL timer stops."""
-        sid = _sid(control)
+    async def _hook(
+        self, hook: Hook[Any] | None, control: SessionControl, end: SessionStatus
+    ) -> None:
+        """Run an end hook once (with a store: recorded as owed before it runs, the
+        session forgotten only once it returned)."""
+        sid = sid_of(control)
         self.sessions.pop(sid, None)
-        self.by_key.remove(control.session.key_id, sid)
-        self._stop_ttl(sid)
+        async with hook_owed(self._store, control, end):
+            if hook is None or sid in self._hooked:
+                return
+            self._hooked.add(sid)
+            try:
+                result = hook(control.session)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception("hook %r failed for session %s", hook, control.session.session_id)
 
-    async def _hook(self, hook: Hook | None, control: SessionControl) -> None:
-        if hook is None:
-            return
-        session = control.session
-        try:
-            result = hook(session)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            logger.exception("hook %r failed for session %s", hook, session.session_id)
-
-    async def _run_handler(self, session: Session) -> None:
+    async def _run_handler(self, session: Session[Any]) -> None:
         try:
             await self.handler(session)
         except SessionError as exc:
@@ -489,7 +585,12 @@ class VenueRunner:
             await session.aclose()
 
 
-def _sid(control: SessionControl) -> bytes:
-    record = control.record
-    assert record is not None  # venue sessions are bound when created
-    return record.session_id
+@attrs.define
+class _Handshake:
+    """What one connection's handshake revealed, for the log and the stats."""
+
+    address: str
+    key_id: str | None = None
+    resume_session_id: bytes | None = None
+    #: The detached session this connection resumes.
+    resuming: SessionControl | None = None

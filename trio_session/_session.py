@@ -12,18 +12,23 @@ outage is delivered after it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Hashable, Sequence
-from typing import Any, Final, final
+from typing import Any, Final, Generic, final
 
 import trio
 
 from ._core import SessionCore, SessionStats
+from ._durable_session import DurableFacade
 from ._errors import (
     CloseCode,
     ConnectionLost,
+    InDoubt,
     InvalidMessage,
     LocalProtocolError,
+    MessageRejected,
     RejectCode,
+    Rejected,
     SessionClosed,
     SessionError,
     SessionReset,
@@ -31,16 +36,23 @@ from ._errors import (
 )
 from ._lifecycle import State
 from ._queues import notice_error, reject_notice
+from ._typing import M
 from .protocol import ConnectionState
 
 __all__ = ["Session", "SessionStats", "State", "new_session"]
+
+logger = logging.getLogger("trio_session.session")
 
 _CREATE: Final = object()
 
 
 @final
-class Session:
+class Session(DurableFacade, Generic[M]):
     """One logical session, on either side.  Created by ``ts.connect`` / ``ts.serve``.
+
+    Generic in its message type: ``Session[Order | Fill]`` with
+    ``messages=Order | Fill``, ``Session[bytes]`` without, so that a type
+    checker rejects a wrong :meth:`send` and knows what :meth:`receive` returns.
 
     Sending has three policies (per call, so per stream of messages):
 
@@ -67,6 +79,10 @@ class Session:
         self._out = core.outbound
         self._in = core.inbound
         self._last_seq = -1
+        self._send_count = 0
+        #: Durable store: :meth:`receive` commits what it returned before (else only
+        #: :meth:`commit` and ``send(commit=True)`` do).
+        self.auto_commit = True
 
     # -- identity and observation --------------------------------------------------
 
@@ -118,6 +134,9 @@ class Session:
 
         Returns at once when it already is.  CLOSED always ends the wait (the
         session cannot change any more), so check the return value.
+
+        Args:
+            states: one or more :class:`State` values.
         """
         if not states:
             raise ValueError("wait_state() needs at least one State")
@@ -125,6 +144,7 @@ class Session:
 
     @property
     def stats(self) -> SessionStats:
+        """A snapshot of the session's counters, taken when read."""
         return self._core.stats()
 
     # -- sending ---------------------------------------------------------------------
@@ -132,7 +152,7 @@ class Session:
     def _check_can_send(self, payload: bytes) -> None:
         core = self._core
         if core.error is not None:
-            raise self._error_for_user()
+            raise error_for_user(self._core)
         if core.closing:
             raise SessionClosed("session is closing", code=CloseCode.NORMAL)
         if len(payload) > self.config.max_message_size:
@@ -141,78 +161,134 @@ class Session:
                 f"{self.config.max_message_size}"
             )
 
-    async def send(self, message: Any, *, fail_fast: bool = False) -> None:
+    async def send(self, message: M, *, fail_fast: bool = False, commit: bool = False) -> None:
         """Send one message losslessly (``block`` policy).
 
-        Waits while the outbound queue is full; during an outage the message
-        waits and is delivered after the session resumes.  With
-        ``fail_fast=True`` it raises :class:`~trio_session.ConnectionLost`
-        instead of queueing while the session is not LIVE.
+        ``message`` is one of the declared ``messages=`` types (``bytes``
+        without it).  Waits while the outbound queue is full; during an outage
+        the message waits and is delivered after the session resumes, in order.
+        With ``fail_fast=True`` it raises :class:`~trio_session.ConnectionLost`
+        at once instead while the session is not LIVE (from the moment a lost
+        connection is detected): for orders priced off data that is now stale.
+
+        Args:
+            message: one message of the declared ``messages=`` type (``bytes``
+                without it).
+            fail_fast: raise :class:`~trio_session.ConnectionLost` at once when
+                the session is not LIVE, instead of queueing the message for
+                after the resume.
+            commit: with a durable store (which returns once the message is
+                stored), commit what :meth:`receive` returned so far in the same
+                write: after a crash, both or neither (docs/howto/durable.md).
+
+        Raises the session's error once it ended, :class:`TypeError` for a
+        message of the wrong type, and :class:`~trio_session.LocalProtocolError`
+        for one over ``max_message_size``.
         """
         payload = self._codec.encode(message)
         self._check_can_send(payload)
-        await self._enqueue(payload, 1, len(payload), fail_fast)
+        await self._enqueue(payload, 1, len(payload), fail_fast, commit)
 
-    async def send_many(self, messages: Sequence[Any], *, fail_fast: bool = False) -> None:
-        """Send several messages losslessly as one queue item (cheaper per message)."""
+    async def send_many(
+        self, messages: Sequence[M], *, fail_fast: bool = False, commit: bool = False
+    ) -> None:
+        """Send several messages losslessly as one queue item (cheaper per message).
+
+        Same order, guarantees and errors as :meth:`send`; all or none are queued.
+
+        Args:
+            messages: a sequence of messages of the declared type.
+            fail_fast: as for :meth:`send`.
+            commit: as for :meth:`send`.
+        """
         payloads = [self._codec.encode(m) for m in messages]
         if not payloads:
             return
         for p in payloads:
             self._check_can_send(p)
-        await self._enqueue(payloads, len(payloads), sum(map(len, payloads)), fail_fast)
+        await self._enqueue(payloads, len(payloads), sum(map(len, payloads)), fail_fast, commit)
 
     async def _enqueue(
-        self, item: bytes | list[bytes], count: int, nbytes: int, fail_fast: bool
+        self, item: bytes | list[bytes], count: int, nbytes: int, fail_fast: bool, commit: bool
     ) -> None:
         """The lossless path shared by send() and send_many()."""
         if fail_fast and self._core.states.state is not State.LIVE:
             state = self._core.states.state.value
             raise ConnectionLost(f"session is {state}, not sending (fail_fast)")
+        if self._core.persist is not None:  # durable store: stored before we return
+            try:
+                await self._enqueue_durable(item, count, nbytes, commit)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise final_error(self._core)  # noqa: B904 - keeps the error's own cause
+            return
         # What MemorySendChannel.send does, with the writer woken *before* we
         # yield: it then runs in the same scheduler batch as our caller instead
         # of the next one (one pass less per message on the latency path).
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             if self._out.put_nowait(item, count, nbytes):
+                self._send_count += count
                 await trio.lowlevel.cancel_shielded_checkpoint()
             else:  # full: wait like MemorySendChannel.send
                 await self._out.put(item, count, nbytes)
+                self._send_count += count
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise self._final_error()  # noqa: B904 - keeps the error's own cause
+            raise final_error(self._core)  # noqa: B904 - keeps the error's own cause
 
-    def send_latest(self, key: Hashable, message: Any) -> None:
+    def send_latest(self, key: Hashable, message: M) -> None:
         """Queue ``message`` as the latest value for ``key`` (``conflate`` policy).
 
         Never blocks: a message still queued under the same key is replaced
         (counted in ``stats.conflated``).
+
+        Args:
+            key: any hashable, e.g. the instrument of a quote.
+            message: the newest value for ``key``.
         """
         payload = self._codec.encode(message)
         self._check_can_send(payload)
         self._out.put_latest(key, payload)
 
-    def send_lossy(self, message: Any) -> None:
+    def send_lossy(self, message: M) -> None:
         """Queue ``message``, dropping the oldest queued one when the queue is full
-        (``drop_oldest`` policy; capacity ``outbound_capacity``).  Never blocks."""
+        (``drop_oldest`` policy; capacity ``outbound_capacity``, drops counted in
+        ``stats.dropped``).  Never blocks."""
         payload = self._codec.encode(message)
         self._check_can_send(payload)
         self._out.put_lossy(payload)
 
     # -- receiving ---------------------------------------------------------------------
 
-    async def receive(self) -> Any:
-        """The next message, in order.  Raises the session's error once it ended
-        and everything received before has been delivered."""
+    async def receive(self) -> M:
+        """The next message, in order (a ``messages=`` type, or ``bytes``).
+
+        Raises, in stream order: :class:`~trio_session.MessageRejected` when
+        the peer refused one of our messages and
+        :class:`~trio_session.InvalidMessage` for a peer's message that does
+        not match the schema (both per message: the session continues; see
+        :meth:`with_rejects` to get rejects as values);
+        :class:`~trio_session.SessionReset` once when the session was
+        replaced; the session's error once it ended and everything received
+        before has been delivered.  With a durable store (and :attr:`auto_commit`)
+        it first commits the messages it returned before.
+        """
         inbound = self._in
+        persist = self._core.persist
+        if persist is not None and self.auto_commit:
+            self._commit_now(persist)
         waited = False
         while True:
             if inbound.reset_pending:
                 inbound.reset_pending = False
-                raise _session_reset()
+                raise _session_reset(*inbound.reset_info)
             buf = inbound.buf
             if buf:
-                payload = buf.popleft()
                 seq = inbound.rx_seq
+                if seq >= inbound.deliver_limit and persist is not None:
+                    await persist.wait_deliverable(seq)
+                    waited = True
+                    continue
+                payload = buf.popleft()
                 inbound.rx_seq = seq + 1
                 if not waited:  # a receive() is always a checkpoint, once
                     await trio.lowlevel.checkpoint()
@@ -220,32 +296,38 @@ class Session:
                     raise notice_error(payload)
                 self._last_seq = seq
                 if not self._codec.typed:
-                    return payload
+                    return payload  # type: ignore[return-value]  # untyped: M is bytes
                 try:
-                    return self._codec.decode(payload, seq)
+                    return self._codec.decode(payload, seq)  # type: ignore[no-any-return]
                 except InvalidMessage as exc:
                     self.reject(seq, str(exc), code=RejectCode.INVALID)
                     raise
             try:
                 item = await inbound.get()
             except (trio.EndOfChannel, trio.ClosedResourceError):
-                raise self._final_error()  # noqa: B904 - keeps the error's own cause
+                raise final_error(self._core)  # noqa: B904 - keeps the error's own cause
             waited = True
             self._take_inbound(item)
 
-    async def receive_batch(self, max_messages: int = 1024) -> list[Any]:
-        """Up to ``max_messages`` messages at once (at least one; waits for it).
+    async def receive_batch(self, max_messages: int = 1024) -> list[M]:
+        """Up to ``max_messages`` messages at once (at least 1; waits for the first).
 
-        A message that fails validation ends the batch early; the next call
-        raises its :class:`InvalidMessage`.
+        Cheaper per message than :meth:`receive` under load.  A reject, a reset
+        or a message that fails validation ends the batch early; the next call
+        raises it.
+
+        Args:
+            max_messages: at most this many messages (at least 1).
         """
         if max_messages < 1:
             raise ValueError("max_messages must be >= 1")
-        out = [await self.receive()]
+        out: list[Any] = [await self.receive()]
         inbound = self._in
         buf = inbound.buf
         typed = self._codec.typed
-        while len(out) < max_messages and not inbound.reset_pending:
+        # A durable store records how far messages may be handed out (NO_LIMIT without).
+        limit = min(max_messages, 1 + inbound.deliver_limit - inbound.rx_seq)
+        while len(out) < limit and not inbound.reset_pending:
             if not buf:
                 try:
                     item = inbound.get_nowait()
@@ -267,9 +349,12 @@ class Session:
             self._last_seq = inbound.rx_seq
             inbound.rx_seq += 1
             out.append(msg)
+        if len(out) == limit < max_messages and (persist := self._core.persist) is not None:
+            persist.bound_hit()  # stopped at the recorded bound: record it further ahead
+            self._out.wake()
         return out
 
-    def _take_inbound(self, item: Any) -> None:
+    def _take_inbound(self, item: object) -> None:
         consumed = self._in.take(item)
         if consumed:
             self._core.credit(consumed)
@@ -294,17 +379,27 @@ class Session:
         """Tell the peer that its message ``seq`` was not accepted.
 
         The peer's :meth:`receive` raises :class:`~trio_session.MessageRejected`
-        in stream order; the session continues.  Never blocks; notices are
+        (or :meth:`with_rejects` yields a :class:`~trio_session.Rejected`) in
+        stream order; the session continues.  Never blocks; notices are
         sequenced and replayed across reconnects like messages.
+
+        Args:
+            seq: the data sequence number of the peer's message (:attr:`last_seq`
+                after receiving it).
+            reason: text for the peer (its first 200 characters).
+            code: a :class:`~trio_session.RejectCode`: ``INVALID``,
+                ``RATE_LIMITED`` or ``REJECTED``.
+            retry_after: seconds after which the peer may try again (with
+                ``RATE_LIMITED``).
         """
         if self._core.error is not None or self._core.closing:
             return
         self._out.put_notice(reject_notice(seq, reason, code, retry_after))
 
-    def __aiter__(self) -> Session:
+    def __aiter__(self) -> Session[M]:
         return self
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> M:
         try:
             return await self.receive()
         except SessionClosed as exc:
@@ -312,66 +407,141 @@ class Session:
                 raise StopAsyncIteration from None
             raise
 
+    def with_rejects(self) -> AsyncIterator[M | Rejected]:
+        """Messages and rejects in one loop: ``async for item in session.with_rejects()``.
+
+        Like ``async for message in session``, except that a refusal of one of
+        our messages by the peer is yielded as a :class:`~trio_session.Rejected`
+        value (with the refused message's ``ref_seq``) in stream order instead
+        of raising :class:`~trio_session.MessageRejected`, so the loop goes on.
+        A peer's message that does not match the schema was already rejected
+        back to the peer; it is logged and skipped.  Ends after a clean close;
+        raises :class:`~trio_session.SessionReset` and the session's error as
+        :meth:`receive` does.  Breaking out of the loop is safe (no generator
+        is left to finalize).
+        """
+        return _WithRejects(self)
+
     # -- closing -------------------------------------------------------------------------
 
     async def aclose(self, code: CloseCode = CloseCode.NORMAL, reason: str = "") -> None:
         """Close gracefully: flush queued messages, wait (bounded by
         ``close_timeout``) for the peer to acknowledge them, exchange CLOSE, and
-        tear everything down.  Idempotent; always closes, even when cancelled."""
-        core = self._core
-        if core.closing or core.finished.is_set():
-            await self._wait_finished()
-            return
-        core.closing = True
-        with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
-            if core.states.state is State.LIVE and code is CloseCode.NORMAL:
-                await self._wait_drained()
-            link = core.link
-            if link is not None and link.conn.state is ConnectionState.OPEN:
-                await link.close(code, reason)
-                await core.connection_done.wait()
-        core.finish(SessionClosed("session closed", code=code, remote=False, reason=reason))
-        await self._wait_finished()
+        tear everything down.  Idempotent; always closes, even when cancelled.
 
-    async def _wait_finished(self) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
-            await self._core.connection_done.wait()
-        await trio.lowlevel.checkpoint()
-
-    async def _wait_drained(self) -> None:
-        core = self._core
-        while core.unsent():
-            if core.states.state is not State.LIVE or core.link is None:
-                return
-            core.drained = trio.Event()
-            core.outbound.wake()
-            await core.drained.wait()
-
-    def _final_error(self) -> SessionError:
-        """The session's error, to raise from an ``except`` block.
-
-        Not ``raise ... from None``: that would erase the error's own cause (e.g.
-        why the supervisor gave up); ``__suppress_context__`` only hides the
-        channel exception being handled.
+        Args:
+            code: the :class:`~trio_session.CloseCode` sent to the peer: ``NORMAL``
+                is a logout; another code ends the session with that reason.
+            reason: text sent with the close.
         """
-        err = self._error_for_user()
-        err.__suppress_context__ = True
-        return err
-
-    def _error_for_user(self) -> SessionError:
-        err = self._core.error
-        if err is None:
-            return SessionClosed("session is closed", code=CloseCode.NORMAL)
-        return err
+        await close_session(self._core, code, reason)
 
 
-def new_session(core: SessionCore) -> Session:
+@final
+class _WithRejects(Generic[M]):
+    """The iterator of :meth:`Session.with_rejects` (a class, not an async generator:
+    nothing to finalize when the caller breaks out)."""
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: Session[M]) -> None:
+        self._session = session
+
+    def __aiter__(self) -> _WithRejects[M]:
+        return self
+
+    async def __anext__(self) -> M | Rejected:
+        session = self._session
+        while True:
+            try:
+                return await session.receive()
+            except MessageRejected as exc:
+                return exc.rejected
+            except InvalidMessage as exc:
+                logger.warning("[session %s] %s (rejected back)", session.session_id, exc)
+            except SessionClosed as exc:
+                if is_clean_close(exc):
+                    raise StopAsyncIteration from None
+                raise
+
+
+async def close_session(core: SessionCore, code: CloseCode, reason: str) -> None:
+    """What :meth:`Session.aclose` does (see there)."""
+    if core.closing or core.finished.is_set():
+        await _wait_finished(core)
+        return
+    core.closing = True
+    with trio.CancelScope(shield=True), trio.move_on_after(core.config.close_timeout):
+        if core.states.state is State.LIVE and code is CloseCode.NORMAL:
+            await _wait_drained(core)
+        link = core.link
+        if link is not None and link.conn.state is ConnectionState.OPEN:
+            await link.close(code, reason)
+            await core.connection_done.wait()
+    core.finish(SessionClosed("session closed", code=code, remote=False, reason=reason))
+    await _wait_finished(core)
+
+
+async def _wait_finished(core: SessionCore) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(core.config.close_timeout):
+        await core.connection_done.wait()
+    await trio.lowlevel.checkpoint()
+
+
+async def _wait_drained(core: SessionCore) -> None:
+    while core.unsent():
+        if core.states.state is not State.LIVE or core.link is None:
+            return
+        core.drained = trio.Event()
+        core.outbound.wake()
+        await core.drained.wait()
+
+
+def final_error(core: SessionCore) -> SessionError:
+    """The session's error, to raise from an ``except`` block.
+
+    Not ``raise ... from None``: that would erase the error's own cause (e.g.
+    why the supervisor gave up); ``__suppress_context__`` only hides the
+    channel exception being handled.
+    """
+    err = error_for_user(core)
+    err.__suppress_context__ = True
+    return err
+
+
+def error_for_user(core: SessionCore) -> SessionError:
+    err = core.error
+    if err is None:
+        return SessionClosed("session is closed", code=CloseCode.NORMAL)
+    return err
+
+
+def new_session(core: SessionCore) -> Session[Any]:
     """The facade of ``core`` (the only way to create a Session)."""
     return Session(core, _token=_CREATE)
 
 
-def _session_reset() -> SessionReset:
+def _session_reset(in_doubt: tuple[InDoubt, ...], last_delivered_seq: int) -> SessionReset:
+    if in_doubt:
+        seqs = describe_seqs([m.seq for m in in_doubt])
+        doubt = f"{len(in_doubt)} sent messages unacknowledged (seq {seqs}): reconcile them"
+    else:
+        doubt = "every sent message was acknowledged"
     return SessionReset(
-        "the venue could not resume the session; a new session replaced it "
-        "(messages may have been lost: resync and reconcile)"
+        "the venue could not resume the session; a new session replaced it: "
+        f"{doubt}; last message received: seq {last_delivered_seq}; resync",
+        in_doubt=in_doubt,
+        last_delivered_seq=last_delivered_seq,
     )
+
+
+def describe_seqs(seqs: Sequence[int], limit: int = 6) -> str:
+    """``[3, 4, 5, 9]`` -> ``"3-5,9"`` (at most ``limit`` ranges, then ``,…``)."""
+    spans: list[list[int]] = []
+    for seq in sorted(seqs):
+        if spans and seq == spans[-1][1] + 1:
+            spans[-1][1] = seq
+        else:
+            spans.append([seq, seq])
+    text = ",".join(f"{a}-{b}" if a != b else str(a) for a, b in spans[:limit])
+    return text + (",…" if len(spans) > limit else "")

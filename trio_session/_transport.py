@@ -34,6 +34,7 @@ from ._transport_ws import (
     MESSAGE_QUEUE_SIZE,
     RECEIVE_BUFFER_SIZE,
     WebSocketTransport,
+    check_url,
     connect_transport,
 )
 
@@ -46,6 +47,7 @@ __all__ = [
     "TransportLimits",
     "TransportServer",
     "WebSocketTransport",
+    "check_url",
     "connect_transport",
     "memory_transport_pair",
     "observable_close",

@@ -63,6 +63,7 @@ __all__ = [
     "MESSAGE_QUEUE_SIZE",
     "RECEIVE_BUFFER_SIZE",
     "WebSocketTransport",
+    "check_url",
     "connect_transport",
 ]
 
@@ -106,11 +107,18 @@ class _ErrorMapper:
     A class, not ``@contextmanager``, because it sits on the per-message path.
     """
 
-    __slots__ = ("_reader", "_remote")
+    __slots__ = ("_reader", "_remote", "_what")
 
-    def __init__(self, reader: _ReaderSupervisor | None = None, *, remote: bool = True) -> None:
+    def __init__(
+        self,
+        reader: _ReaderSupervisor | None = None,
+        *,
+        remote: bool = True,
+        what: str = "connection lost",
+    ) -> None:
         self._reader = reader
         self._remote = remote
+        self._what = what
 
     def __enter__(self) -> None:
         return None
@@ -128,7 +136,7 @@ class _ErrorMapper:
         elif isinstance(exc, trio_websocket.ConnectionRejected):
             message = f"WebSocket upgrade rejected: HTTP {exc.status_code}"
         else:
-            message = f"connection lost: {_explain(exc)}"
+            message = f"{self._what}: {_explain(exc)}"
         cause: BaseException = exc
         guard = self._reader.guard if self._reader is not None else None
         if guard is not None and guard.violation is not None:
@@ -142,27 +150,37 @@ class _ErrorMapper:
 
 
 def _explain(exc: BaseException) -> str:
-    """Name an error by its innermost cause: trio wraps an ``ssl.SSLError``
-    (e.g. an untrusted certificate) in a BrokenResourceError with no text."""
-    parts = []
+    """Name an error by its chain of causes, on one line: trio wraps an
+    ``ssl.SSLError`` (e.g. an untrusted certificate) in a BrokenResourceError
+    with no text, and ``open_tcp_stream`` hides why each address failed in an
+    exception group.  Groups are looked through (their first leaf stands for
+    them), never named: no ExceptionGroup text reaches a user."""
+    parts: list[str] = []
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        text = str(current)
-        parts.append(f"{type(current).__name__}: {text}" if text else type(current).__name__)
+        if isinstance(current, BaseExceptionGroup):
+            current = current.exceptions[0] if current.exceptions else None
+            continue
+        text = " ".join(str(current).split())
+        part = f"{type(current).__name__}: {text}" if text else type(current).__name__
+        if not parts or parts[-1] != part:
+            parts.append(part)
         current = current.__cause__ or current.__context__
     return " <- ".join(parts)
 
 
-def _map_errors(reader: _ReaderSupervisor | None = None, *, remote: bool = True) -> _ErrorMapper:
+def _map_errors(
+    reader: _ReaderSupervisor | None = None, *, remote: bool = True, what: str = "connection lost"
+) -> _ErrorMapper:
     """Translate trio / trio-websocket errors into :class:`ConnectionLost`.
 
     The one place where transport errors cross into our taxonomy (as httpcore's
     ``map_exceptions``), always chained with ``raise ... from``.  ``reader``
     supplies the reader's own failure, when it had one, as the real cause.
     """
-    return _ErrorMapper(reader, remote=remote)
+    return _ErrorMapper(reader, remote=remote, what=what)
 
 
 # ---------------------------------------------------------------------------
@@ -419,24 +437,49 @@ class WebSocketTransport(trio.abc.AsyncResource):
             raise ValueError(f"invalid WebSocket close code {code}")
 
 
+def check_url(url: str, ssl_context: ssl.SSLContext | None = None) -> None:
+    """Raise ValueError, naming ``url`` and the fix, unless it is a usable ws/wss URL.
+
+    Called by ``connect()`` before anything starts, so a typo fails at once and
+    as itself (never from inside a task group, never retried).
+    """
+    _split_url(url, ssl_context)
+
+
+def _split_url(
+    url: str, ssl_context: ssl.SSLContext | None
+) -> tuple[urllib.parse.SplitResult, str, int | None]:
+    if not isinstance(url, str):
+        raise TypeError(f"the venue URL must be a str, got {type(url).__name__}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535"
+        raise ValueError(f"invalid venue URL {url!r}: {exc}") from None
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(
+            f"invalid venue URL {url!r}: the scheme must be ws:// or wss://, "
+            f"not {parts.scheme + '://' if parts.scheme else 'missing'}"
+        )
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"invalid venue URL {url!r}: no host (e.g. ws://127.0.0.1:8765/)")
+    if parts.scheme == "ws" and ssl_context is not None:
+        raise ValueError(f"ssl_context given for the ws:// URL {url!r}: TLS needs a wss:// URL")
+    return parts, host, port
+
+
 def _parse_url(
     url: str, ssl_context: ssl.SSLContext | None
 ) -> tuple[str, int, str, str, ssl.SSLContext | None]:
     """Return ``(host, port, host_header, resource, ssl_context)`` for a ws/wss URL."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("ws", "wss"):
-        raise ValueError(f"WebSocket URL scheme must be ws or wss, got {parts.scheme!r}")
-    host = parts.hostname
-    if not host:
-        raise ValueError("WebSocket URL has no host")
+    parts, host, port = _split_url(url, ssl_context)
     if parts.scheme == "ws":
-        if ssl_context is not None:
-            raise ValueError("ssl_context given for a ws:// URL; use wss://")
         context = None
     else:
         context = ssl_context if ssl_context is not None else ssl.create_default_context()
     default_port = 443 if context is not None else 80
-    port = parts.port if parts.port is not None else default_port
+    port = port if port is not None else default_port
     host_for_header = f"[{host}]" if ":" in host else host
     host_header = host_for_header if port == default_port else f"{host_for_header}:{port}"
     resource = parts.path or "/"
@@ -477,7 +520,7 @@ async def connect_transport(
     stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | None = None
     with trio.move_on_after(connect_timeout) as timeout_scope:
         try:
-            with _map_errors(remote=True):
+            with _map_errors(remote=True, what=f"cannot connect to {host}:{port}"):
                 tcp = await trio.open_tcp_stream(host, port)
                 stream = tcp
                 if context is not None:

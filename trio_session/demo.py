@@ -7,10 +7,12 @@ participant subscribes, trades, and checks every acknowledgement: each order
 acknowledged exactly once, in order; each instrument's quotes never go back.
 
 When the venue cannot resume the session (it restarted and lost it), the
-participant's ``receive`` raises :class:`~trio_session.SessionReset`: every
-order not answered by then is *in doubt* (the venue may or may not have seen
-it).  The participant reports those orders, subscribes again on the new
-session and trades on; they are counted as in doubt, never as lost.
+participant's ``receive`` raises :class:`~trio_session.SessionReset`, whose
+``in_doubt`` names exactly the orders that were sent and never acknowledged
+(the venue may or may not have seen them).  Those, and the orders the venue
+acknowledged but whose execution report was lost with it, are *in doubt*: the
+participant reports them (reconciling exactly these), subscribes again on the
+new session and trades on; they are counted as in doubt, never as lost.
 
 Prices are :class:`decimal.Decimal` (msgspec encodes them as strings), so no
 float rounding ever touches a price; quantities are integers.
@@ -105,19 +107,19 @@ Message = Subscribe | Quote | NewOrder | ExecutionReport
 # -- venue ------------------------------------------------------------------------------
 
 
-def make_router(subscriptions: set[str]) -> ts.Router:
+def make_router(subscriptions: set[str]) -> ts.Router[Message]:
     """Routes for one venue session; ``subscriptions`` is that session's quote set."""
-    router = ts.Router()
+    router: ts.Router[Message] = ts.Router()
 
     @router.route(NewOrder)
-    async def on_order(ctx: ts.Context, order: NewOrder) -> None:
+    async def on_order(ctx: ts.Context[Message], order: NewOrder) -> None:
         if order.instrument not in INSTRUMENTS or order.qty <= 0:
             ctx.reject("unknown instrument or bad quantity")
             return
         await ctx.reply(ExecutionReport(order.client_id, ctx.seq, "filled", order.qty, order.price))
 
     @router.route(Subscribe)
-    async def on_subscribe(ctx: ts.Context, sub: Subscribe) -> None:
+    async def on_subscribe(ctx: ts.Context[Message], sub: Subscribe) -> None:
         unknown = [name for name in sub.instruments if name not in INSTRUMENTS]
         if unknown:
             ctx.reject(f"unknown instruments {unknown}")
@@ -127,7 +129,7 @@ def make_router(subscriptions: set[str]) -> ts.Router:
     return router
 
 
-async def _publish(session: ts.Session, subscriptions: set[str]) -> None:
+async def _publish(session: ts.Session[Message], subscriptions: set[str]) -> None:
     """Stream quotes for subscribed instruments, conflated per instrument."""
     update = 0
     base = {name: Decimal(10_000 + 1_000 * i) for i, name in enumerate(INSTRUMENTS)}
@@ -144,7 +146,7 @@ async def _publish(session: ts.Session, subscriptions: set[str]) -> None:
         return
 
 
-async def venue_handler(session: ts.Session) -> None:
+async def venue_handler(session: ts.Session[Message]) -> None:
     """The demo venue's session handler: quotes + order acknowledgements.
 
     When the session ends for good (the participant vanished and the dead man's
@@ -183,6 +185,8 @@ class Scoreboard:
     quote_regressions: int = 0
     resets: int = 0
     rtts: list[float] = attrs.Factory(list)
+    #: Client ids of the orders a reset named as never acknowledged (``in_doubt``).
+    unacknowledged: set[int] = attrs.Factory(set)
     _acked_ids: set[int] = attrs.Factory(set)
     _in_doubt: set[int] = attrs.Factory(set)
     _last_ack: int = -1
@@ -207,13 +211,20 @@ class Scoreboard:
         self.sent += 1
         self._sent_at[client_id] = trio.current_time()
 
-    def session_reset(self) -> list[int]:
+    def session_reset(self, exc: ts.SessionReset | None = None) -> list[int]:
         """A SessionReset arrived: the unanswered orders are now in doubt (returned).
 
-        The new session numbers its messages from 0 and its venue restarts its
-        quote updates, so those order checks start afresh too.
+        ``exc.in_doubt`` says exactly which of them the venue never acknowledged;
+        the others unanswered were acknowledged (their reports were lost) or are
+        still queued (they go out on the new session and will be answered).  The
+        new session numbers its messages from 0 and its venue restarts its quote
+        updates, so those order checks start afresh too.
         """
         self.resets += 1
+        if exc is not None:
+            self.unacknowledged.update(
+                d.message.client_id for d in exc.in_doubt if isinstance(d.message, NewOrder)
+            )
         doubtful = sorted(self._sent_at.keys() - self._in_doubt)
         self._in_doubt.update(doubtful)
         self._last_ref_seq = -1
@@ -260,7 +271,7 @@ ResetHook = Callable[[ts.SessionReset, list[int]], None]
 
 
 async def run_participant(
-    session: ts.Session,
+    session: ts.Session[Message],
     seconds: float,
     board: Scoreboard,
     *,
@@ -307,7 +318,7 @@ async def run_participant(
 
 
 async def _send_orders(
-    session: ts.Session, board: Scoreboard, seconds: float, order_interval: float
+    session: ts.Session[Message], board: Scoreboard, seconds: float, order_interval: float
 ) -> None:
     deadline = trio.current_time() + seconds
     client_id = 0
@@ -327,7 +338,7 @@ async def _send_orders(
 
 
 async def _receive(
-    session: ts.Session,
+    session: ts.Session[Message],
     board: Scoreboard,
     sending_done: trio.Event,
     all_answered: trio.Event,
@@ -340,7 +351,7 @@ async def _receive(
             board.rejected += 1
             continue
         except ts.SessionReset as exc:
-            doubtful = board.session_reset()
+            doubtful = board.session_reset(exc)
             if on_reset is not None:
                 on_reset(exc, doubtful)
             await session.send(Subscribe(list(INSTRUMENTS)))  # the new session knows nothing
@@ -381,6 +392,7 @@ class DemoResult:
             "reordered": b.reordered + b.quote_regressions,
             "rejected": b.rejected,
             "in_doubt": b.in_doubt,
+            "never_acknowledged": len(b.unacknowledged),
             "resets": b.resets,
             "quotes": b.quotes,
             "resumes": s.resumes,
@@ -397,7 +409,10 @@ class DemoResult:
         verdict = "OK" if d["ok"] else "FAILED"
         doubt = ""
         if d["resets"]:
-            doubt = f", {d['in_doubt']} in doubt after {d['resets']} reset(s) (reported)"
+            doubt = (
+                f", {d['in_doubt']} in doubt after {d['resets']} reset(s) (reported; "
+                f"{d['never_acknowledged']} never acknowledged by the venue)"
+            )
         return (
             f"{verdict}: {d['sent']} orders, {d['received']} acknowledged exactly once in order"
             f"{doubt}, {d['quotes']} quotes; lost={d['lost']} dup={d['duplicated']} "

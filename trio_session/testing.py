@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, overload
 
 import attrs
 import trio
@@ -40,9 +40,12 @@ from ._faults import Fault as Fault
 from ._faults import FaultyProxy as FaultyProxy
 from ._faults import ProxyStats as ProxyStats
 from ._identity import Identity, KeyRegistry
-from ._server import Hook, SessionHandler, VenueRunner
+from ._policy import RestartPolicy
+from ._server import Hook, SessionHandler, VenueRunner, VenueStats
 from ._session import Session
 from ._transport import MemoryTransport, Transport, memory_transport_pair
+from ._typing import M, TypeForm
+from .store import SessionStore
 
 __all__ = ["Fault", "FaultyProxy", "MemoryVenue", "ProxyStats", "identities", "memory_venue"]
 
@@ -69,7 +72,7 @@ class MemoryVenue:
     _refusing: bool = False
 
     @property
-    def sessions(self) -> list[Session]:
+    def sessions(self) -> list[Session[Any]]:
         """Venue-side sessions alive now (LIVE or detached awaiting resume)."""
         return self._venue.live_sessions()
 
@@ -86,19 +89,58 @@ class MemoryVenue:
         self._nursery.start_soon(self._venue.on_transport, server)
         return client
 
-    def connect(self, identity: Identity, **options: Any) -> AbstractAsyncContextManager[Session]:
+    @overload
+    def connect(
+        self,
+        identity: Identity,
+        *,
+        config: SessionConfig | None = None,
+        messages: None = None,
+        restart: RestartPolicy | None = None,
+        store: SessionStore | None = None,
+    ) -> AbstractAsyncContextManager[Session[bytes]]: ...
+
+    @overload
+    def connect(
+        self,
+        identity: Identity,
+        *,
+        config: SessionConfig | None = None,
+        messages: TypeForm[M],
+        restart: RestartPolicy | None = None,
+        store: SessionStore | None = None,
+    ) -> AbstractAsyncContextManager[Session[M]]: ...
+
+    def connect(
+        self,
+        identity: Identity,
+        *,
+        config: SessionConfig | None = None,
+        messages: Any = None,
+        restart: RestartPolicy | None = None,
+        store: SessionStore | None = None,
+    ) -> AbstractAsyncContextManager[Session[Any]]:
         """``ts.connect`` to this venue over memory: ``async with venue.connect(alice) as s``.
 
-        ``options`` are :func:`trio_session.connect`'s keyword arguments
-        (``config=``, ``messages=``, ``restart=``).
+        The options are :func:`trio_session.connect`'s: ``config`` (timers and
+        limits), ``messages`` (the message type; the session is then a
+        ``Session[that type]``), ``restart`` (the :class:`RestartPolicy`) and
+        ``store`` (where the participant keeps its session).
         """
         return connect(
             "memory://",
             identity,
             self._venue.identity.public_key,
+            config=config,
+            messages=messages,
+            restart=restart,
             transport_factory=self.connector,
-            **options,
+            store=store,
         )
+
+    def stats(self) -> VenueStats:
+        """The venue's numbers, as :meth:`trio_session.VenueServer.stats`."""
+        return self._venue.stats()
 
     def break_all(self) -> None:
         """Abruptly drop every open connection (as a TCP reset would)."""
@@ -111,19 +153,68 @@ class MemoryVenue:
         self._refusing = refuse
 
 
-@asynccontextmanager
-async def memory_venue(
-    handler: SessionHandler,
+@overload
+def memory_venue(
+    handler: SessionHandler[bytes],
     identity: Identity,
     registry: KeyRegistry,
     *,
     config: SessionConfig | None = None,
-    messages: Any | None = None,
-    on_session_lost: Hook | None = None,
-    on_logout: Hook | None = None,
-) -> AsyncIterator[MemoryVenue]:
-    """Run a venue over in-memory transports for the duration of the block."""
+    messages: None = None,
+    on_session_lost: Hook[bytes] | None = None,
+    on_logout: Hook[bytes] | None = None,
+    store: SessionStore | None = None,
+) -> AbstractAsyncContextManager[MemoryVenue]: ...
+
+
+@overload
+def memory_venue(
+    handler: SessionHandler[M],
+    identity: Identity,
+    registry: KeyRegistry,
+    *,
+    config: SessionConfig | None = None,
+    messages: TypeForm[M],
+    on_session_lost: Hook[M] | None = None,
+    on_logout: Hook[M] | None = None,
+    store: SessionStore | None = None,
+) -> AbstractAsyncContextManager[MemoryVenue]: ...
+
+
+def memory_venue(
+    handler: SessionHandler[Any],
+    identity: Identity,
+    registry: KeyRegistry,
+    *,
+    config: SessionConfig | None = None,
+    messages: Any = None,
+    on_session_lost: Hook[Any] | None = None,
+    on_logout: Hook[Any] | None = None,
+    store: SessionStore | None = None,
+) -> AbstractAsyncContextManager[MemoryVenue]:
+    """Run a venue over in-memory transports for the duration of the block.
+
+    The arguments are :func:`trio_session.serve`'s, without the address and TLS.
+    With ``store``, the venue keeps its sessions there like :func:`trio_session.serve`
+    (a second ``memory_venue`` on the same store restores them); detach times
+    and stamps are Trio clock times, so restarts under one ``MockClock`` line up.
+    """
     cfg = config or SessionConfig()
-    venue = VenueRunner(handler, identity, registry, cfg, messages, on_session_lost, on_logout)
+    venue = VenueRunner(
+        handler,
+        identity,
+        registry,
+        cfg,
+        messages,
+        on_session_lost,
+        on_logout,
+        store=store,
+        wall_clock=trio.current_time,
+    )
+    return _running(venue)
+
+
+@asynccontextmanager
+async def _running(venue: VenueRunner) -> AsyncIterator[MemoryVenue]:
     async with venue.running() as nursery:
         yield MemoryVenue(venue=venue, nursery=nursery)

@@ -181,6 +181,7 @@ def test_answers_go_out_before_initiatives_and_rekey_ack_switches_what_follows()
     assert [parse_header(f)[:3] for f in out] == [
         (FrameType.REKEY_ACK, 0, 0),  # answers first, the REKEY_ACK in the old epoch
         (FrameType.HEARTBEAT_ACK, 0, 1),  # then everything else under the new chain
+        (FrameType.HEARTBEAT, 0, 1),  # the participant's own beat, due since t=1
     ]
     for frame in out:
         v.receive_data(frame)

@@ -7,6 +7,7 @@ Commands (one module each)::
     registry  add, revoke or list participant keys              (keys.py)
     serve     run the demo venue                                (serve.py)
     connect   run the demo participant against a venue URL      (connect.py)
+    store     inspect or purge a session store file             (store.py)
 
 Shared: argument checks (args.py), one-line errors and exit codes (errors.py),
 logging and JSON output (output.py), signals (runtime.py), the session monitor
@@ -45,7 +46,7 @@ key or URL; 3 cannot listen (port in use, address not on this machine);
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import connect, demo, keys, serve
+    from . import connect, demo, keys, serve, store
 
     common = Parser(add_help=False)
     common.add_argument(
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_registry_parser(sub, common)
     serve.add_parser(sub, common)
     connect.add_parser(sub, common)
+    store.add_parser(sub, common)
     for action in sub.choices.values():
         action.epilog = ((action.epilog or "") + "\n\n" + EXIT_CODES).strip()
         action.formatter_class = argparse.RawDescriptionHelpFormatter

@@ -32,6 +32,7 @@ __all__ = [
     "Parser",
     "Subparsers",
     "Url",
+    "add_store_options",
     "add_timer_options",
     "check_file",
     "client_tls",
@@ -43,6 +44,7 @@ __all__ = [
     "positive_float",
     "public_key",
     "server_tls",
+    "store_from",
     "venue_url",
 ]
 
@@ -354,3 +356,37 @@ def config_from(args: argparse.Namespace, base: ts.SessionConfig | None = None) 
 def _field_to_option(match: re.Match[str]) -> str:
     field = match[1]
     return _option(field) if field in _CONFIG_FIELDS else match[0]
+
+
+# -- session store ------------------------------------------------------------------------
+
+
+def add_store_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--store PATH`` and ``--store-sync``."""
+    group = parser.add_argument_group("session store")
+    group.add_argument(
+        "--store",
+        metavar="PATH",
+        help=f"keep {what} in this SQLite file (created 0600), so that a restart, even "
+        "after kill -9, resumes them and loses no message (default: in memory only)",
+    )
+    group.add_argument(
+        "--store-sync",
+        choices=("normal", "full"),
+        default="normal",
+        help="normal: survives a process crash (default); full: also a power loss, "
+        "each write waits for the disk",
+    )
+
+
+def store_from(args: argparse.Namespace) -> ts.SqliteStore | None:
+    """The ``--store`` of the command line (checked when the command opens it)."""
+    path: str | None = args.store
+    if path is None:
+        return None
+    if os.path.isdir(path):
+        raise CliError(f"--store {path}: is a directory (expected a store file)")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise CliError(f"--store {path}: directory {directory} does not exist")
+    return ts.SqliteStore(path, synchronous=args.store_sync)

@@ -25,12 +25,14 @@ from .args import (
     Parser,
     Subparsers,
     Url,
+    add_store_options,
     add_timer_options,
     client_tls,
     config_from,
     load_identity,
     positive_float,
     public_key,
+    store_from,
     venue_url,
 )
 from .errors import EXIT_FAILED, EXIT_OK
@@ -86,6 +88,7 @@ def add_parser(sub: Subparsers, common: Parser) -> None:
     add_timer_options(
         p, ("heartbeat_interval", "heartbeat_timeout", "handshake_timeout", "ratchet_interval")
     )
+    add_store_options(p, "the session")
     add_output_options(p, json_help="print only one JSON object on stdout (progress on stderr)")
     p.set_defaults(run=run)
 
@@ -97,9 +100,10 @@ def run(args: argparse.Namespace) -> int:
     venue_key = public_key(args.venue_key, "--venue-key")
     config = config_from(args)
     policy = ts.RestartPolicy(max_outage=args.max_outage, max_delay=args.max_delay)
+    store = store_from(args)
     live = wants_live(args)
     start_logging(args, live=live)
-    participant = _Participant(url, identity, venue_key, config, policy, ssl_context)
+    participant = _Participant(url, identity, venue_key, config, policy, ssl_context, store)
     result = runtime.run(partial(participant.run, args.seconds, progress_stream(args), live))
     if args.json:
         emit_json(result.to_json())
@@ -118,6 +122,7 @@ class _Participant:
     config: ts.SessionConfig
     policy: ts.RestartPolicy
     ssl_context: ssl.SSLContext | None
+    store: ts.SqliteStore | None
 
     async def run(self, seconds: float, out: TextIO, live: bool) -> demo.DemoResult:
         board = demo.Scoreboard()
@@ -136,10 +141,10 @@ class _Participant:
                     messages=demo.Message,
                     ssl_context=self.ssl_context,
                     restart=self.policy,
+                    store=self.store,
                 ) as session:
                     connected = True
                     tracked = monitor.track(session, "participant")
-                    monitor.emit("connected", tracked, f"logged in to {self.url.text}")
                     with runtime.stop_here():  # Ctrl-C: stop trading and log out
                         await demo.run_participant(
                             session, seconds, board, on_reset=reset_reporter(monitor, tracked)

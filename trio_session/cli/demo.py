@@ -106,10 +106,6 @@ async def run_demo(
     registry.add(alice.key_id, alice.public_key)
     board = demo.Scoreboard()
     async with Monitor().running() as monitor:
-        if metrics_port is not None:
-            bound = await monitor.start(partial(serve_metrics, monitor, "127.0.0.1", metrics_port))
-            out.write(f"metrics on http://127.0.0.1:{bound}/metrics\n")
-            out.flush()
         server: ts.VenueServer = await monitor.start(
             partial(
                 ts.serve,
@@ -120,10 +116,14 @@ async def run_demo(
                 0,
                 config=demo.DEMO_CONFIG,
                 messages=demo.Message,
-                on_logout=monitor.on_logout,
-                on_session_lost=monitor.on_session_lost,
             )
         )
+        if metrics_port is not None:
+            bound = await monitor.start(
+                partial(serve_metrics, monitor, "127.0.0.1", metrics_port, server.stats)
+            )
+            out.write(f"metrics on http://127.0.0.1:{bound}/metrics\n")
+            out.flush()
         target = server.port
         proxy: FaultyProxy | None = None
         if faults:

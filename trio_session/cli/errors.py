@@ -1,8 +1,9 @@
 """Exit codes and one-line error reports.
 
 Why a module of its own: every command must end the same way — one line per real
-cause on stderr and a documented exit code — whatever raised.  Trio nurseries
-raise exception groups and the transport chains causes; a user needs neither, so
+cause on stderr and a documented exit code — whatever raised.  The library
+raises one typed error, but a signal can still reach the command inside a Trio
+nursery (as a group), and the transport chains causes; a user needs neither, so
 this module flattens groups to their leaves, drops cancellations, and names the
 innermost cause in plain words (``connection refused``, ``address already in
 use``) instead of a type-name chain.
@@ -11,7 +12,6 @@ use``) instead of a type-name chain.
 from __future__ import annotations
 
 import errno
-import re
 import signal
 import socket
 import ssl
@@ -108,15 +108,9 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
             todo.append(nxt)
 
 
-_GROUP_PART = re.compile(r"^(?:Base)?ExceptionGroup\b")
-
-
 def sanitize(text: str) -> str:
-    """One line, without the ``<- ExceptionGroup: …`` links some messages carry."""
-    parts = [p for p in text.replace("\r", " ").replace("\n", " ").split(" <- ")]
-    kept = [p for p in parts if not _GROUP_PART.match(p.strip())]
-    line = " <- ".join(kept) if kept else parts[0]
-    return re.sub(r"\((\d+) sub-exceptions?\)", "", line).strip()
+    """One line: a message that spans lines (an OS or TLS error may) is joined."""
+    return " ".join(text.split())
 
 
 _ERRNO_HINTS = {
@@ -161,7 +155,7 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, ts.SessionError):
         text = sanitize(str(exc)) or type(exc).__name__
         cause = exc.__cause__
-        if isinstance(cause, ts.SessionError):  # e.g. why the supervisor gave up
+        if isinstance(cause, ts.SessionError) and "last error:" not in text:  # why it gave up
             text = f"{text} (last error: {os_reason(cause) or sanitize(str(cause))})"
         elif isinstance(exc, (ts.ConnectionLost, ts.HandshakeTimeout)):
             why = os_reason(exc)
@@ -178,6 +172,8 @@ def describe(exc: BaseException) -> str:
 def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, CliError):
         return exc.exit_code
+    if isinstance(exc, ts.StoreError):  # a store file that cannot be used: a bad file
+        return EXIT_USAGE
     if isinstance(exc, ts.SessionError):
         return EXIT_FAILED
     if isinstance(exc, (ValueError, OSError)):

@@ -1,33 +1,35 @@
 """Prometheus metrics for operators: ``serve --metrics-port N`` (and ``demo``).
 
-Needs the ``metrics`` extra (prometheus-client).  Numbers come from a
-:class:`~trio_session.cli.monitor.Monitor`, i.e. from public objects only
-(sessions' ``stats``, the venue's hooks); they are computed when scraped, so a
-scrape costs nothing between scrapes.  Exposed:
+Needs the ``metrics`` extra (prometheus-client).  The venue's numbers come from
+:meth:`trio_session.VenueServer.stats`; the demo's participant's from the
+sessions a :class:`~trio_session.cli.monitor.Monitor` follows.  They are
+computed when scraped, so a scrape costs nothing between scrapes.  Exposed:
 
 * ``trio_session_sessions{role,state}``: sessions by state, now;
 * ``trio_session_sessions_opened_total{role}``, ``trio_session_logouts_total``,
   ``trio_session_sessions_lost_total`` (dead man's switch), ``trio_session_resets_total``,
   ``trio_session_slow_consumers_total``;
-* ``trio_session_messages_total{role,direction}`` and the other SessionStats
-  counters (resumes, connections, rekeys, ratchets, retransmitted, heartbeats,
-  STALE spells), ``trio_session_dropped_total{role,policy}``;
+* ``trio_session_messages_total{role,direction}``, ``trio_session_bytes_total{role,direction}``
+  and the other counters (resumes, connections, rekeys, ratchets, retransmitted,
+  heartbeats, STALE spells), ``trio_session_dropped_total{role,policy}``;
 * ``trio_session_queue_depth{role,direction}``, ``trio_session_unacked_messages{role}``;
 * ``trio_session_handshake_refusals_total{reason}``;
-* ``trio_session_rtt_seconds``: a histogram of heartbeat round trips.
+* ``trio_session_rtt_seconds``: a histogram of the sessions' round trips, sampled
+  by the monitor (heartbeats measure them, under traffic too).
 
 Served by a small Trio HTTP responder (GET ``/metrics``), so no thread ever
-reads a session while Trio changes it.  Bytes on the wire are not counted yet:
-sessions do not report them.
+reads a session while Trio changes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
+
+import trio_session as ts
 
 from .errors import EXIT_UNAVAILABLE, CliError, os_reason
 from .monitor import Monitor
@@ -61,6 +63,9 @@ _EVENT_HELP = {
     "slow_consumers": "Sessions closed because their peer did not read",
 }
 
+#: What the metrics need from one role, whatever its source: a flat mapping.
+Numbers = Mapping[str, Any]
+
 
 def require_prometheus() -> None:
     """Fail early, with the extra to install, when prometheus-client is missing."""
@@ -70,83 +75,137 @@ def require_prometheus() -> None:
         raise CliError(MISSING_EXTRA) from None
 
 
-class _MonitorCollector:
-    def __init__(self, monitor: Monitor) -> None:
+def venue_numbers(stats: ts.VenueStats) -> Numbers:
+    """The venue's numbers, from ``VenueServer.stats()``."""
+    return {
+        "sessions": dict(stats.sessions),
+        "opened": stats.sessions_opened,
+        "sent": stats.messages_sent,
+        "received": stats.messages_received,
+        **{
+            name: getattr(stats, name)
+            for name in (
+                *_COUNTER_HELP,
+                *_EVENT_HELP,
+                "bytes_sent",
+                "bytes_received",
+                "dropped",
+                "conflated",
+                "outbound_depth",
+                "inbound_depth",
+                "unacked",
+            )
+        },
+    }
+
+
+def participant_numbers(monitor: Monitor) -> Numbers | None:
+    """The demo participant's numbers, from the sessions the monitor follows."""
+    totals = monitor.counter_totals().get("participant")
+    if totals is None:
+        return None
+    states = monitor.states()
+    gauges = monitor.gauges().get("participant", {})
+    return {
+        "sessions": {state: n for (role, state), n in states.items() if role == "participant"},
+        "opened": monitor.opened["participant"],
+        **totals,
+        "resets": monitor.totals["resets"],
+        **{name: gauges.get(name, 0) for name in ("outbound_depth", "inbound_depth", "unacked")},
+    }
+
+
+class _Collector:
+    """Builds the metric families at each scrape from each role's numbers."""
+
+    def __init__(
+        self,
+        venue: Callable[[], ts.VenueStats] | None,
+        monitor: Monitor,
+    ) -> None:
+        self.venue = venue
         self.monitor = monitor
 
     def describe(self) -> list[Any]:
         return []  # computed per scrape; nothing to pre-declare
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        m = self.monitor
-        sessions = GaugeMetricFamily(
-            "trio_session_sessions", "Sessions by state", labels=["role", "state"]
-        )
-        for (role, state), n in sorted(m.states().items()):
-            sessions.add_metric([role, state], n)
-        yield sessions
-        opened = CounterMetricFamily(
-            "trio_session_sessions_opened", "Sessions started", labels=["role"]
-        )
-        for role, n in sorted(m.opened.items()):
-            opened.add_metric([role], n)
-        yield opened
-        for name, help_text in _EVENT_HELP.items():
-            yield CounterMetricFamily(f"trio_session_{name}", help_text, value=m.totals[name])
-        totals = m.counter_totals()
-        messages = CounterMetricFamily(
-            "trio_session_messages", "Application messages", labels=["role", "direction"]
-        )
-        dropped = CounterMetricFamily(
-            "trio_session_dropped",
-            "Outbound messages discarded by a send policy",
-            labels=["role", "policy"],
-        )
-        others = {
-            name: CounterMetricFamily(f"trio_session_{name}", text, labels=["role"])
-            for name, text in _COUNTER_HELP.items()
-        }
-        for role, counts in sorted(totals.items()):
-            messages.add_metric([role, "sent"], counts["sent"])
-            messages.add_metric([role, "received"], counts["received"])
-            dropped.add_metric([role, "drop_oldest"], counts["dropped"])
-            dropped.add_metric([role, "conflate"], counts["conflated"])
-            for name, family in others.items():
-                family.add_metric([role], counts[name])
-        yield messages
-        yield dropped
-        yield from others.values()
-        depth = GaugeMetricFamily(
-            "trio_session_queue_depth", "Messages queued", labels=["role", "direction"]
-        )
-        unacked = GaugeMetricFamily(
-            "trio_session_unacked_messages", "Sent, not yet acknowledged", labels=["role"]
-        )
-        for role, g in sorted(m.gauges().items()):
-            depth.add_metric([role, "outbound"], g["outbound_depth"])
-            depth.add_metric([role, "inbound"], g["inbound_depth"])
-            unacked.add_metric([role], g["unacked"])
-        yield depth
-        yield unacked
-        refusals = CounterMetricFamily(
-            "trio_session_handshake_refusals", "Handshakes refused", labels=["reason"]
-        )
-        for reason, n in sorted(m.refusals.items()):
-            refusals.add_metric([reason], n)
-        yield refusals
+        roles: dict[str, Numbers] = {}
+        stats = self.venue() if self.venue is not None else None
+        if stats is not None:
+            roles["venue"] = venue_numbers(stats)
+        participant = participant_numbers(self.monitor)
+        if participant is not None:
+            roles["participant"] = participant
+        yield from _families(roles)
+        if stats is not None:
+            yield from _venue_families(stats)
 
 
-def build_registry(monitor: Monitor) -> CollectorRegistry:
-    """A registry exposing ``monitor``'s numbers (and feeding its RTT histogram)."""
+def _families(roles: Mapping[str, Numbers]) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    def family(kind: Any, name: str, text: str, labels: list[str]) -> Any:
+        return kind(f"trio_session_{name}", text, labels=labels)
+
+    sessions = family(GaugeMetricFamily, "sessions", "Sessions by state", ["role", "state"])
+    opened = family(CounterMetricFamily, "sessions_opened", "Sessions started", ["role"])
+    messages = family(
+        CounterMetricFamily, "messages", "Application messages", ["role", "direction"]
+    )
+    frame_bytes = family(CounterMetricFamily, "bytes", "Frame bytes", ["role", "direction"])
+    dropped = family(
+        CounterMetricFamily,
+        "dropped",
+        "Outbound messages discarded by a send policy",
+        ["role", "policy"],
+    )
+    others = {n: family(CounterMetricFamily, n, t, ["role"]) for n, t in _COUNTER_HELP.items()}
+    depth = family(GaugeMetricFamily, "queue_depth", "Messages queued", ["role", "direction"])
+    unacked = family(GaugeMetricFamily, "unacked_messages", "Sent, not yet acknowledged", ["role"])
+    for role, n in sorted(roles.items()):
+        for state, count in sorted(n["sessions"].items()):
+            if count:
+                sessions.add_metric([role, state], count)
+        opened.add_metric([role], n["opened"])
+        for direction in ("sent", "received"):
+            messages.add_metric([role, direction], n[direction])
+            frame_bytes.add_metric([role, direction], n[f"bytes_{direction}"])
+        dropped.add_metric([role, "drop_oldest"], n["dropped"])
+        dropped.add_metric([role, "conflate"], n["conflated"])
+        for name, fam in others.items():
+            fam.add_metric([role], n[name])
+        depth.add_metric([role, "outbound"], n["outbound_depth"])
+        depth.add_metric([role, "inbound"], n["inbound_depth"])
+        unacked.add_metric([role], n["unacked"])
+    yield from (sessions, opened, messages, frame_bytes, dropped, *others.values(), depth, unacked)
+
+
+def _venue_families(stats: ts.VenueStats) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily
+
+    for name, help_text in _EVENT_HELP.items():
+        yield CounterMetricFamily(f"trio_session_{name}", help_text, value=getattr(stats, name))
+    refusals = CounterMetricFamily(
+        "trio_session_handshake_refusals", "Handshakes refused", labels=["reason"]
+    )
+    for reason, count in sorted(stats.handshake_refusals.items()):
+        refusals.add_metric([reason], count)
+    yield refusals
+
+
+def build_registry(
+    monitor: Monitor, venue: Callable[[], ts.VenueStats] | None = None
+) -> CollectorRegistry:
+    """A registry exposing ``venue()``'s and ``monitor``'s numbers (and feeding its
+    RTT histogram from the monitor's samples)."""
     from prometheus_client import CollectorRegistry, Histogram
 
     registry = CollectorRegistry()
-    registry.register(_MonitorCollector(monitor))
+    registry.register(_Collector(venue, monitor))
     rtt = Histogram(
         "trio_session_rtt_seconds",
-        "Heartbeat round-trip time",
+        "Session round-trip time (heartbeats)",
         buckets=RTT_BUCKETS,
         registry=registry,
     )
@@ -158,12 +217,16 @@ async def serve_metrics(
     monitor: Monitor,
     host: str,
     port: int,
+    venue: Callable[[], ts.VenueStats] | None = None,
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``GET /metrics`` on ``host:port``; ``nursery.start`` returns the bound port."""
+    """Serve ``GET /metrics`` on ``host:port``; ``nursery.start`` returns the bound port.
+
+    ``venue`` is a venue's ``stats`` method (the venue's numbers), if any.
+    """
     require_prometheus()
-    registry = build_registry(monitor)
+    registry = build_registry(monitor, venue)
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:

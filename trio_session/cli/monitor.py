@@ -2,15 +2,17 @@
 
 One :class:`Monitor` per command.  It follows each session it is given with
 :meth:`~trio_session.Session.transitions` (edge-triggered, so a STALE spell
-shorter than any refresh is still seen), samples :attr:`~trio_session.Session.stats`
-a few times a second for rates and RTT, and turns what it sees into lifecycle
-events: structured log lines (``event=stale session=…``), a short history for
-the live view, and running totals for the metrics.  It keeps the final counters
-of sessions that ended, so totals never go backwards.
+shorter than any refresh is still seen) and samples
+:attr:`~trio_session.Session.stats` a few times a second, for the live view's
+rows (states, rates, RTT) and the participant's metrics.
 
-Everything here reads public objects (``Session``, ``SessionStats``, the
-``on_logout``/``on_session_lost`` hooks of :func:`trio_session.serve`); a future
-``VenueServer.stats()`` can feed the same totals.
+The lifecycle events themselves (login, stale, resuming, live, logout, the dead
+man's switch, refused handshakes, ...) are the library's own structured log
+records: :class:`LibraryEvents` copies them into the monitor's event list for
+the live view, and the logfmt handler prints them.  The monitor adds only what
+the library cannot know: the outage reports of a command that waits, and the
+application's view of a reset (which orders had no answer).  The venue's totals
+come from :meth:`trio_session.VenueServer.stats`.
 """
 
 from __future__ import annotations
@@ -26,39 +28,15 @@ import trio
 
 import trio_session as ts
 
-from .errors import describe
-from .output import EventLog
+from .._venue_stats import COUNTED
+from .output import EventLog, is_cli_record, is_reported_by_cli
 
 __all__ = ["COUNTERS", "Event", "Monitor", "Tracked"]
 
-#: Cumulative SessionStats fields summed into totals.
-COUNTERS = (
-    "sent",
-    "received",
-    "resumes",
-    "connections",
-    "rekeys",
-    "ratchets",
-    "retransmitted",
-    "dropped",
-    "conflated",
-    "heartbeats_sent",
-    "stale_spells",
-)
+#: Cumulative SessionStats fields summed into totals (the venue's stats() sums the same).
+COUNTERS = COUNTED
 
 _DOWN = (ts.State.STALE, ts.State.RESUMING)
-
-
-def final_counts(stats: ts.SessionStats) -> dict[str, Any]:
-    """The counters worth a field on a session's last log line."""
-    return {
-        "sent": stats.sent,
-        "received": stats.received,
-        "resumes": stats.resumes,
-        "stale_spells": stats.stale_spells,
-        "rekeys": stats.rekeys,
-        "ratchets": stats.ratchets,
-    }
 
 
 @attrs.frozen
@@ -99,7 +77,7 @@ class Tracked:
 
 
 class Monitor:
-    """Follow sessions, log their lifecycle, keep totals (see the module docstring)."""
+    """Follow sessions for the view and the participant's totals (see the module docstring)."""
 
     def __init__(
         self,
@@ -114,14 +92,12 @@ class Monitor:
         #: The last sessions that ended, for display (not counted anywhere).
         self.ended: collections.deque[Tracked] = collections.deque(maxlen=5)
         self.events: collections.deque[Event] = collections.deque(maxlen=keep_events)
-        #: Event counts: logouts, sessions_lost, resets, slow_consumers.
+        #: Event counts of this command's own making: resets (as the application saw them).
         self.totals: collections.Counter[str] = collections.Counter()
         #: SessionStats counters of ended sessions, by role.
         self.retired: dict[str, collections.Counter[str]] = collections.defaultdict(
             collections.Counter
         )
-        #: Handshakes the venue refused, by close code name.
-        self.refusals: collections.Counter[str] = collections.Counter()
         #: Called with each new RTT sample, in seconds (the metrics' histogram).
         self.rtt_observers: list[Callable[[float], None]] = []
         self.log = EventLog()
@@ -134,21 +110,23 @@ class Monitor:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Monitor]:
-        """Follow and sample sessions for the block; its tasks end with it.
+        """Follow and sample sessions, and list the library's events, for the block;
+        its tasks end with it.
 
         An exception from the block leaves as itself (outside the nursery), so a
         command never sees an exception group from here.
         """
         self._started = trio.current_time()
         failure: BaseException | None = None
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._sample_forever)
-            try:
-                yield self
-            except BaseException as exc:
-                failure = exc
-            nursery.cancel_scope.cancel()
+        with LibraryEvents(self):
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._sample_forever)
+                try:
+                    yield self
+                except BaseException as exc:
+                    failure = exc
+                nursery.cancel_scope.cancel()
         self._nursery = None
         if failure is not None:
             raise failure
@@ -184,40 +162,13 @@ class Monitor:
     def tracking(
         self, handler: Callable[[ts.Session], Awaitable[None]]
     ) -> Callable[[ts.Session], Awaitable[None]]:
-        """Wrap a venue handler so that every session it serves is tracked (a login)."""
+        """Wrap a venue handler so that every session it serves is tracked."""
 
         async def tracked_handler(session: ts.Session) -> None:
             self.track(session, "venue")
-            self.emit("login", None, f"participant {session.key_id} logged in", session=session)
             await handler(session)
 
         return tracked_handler
-
-    # -- venue hooks -------------------------------------------------------------------
-
-    def on_logout(self, session: ts.Session) -> None:
-        """``serve(on_logout=…)``: the participant closed its session gracefully."""
-        self.totals["logouts"] += 1
-        self.emit(
-            "logout",
-            None,
-            f"participant {session.key_id} logged out",
-            session=session,
-            **final_counts(session.stats),
-        )
-
-    def on_session_lost(self, session: ts.Session) -> None:
-        """``serve(on_session_lost=…)``: the dead man's switch fired."""
-        self.totals["sessions_lost"] += 1
-        reason = describe(session.error) if session.error is not None else "ended"
-        self.emit(
-            "dead_mans_switch",
-            None,
-            f"participant {session.key_id} lost: {reason}; cancel its orders",
-            level=logging.WARNING,
-            session=session,
-            **final_counts(session.stats),
-        )
 
     # -- events ------------------------------------------------------------------------
 
@@ -251,66 +202,20 @@ class Monitor:
         self._retire(t)
 
     def _on_state(self, t: Tracked, state: ts.State) -> None:
+        """Keep what the view and the outage reports need (the library logs the events)."""
         now = trio.current_time()
         previous, t.state, t.state_since = t.state, state, now
         if len(t.history) < 10_000:
             t.history.append((now - self._started, state.value))
-        if state is ts.State.STALE:
-            self._stale(t, previous, now)
+        if state is ts.State.STALE and previous is not ts.State.RESUMING:
+            t.down_since = t.reported_at = now  # a new outage
+            t.attempts = 0
+            t.stats_at_loss = t.session.stats
         elif state is ts.State.RESUMING:
-            first = t.attempts == 0
             t.attempts += 1
-            where = "the venue" if t.role == "participant" else "the participant"
-            self.emit(
-                "resuming",
-                t,
-                f"reconnecting to {where} (attempt {t.attempts})",
-                level=logging.INFO if first else logging.DEBUG,
-                attempt=t.attempts,
-            )
-        elif state is ts.State.LIVE and t.down_since is not None:
-            self._back(t, now)
-        elif state is ts.State.CLOSED:
-            self._closed(t)
-
-    def _stale(self, t: Tracked, previous: ts.State, now: float) -> None:
-        if t.down_since is not None:  # another failed attempt within the same outage
-            self.emit("retry_failed", t, "reconnection attempt failed", level=logging.DEBUG)
-            return
-        t.down_since = now
-        t.reported_at = now
-        t.attempts = 0
-        t.stats_at_loss = stats = t.session.stats
-        if t.role == "participant":
-            text = "connection to the venue lost; data is stale, resuming"
-        else:
-            text = f"connection of participant {t.session.key_id} lost; awaiting its resume"
-        self.emit("stale", t, text, level=logging.WARNING, unacked=stats.unacked)
-
-    def _back(self, t: Tracked, now: float) -> None:
-        assert t.down_since is not None
-        outage = now - t.down_since
-        before = t.stats_at_loss
-        stats = t.session.stats
-        resumed = before is not None and stats.resumes > before.resumes
-        how = "resumed" if resumed else "live on a new session"
-        self.emit("live", t, f"{how} after {outage:.3f}s", outage_s=round(outage, 3))
-        t.down_since = None
-        t.attempts = 0
-
-    def _closed(self, t: Tracked) -> None:
-        err = t.session.error
-        if err is not None and err.code is ts.CloseCode.SLOW_CONSUMER:
-            self.totals["slow_consumers"] += 1
-            self.emit("slow_consumer", t, describe(err), level=logging.WARNING)
-        counts = final_counts(t.session.stats)
-        if t.role == "venue":  # the hooks report logouts and losses
-            text = describe(err) if err else "closed"
-            self.emit("closed", t, text, level=logging.DEBUG, **counts)
-        elif err is None:
-            self.emit("closed", t, "session closed (logged out)", **counts)
-        else:
-            self.emit("closed", t, describe(err), level=logging.WARNING, **counts)
+        elif state is ts.State.LIVE:
+            t.down_since = None
+            t.attempts = 0
 
     def _retire(self, t: Tracked) -> None:
         if self.sessions.pop(id(t.session), None) is None:
@@ -342,15 +247,6 @@ class Monitor:
             dt = max(now - t.sampled_at, 1e-9)
             t.sent_rate = (new.sent - old.sent) / dt
             t.received_rate = (new.received - old.received) / dt
-            if new.rekeys != old.rekeys:
-                self.emit(
-                    "rekey",
-                    t,
-                    "keys rotated",
-                    level=logging.DEBUG,
-                    rekeys=new.rekeys,
-                    ratchets=new.ratchets,
-                )
             if new.rtt is not None and (
                 new.rtt != old.rtt or new.heartbeats_sent != old.heartbeats_sent
             ):
@@ -400,28 +296,32 @@ class Monitor:
         return collections.Counter((t.role, t.session.state.value) for t in self.sessions.values())
 
 
-class RefusalCounter(logging.Handler):
-    """Counts handshakes the venue refused, by close code, from the library's log.
+class LibraryEvents(logging.Handler):
+    """Copies the library's lifecycle records (those with an ``event``) into a
+    monitor's event list, for the live view.
 
-    A stopgap until the library reports refusals itself: the venue logs each
-    refused handshake (at WARNING, under the ``trio_session`` logger) with the typed
-    error among the record's arguments; its ``code`` names the reason.
+    Records of the CLI's own logger are left out (``Monitor.emit`` lists those
+    itself), and so is the participant's ``reset``: the command reports it with
+    the application's view (:func:`~trio_session.cli.participant.reset_reporter`).
     """
 
     def __init__(self, monitor: Monitor) -> None:
-        super().__init__(logging.WARNING)
+        super().__init__(logging.INFO)
         self.monitor = monitor
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not str(record.msg).startswith("handshake"):
+        event = getattr(record, "event", None)
+        if event is None or is_cli_record(record) or is_reported_by_cli(record):
             return
-        args = record.args if isinstance(record.args, tuple) else ()
-        for arg in args:
-            if isinstance(arg, ts.SessionError):
-                self.monitor.refusals[arg.code.name] += 1
-                return
+        fields = getattr(record, "fields", None) or {}
+        sid = str(getattr(record, "session_id", "-"))
+        text = record.getMessage().removeprefix(f"[session {sid}] ")
+        m = self.monitor
+        m.events.append(
+            Event(m.elapsed(), str(event), str(fields.get("role", "-")), sid, text, record.levelno)
+        )
 
-    def __enter__(self) -> RefusalCounter:
+    def __enter__(self) -> LibraryEvents:
         logging.getLogger("trio_session").addHandler(self)
         return self
 

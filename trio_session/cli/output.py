@@ -20,7 +20,16 @@ from typing import Any, TextIO
 
 from .errors import leaves, sanitize
 
-__all__ = ["LEVELS", "EventLog", "LogfmtFormatter", "emit_json", "event_log", "setup_logging"]
+__all__ = [
+    "LEVELS",
+    "EventLog",
+    "LogfmtFormatter",
+    "emit_json",
+    "event_log",
+    "is_cli_record",
+    "is_reported_by_cli",
+    "setup_logging",
+]
 
 LEVELS = ("debug", "info", "warning", "error")
 
@@ -91,12 +100,13 @@ _handler: _StderrHandler | None = None
 def setup_logging(level: str) -> None:
     """Route log records at ``level`` and above to stderr, as logfmt.
 
-    ``level`` applies to the CLI's lifecycle events; the library's own records
-    (``trio_session.*``: each reconnection attempt, each handshake) show from
-    WARNING up, and all of them at ``debug``.  Loggers stay at WARNING or below
-    whatever ``level`` says, so that observers of warnings (the metrics'
-    handshake-refusal counter) see them even under ``--log-level error``; only
-    the terminal handler filters.
+    ``level`` applies to lifecycle events: the library's structured records
+    (login, stale, resuming, live, logout, the dead man's switch, refused
+    handshakes, ...) and the CLI's own (outage reports, resets as the
+    application saw them).  The library's other records show from WARNING up,
+    and all of them at ``debug``.  The library's loggers stay at INFO or below
+    whatever ``level`` says, so that the live view lists the lifecycle events
+    even under ``--log-level warning``; only the terminal handler filters.
     """
     global _handler
     numeric = getattr(logging, level.upper())
@@ -110,15 +120,33 @@ def setup_logging(level: str) -> None:
         _handler.addFilter(_LibraryFromWarning())
     root.addHandler(_handler)
     root.setLevel(logging.WARNING)
-    logging.getLogger("trio_session").setLevel(min(numeric, logging.WARNING))
+    logging.getLogger("trio_session").setLevel(min(numeric, logging.INFO))
     event_log.setLevel(numeric)
 
 
 class _LibraryFromWarning(logging.Filter):
+    """Lifecycle events at the chosen level, the library's other records from WARNING;
+    not the participant's reset, which the command reports itself (with the orders)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        name = record.name
-        ours = name == event_log.name or name.startswith(event_log.name + ".")
-        return ours or record.levelno >= logging.WARNING
+        if is_reported_by_cli(record):
+            return False
+        return getattr(record, "event", None) is not None or record.levelno >= logging.WARNING
+
+
+def is_cli_record(record: logging.LogRecord) -> bool:
+    """A record of the CLI's own lifecycle logger."""
+    name = record.name
+    return name == event_log.name or name.startswith(event_log.name + ".")
+
+
+def is_reported_by_cli(record: logging.LogRecord) -> bool:
+    """The library's record of a participant's reset: the command reports that reset
+    itself, with the application's view (the orders in doubt)."""
+    if getattr(record, "event", None) != "reset" or is_cli_record(record):
+        return False
+    fields = getattr(record, "fields", None) or {}
+    return fields.get("role") == "participant"
 
 
 class EventLog:

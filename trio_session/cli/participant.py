@@ -1,10 +1,10 @@
 """What ``connect`` and ``demo`` share: the participant's progress and its reports.
 
-A SessionReset is reported as one warning naming what was in doubt: the orders
-that had no execution report (exact, from the application's point of view) and
-the messages the session had not seen acknowledged when the connection dropped
-(``SessionStats.unacked``).  ``in_doubt_seqs`` is the slot for the sequence
-numbers themselves, once SessionReset carries them.
+A SessionReset is reported as one warning naming what was in doubt: the
+messages the venue never acknowledged, with their sequence numbers (from
+``SessionReset.in_doubt``: it may or may not have them), and the orders that had
+no execution report (the application's view: the venue had some of them, but
+its answer was lost).
 """
 
 from __future__ import annotations
@@ -43,28 +43,25 @@ def id_ranges(ids: list[int], limit: int = 8) -> str:
     return text + (",…" if len(spans) > limit else "") if text else "none"
 
 
-def _in_doubt_seqs(exc: ts.SessionReset) -> list[int] | None:
-    """Sequence numbers of the messages the reset left in doubt, when the error carries
-    them (SessionReset does not yet; the line shows the counts meanwhile)."""
-    return None
-
-
 def reset_reporter(monitor: Monitor, tracked: Tracked) -> demo.ResetHook:
     """An ``on_reset`` hook for :func:`trio_session.demo.run_participant`."""
 
     def on_reset(exc: ts.SessionReset, doubtful: list[int]) -> None:
         before = tracked.stats_at_loss
+        seqs = [m.seq for m in exc.in_doubt]
         fields: dict[str, Any] = {
+            "in_doubt": len(seqs),
+            "in_doubt_seqs": id_ranges(seqs),
+            "last_delivered_seq": exc.last_delivered_seq,
             "orders_unanswered": len(doubtful),
             "client_ids": id_ranges(doubtful),
             "unacked_at_loss": before.unacked if before is not None else None,
-            "in_doubt_seqs": _in_doubt_seqs(exc),
         }
-        sent = "" if before is None else f"{before.unacked} messages sent but unacknowledged, "
         monitor.reset(
             tracked,
             f"the venue could not resume the session; continuing on new session "
-            f"{tracked.session_id}; in doubt: {sent}{len(doubtful)} orders without a report "
+            f"{tracked.session_id}; in doubt: {len(seqs)} messages sent but never "
+            f"acknowledged (seq {id_ranges(seqs)}), {len(doubtful)} orders without a report "
             "(queued ones go out on the new session; the summary counts the rest): reconcile",
             **fields,
         )

@@ -26,17 +26,19 @@ from .args import (
     TIMER_FIELDS,
     Parser,
     Subparsers,
+    add_store_options,
     add_timer_options,
     config_from,
     load_identity,
     load_registry,
     port,
     server_tls,
+    store_from,
 )
-from .errors import EXIT_OK, EXIT_UNAVAILABLE, CliError, leaves, os_reason
+from .errors import EXIT_OK, EXIT_UNAVAILABLE, CliError, os_reason
 from .live import open_view
 from .metrics import require_prometheus, serve_metrics
-from .monitor import Monitor, RefusalCounter
+from .monitor import Monitor
 from .output import add_output_options, emit_json, progress_stream, start_logging, wants_live
 
 __all__ = ["add_parser", "messages_help"]
@@ -97,6 +99,7 @@ def add_parser(sub: Subparsers, common: Parser) -> None:
         help="serve Prometheus metrics on --host:N (0: any free port; needs the metrics extra)",
     )
     add_timer_options(p, TIMER_FIELDS)
+    add_store_options(p, "the venue's sessions")
     add_output_options(
         p, json_help="print the listening address as one JSON line on stdout (progress on stderr)"
     )
@@ -108,11 +111,12 @@ def run(args: argparse.Namespace) -> int:
     registry = load_registry(args.registry)
     ssl_context = server_tls(args.tls_cert, args.tls_key)
     config = config_from(args)
+    store = store_from(args)
     if args.metrics_port is not None:
         require_prometheus()
     live = wants_live(args)
     start_logging(args, live=live)
-    venue = _Venue(args, identity, registry, config, ssl_context, live)
+    venue = _Venue(args, identity, registry, config, ssl_context, live, store)
     runtime.run(venue.run)  # until a signal: Stopped is reported by main()
     return EXIT_OK
 
@@ -127,40 +131,40 @@ class _Venue:
     config: ts.SessionConfig
     ssl_context: ssl.SSLContext | None
     live: bool
+    store: ts.SqliteStore | None
 
     async def run(self) -> None:
         args = self.args
         out = progress_stream(args)
         async with Monitor().running() as monitor:
-            with RefusalCounter(monitor):
-                server = await self._listen(monitor)
-                scheme = "wss" if self.ssl_context else "ws"
-                url = f"{scheme}://{_host_for_url(args.host)}:{server.port}/"
-                info: dict[str, object] = {
-                    "event": "listening",
-                    "url": url,
-                    "key_id": self.identity.key_id,
-                    "public_key": self.identity.public_key_hex,
-                }
-                if args.metrics_port is not None:
-                    bound = await monitor.start(
-                        partial(serve_metrics, monitor, args.host, args.metrics_port)
-                    )
-                    info["metrics"] = f"http://{_host_for_url(args.host)}:{bound}/metrics"
-                if args.json:
-                    emit_json(info)
-                else:
-                    out.write(f"venue {self.identity.key_id} listening on {url}\n")
-                    out.write(f"venue public key {self.identity.public_key_hex}\n")
-                    if "metrics" in info:
-                        out.write(f"metrics on {info['metrics']}\n")
-                    out.flush()
-                monitor.log("listening", f"venue listening on {url}", url=url)
-                header = partial(_header, monitor, url)
-                monitor.start_soon(
-                    open_view(monitor, out, live=self.live, header=header, every=10.0).run
+            server = await self._listen(monitor)
+            scheme = "wss" if self.ssl_context else "ws"
+            url = f"{scheme}://{_host_for_url(args.host)}:{server.port}/"
+            info: dict[str, object] = {
+                "event": "listening",
+                "url": url,
+                "key_id": self.identity.key_id,
+                "public_key": self.identity.public_key_hex,
+            }
+            if args.metrics_port is not None:
+                bound = await monitor.start(
+                    partial(serve_metrics, monitor, args.host, args.metrics_port, server.stats)
                 )
-                await trio.sleep_forever()
+                info["metrics"] = f"http://{_host_for_url(args.host)}:{bound}/metrics"
+            if args.json:
+                emit_json(info)
+            else:
+                out.write(f"venue {self.identity.key_id} listening on {url}\n")
+                out.write(f"venue public key {self.identity.public_key_hex}\n")
+                if "metrics" in info:
+                    out.write(f"metrics on {info['metrics']}\n")
+                out.flush()
+            monitor.log("listening", f"venue listening on {url}", url=url)
+            header = partial(_header, server, url)
+            monitor.start_soon(
+                open_view(monitor, out, live=self.live, header=header, every=10.0).run
+            )
+            await trio.sleep_forever()
 
     async def _listen(self, monitor: Monitor) -> ts.VenueServer:
         args = self.args
@@ -176,16 +180,12 @@ class _Venue:
                     config=self.config,
                     messages=demo.Message,
                     ssl_context=self.ssl_context,
-                    on_logout=monitor.on_logout,
-                    on_session_lost=monitor.on_session_lost,
+                    store=self.store,
                 )
             )
-        except (OSError, BaseExceptionGroup) as exc:
-            errors = [e for e in leaves(exc) if isinstance(e, OSError)]
-            if not errors:
-                raise
+        except OSError as exc:  # ts.serve raises it as itself, never in a group
             raise CliError(
-                f"cannot listen on {args.host}:{args.port}: {os_reason(errors[0])} (--host/--port)",
+                f"cannot listen on {args.host}:{args.port}: {os_reason(exc)} (--host/--port)",
                 EXIT_UNAVAILABLE,
             ) from None
         return server
@@ -195,12 +195,12 @@ def _host_for_url(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _header(monitor: Monitor, url: str) -> str:
-    states = monitor.states()
-    live = sum(n for (_, state), n in states.items() if state == "live")
-    away = sum(n for (_, state), n in states.items() if state != "live")
-    refused = sum(monitor.refusals.values())
+def _header(server: ts.VenueServer, url: str) -> str:
+    stats = server.stats()
+    live = stats.sessions.get("live", 0)
+    away = sum(n for state, n in stats.sessions.items() if state != "live")
+    refused = sum(stats.handshake_refusals.values())
     return (
-        f"venue on {url}: {live} live, {away} away, {monitor.totals['logouts']} logouts, "
-        f"{monitor.totals['sessions_lost']} lost, {refused} refused handshakes"
+        f"venue on {url}: {live} live, {away} away, {stats.logouts} logouts, "
+        f"{stats.sessions_lost} lost, {refused} refused handshakes"
     )

@@ -307,16 +307,18 @@ def message_credit(config: SessionConfig) -> int:
 def credit_window(record: SessionRecord | None, config: SessionConfig) -> int:
     """The window the reference grants now (docs/protocol.md, "Flow control").
 
-    ``consumed + credit``, but never more than the messages of ``max_message_size``
-    that still fit in ``inbound_max_bytes`` next to the bytes already held: however
-    large the messages the peer sends, what it may park here stays within the
-    budget, and the wire format is unchanged (the peer just follows the window).
+    ``base + credit`` (the base: what the application consumed, or with a durable
+    store what it committed), but never more than the messages of
+    ``max_message_size`` that still fit in ``inbound_max_bytes`` next to the bytes
+    already held: however large the messages the peer sends, what it may park here
+    stays within the budget, and the wire format is unchanged (the peer just
+    follows the window).
     """
     credit = message_credit(config)
     if record is None:
         return credit
     room = max(0, config.inbound_max_bytes - record.rx_held_bytes) // config.max_message_size
-    return min(record.rx_consumed + credit, record.next_rx_seq + room)
+    return min(record.credit_base + credit, record.rx_held_until + room)
 
 
 class Flow:
@@ -367,7 +369,7 @@ class Flow:
         self.state = FlowState.STREAMING
         #: The credit we granted (exclusive data seq limit) and the ack we last sent.
         self.adv_window = credit_window(record, config)
-        self.ack_sent = record.next_rx_seq
+        self.ack_sent = record.ack_position
         #: When the oldest unacknowledged received data arrived (delayed ack).
         self.unacked_since: float | None = None
         #: An ACK is owed even below the thresholds (the venue confirms a handshake).
@@ -403,17 +405,23 @@ class Flow:
     def grant(self) -> tuple[int, int]:
         """(ack, window) to advertise now; records them as sent."""
         record = self.record
-        window = record.rx_consumed + self._credit
+        stable = record.rx_stable
+        if stable is None:
+            ack = record.next_rx_seq
+            window = record.rx_consumed + self._credit
+        else:  # durable store: only what the application committed and the store holds
+            ack = stable
+            window = stable + self._credit
         room = (self._inbound_max_bytes - record.rx_held_bytes) // self._max_message_size
-        limit = record.next_rx_seq + max(0, room)  # the byte budget (credit_window)
+        limit = record.rx_held_until + max(0, room)  # the byte budget (credit_window)
         if window > limit:
             window = limit
         if window < self.adv_window:
             window = self.adv_window
         self.adv_window = window
-        self.ack_sent = record.next_rx_seq
+        self.ack_sent = ack
         self.unacked_since = None
-        return record.next_rx_seq, window
+        return ack, window
 
     def send_window(self) -> int:
         """How many messages may be sent now: the peer's credit and our replay room."""
@@ -491,16 +499,24 @@ class Flow:
         """Whether a separate ACK is worth a frame (docs/protocol.md, "Flow control")."""
         record = self.record
         cap = self._credit
-        if record.next_rx_seq - self.ack_sent >= max(1, cap // 4):
+        if record.ack_position - self.ack_sent >= max(1, cap // 4):
             return True
         if self.unacked_since is not None and now >= self.unacked_since + ACK_DELAY:
             return True
-        return record.rx_consumed + cap - self.adv_window >= max(1, cap // 2)
+        return record.credit_base + cap - self.adv_window >= max(1, cap // 2)
+
+    def stable_advanced(self, now: float) -> bool:
+        """Durable store: ``rx_stable`` grew.  Returns whether an ACK is due now;
+        otherwise the delayed ack carries it within 20 ms."""
+        if self.unacked_since is None and self.record.ack_position > self.ack_sent:
+            self.unacked_since = now
+        return self.ack_due(now)
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def accept_data(self, seq: int, flags: int, body: memoryview) -> MessagesReceived:
-        """Decode an opened DATA frame: credit, sizes, then deliver."""
+    def accept_data(self, seq: int, flags: int, body: memoryview) -> MessagesReceived | None:
+        """Decode an opened DATA frame: credit, sizes, then deliver (None when every
+        message in it is a retransmitted copy of one already held)."""
         data = decode_body(FrameType.DATA, body, Data)
         n = len(data.msgs)
         if n == 0:
@@ -517,12 +533,23 @@ class Flow:
             if lm > limit:
                 raise FrameError(f"message of {lm} bytes exceeds max_message_size", remote=True)
             nbytes += lm
-        self.record.received(seq + n, nbytes)
+        record = self.record
+        record.next_rx_seq = seq + n
         if self.unacked_since is None:
             self.unacked_since = self._clock()
         self.peer_grant(data.ack, data.window)
+        msgs = data.msgs
+        held = record.rx_dedup - seq
+        if held > 0:  # after a resume that offered less than we held (Record.resume_at)
+            if held >= n:
+                return None
+            nbytes -= sum(map(len, msgs[:held]))
+            seq += held
+            msgs = msgs[held:]
+            n -= held
         self.stats.messages_received += n
-        return MessagesReceived(seq, data.msgs, flags == FLAG_SYSTEM, nbytes)
+        record.hold(seq + n, nbytes)
+        return MessagesReceived(seq, msgs, flags == FLAG_SYSTEM, nbytes)
 
     def accept_ack(self, body: memoryview) -> None:
         ack = decode_body(FrameType.ACK, body, Ack)

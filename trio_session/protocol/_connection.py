@@ -189,6 +189,11 @@ class Connection(abc.ABC):
         """Seconds of silence after which the peer is declared dead."""
         return self._liveness.timeout
 
+    @property
+    def stale_after(self) -> float:
+        """Seconds of silence after which the peer is reported silent (STALE)."""
+        return self._liveness.stale_after
+
     # -- receiving -----------------------------------------------------------------------------
 
     def receive_data(self, frame: bytes) -> list[Event]:
@@ -220,7 +225,10 @@ class Connection(abc.ABC):
         except SessionError as exc:
             self._fail(exc)
             raise
-        self._liveness.last_rx = self._clock()
+        liveness = self._liveness
+        liveness.last_rx = self._clock()
+        if liveness.silent:
+            liveness.heard()
         stats = self.stats
         stats.frames_received += 1
         stats.bytes_received += len(frame)
@@ -233,6 +241,8 @@ class Connection(abc.ABC):
         frame_type, flags, seq, body = channel.open(frame)
         if frame_type is FrameType.DATA:
             event = flow.accept_data(seq, flags, body)
+            if event is None:
+                return []
             self._rekey.count_messages(len(event.payloads))
             return [event]
         if self._meter is not None:
@@ -289,6 +299,9 @@ class Connection(abc.ABC):
         self._meter = ControlMeter(rate, self._clock())
         # Validates the peer's resume position before the record changes.
         retransmit = flow.resume_from(result.peer_next_rx, result.peer_window)
+        if result.rx_resume is not None:  # the peer retransmits from what we offered
+            record.resume_at(result.rx_resume)
+            flow.ack_sent = record.ack_position
         self.state = _OPEN
         self._handshake.commit(result, chains.resume, channel, flow)
         if result.reply:
@@ -339,7 +352,8 @@ class Connection(abc.ABC):
         frame = flow.send_data(payloads, FLAG_SYSTEM if system else 0)
         if self._meter is not None:
             self._meter.earn(2)  # the peer may acknowledge it on arrival and on consumption
-        self._liveness.last_tx = self._clock()
+        liveness = self._liveness
+        liveness.last_tx = liveness.last_data_tx = self._clock()
         self._rekey.count_messages(len(payloads))
         return frame
 
@@ -353,6 +367,30 @@ class Connection(abc.ABC):
         self.session.consume(n)
         flow = self._flow
         return self.state is _OPEN and flow is not None and flow.ack_due(self._clock())
+
+    def ack_soon(self) -> bool:
+        """Start the delayed-ack clock if it is not running (a durable store has a
+        commit to acknowledge once stored).  Returns True when it was started."""
+        flow = self._flow
+        if self.state is not _OPEN or flow is None or flow.unacked_since is not None:
+            return False
+        flow.unacked_since = self._clock()
+        return True
+
+    def messages_committed(self, stable: int) -> bool:
+        """Durable store: the application's messages below ``stable`` are committed and
+        recorded, so they may now be acknowledged (``SessionRecord.rx_stable``).
+
+        Returns True when an ACK frame became due (wake the writer); otherwise the
+        delayed ack sends it (see :meth:`heartbeat_deadline`).
+        """
+        record = self.session
+        if record is None:
+            return False
+        if record.rx_stable is None or stable > record.rx_stable:
+            record.rx_stable = stable
+        flow = self._flow
+        return self.state is _OPEN and flow is not None and flow.stable_advanced(self._clock())
 
     def close(
         self,
@@ -384,13 +422,25 @@ class Connection(abc.ABC):
         flow = self._flow
         return self._liveness.deadline(flow.unacked_since if flow is not None else None)
 
-    def handle_heartbeat_timer(self) -> None:
-        """Send a heartbeat when idle, probe a silent peer, fail a dead one.
+    def handle_heartbeat_timer(self) -> bool:
+        """Note a silent peer, fail a dead one (the writer then sends what is due).
 
-        Raises HeartbeatTimeout when nothing was received for ``heartbeat_timeout``.
+        Returns True once per silence, when nothing was received for
+        ``stale_after`` (the peer may be unreachable: report STALE).  Raises
+        HeartbeatTimeout when nothing was received for ``heartbeat_timeout``.
         """
-        if self.state is _OPEN:
-            self._guarded(self._liveness.check, self._clock())
+        if self.state is not _OPEN:
+            return False
+        try:
+            return self._liveness.check(self._clock())
+        except SessionError as exc:
+            self._fail(exc)
+            raise
+
+    @property
+    def peer_silent(self) -> bool:
+        """Nothing was received for ``stale_after`` (until the next frame arrives)."""
+        return self._liveness.silent
 
     def rotation_deadline(self) -> float:
         """When :meth:`handle_rotation_timer` next has something to do."""

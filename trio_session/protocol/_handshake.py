@@ -119,6 +119,8 @@ class HandshakeResult:
     reply: bytes = b""
     #: Participant: the heartbeat timing the venue dictated (ms, ms).
     heartbeat_ms: tuple[int, int] | None = None
+    #: A resume: the data seq we told the peer to retransmit from (our ack position).
+    rx_resume: int | None = None
     #: How the connection's frames are protected, as M2 chose.
     mode: str = MODE_MAC
 
@@ -211,6 +213,7 @@ class ClientHandshake(Handshake):
         "_offered_gens",
         "_offered_modes",
         "_resume",
+        "_rx_resume",
         "_venue_pk",
         "hello_frame",
     )
@@ -235,8 +238,12 @@ class ClientHandshake(Handshake):
         resume_req = None
         window = credit_window(self._resume, config)
         gens: list[int] = []
+        self._rx_resume = 0
         if self._resume is not None:
-            resume_req = ResumeRequest(self._resume.session_id, self._resume.next_rx_seq)
+            # Our ack position, not what we received: with a durable store only
+            # committed messages may be forgotten by the venue.
+            self._rx_resume = self._resume.ack_position
+            resume_req = ResumeRequest(self._resume.session_id, self._rx_resume)
             gens = sorted(self._resume.resume_secrets)[-MAX_BINDERS:]
         self._offered_modes = offer(config)
         hello = ClientHello(
@@ -310,6 +317,7 @@ class ClientHandshake(Handshake):
             replay_until=m2.next_tx_seq,
             reply=m3,
             heartbeat_ms=(m2.heartbeat_ms, m2.heartbeat_timeout_ms),
+            rx_resume=self._rx_resume if m2.resumed else None,
             mode=m2.mode,
         )
 
@@ -368,6 +376,7 @@ class VenueHandshake(Handshake):
         "_resume_gen",
         "_resume_k",
         "_rng",
+        "_rx_resume",
         "_session_id",
         "_th2s",
         "_verified",
@@ -402,6 +411,7 @@ class VenueHandshake(Handshake):
         self._th2s = b""
         self._fin_v = b""
         self._session_id = b""
+        self._rx_resume = 0
 
     def receive(self, frame: bytes) -> HandshakeResult | Event:
         frame_type, flags, _epoch, _seq = parse_header(frame)
@@ -457,7 +467,8 @@ class VenueHandshake(Handshake):
             self._pending = session
             self.resumed = True
             self._session_id = session.session_id
-            next_rx, window = session.next_rx_seq, credit_window(session, cfg)
+            next_rx, window = session.ack_position, credit_window(session, cfg)
+            self._rx_resume = next_rx
         else:
             self._session_id = self._rng(16)
             next_rx, window = 0, credit_window(None, cfg)
@@ -551,6 +562,7 @@ class VenueHandshake(Handshake):
             peer_next_rx=peer_next,
             peer_window=window,
             new_gen=0 if self._resume_gen is None else self._resume_gen + 1,
+            rx_resume=self._rx_resume if self.resumed else None,
             mode=self._mode,
         )
 

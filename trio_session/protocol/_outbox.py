@@ -79,7 +79,7 @@ class Outbox:
         if self._write_close(flow.channel, out):
             return
         now = clock()
-        beat = liveness.next_beat(now, quiet=not out)
+        beat = liveness.next_beat(now)
         if beat is not None:
             hb_id, probe = beat
             out.append(flow.heartbeat(FrameType.HEARTBEAT, hb_id, FLAG_PROBE if probe else 0))

@@ -17,7 +17,11 @@ cache) while no connection is attached:
   their original seqs after a resume;
 * resume secrets by generation, and recently spent ones (to recognise a
   replayed resume binder);
-* ``compromised``: never resume this session again.
+* ``compromised``: never resume this session again;
+* with a durable store, ``rx_stable``: the peer's messages the application
+  committed and the store recorded.  Acknowledgements, credit and the resume
+  position never go beyond it, so that a crash cannot lose a message the peer
+  was told it may forget.
 
 It is plain data on purpose: the protocol machines update it in place on the
 hot path, and :meth:`SessionRecord.to_snapshot` / :meth:`SessionRecord.from_snapshot`
@@ -89,6 +93,14 @@ class SessionRecord:
     #: Set by the participant's supervisor when the venue said REAUTHENTICATE:
     #: the session must never be resumed (a fresh one is started instead).
     compromised: bool = False
+    #: Durable store: the peer's messages committed by the application and
+    #: recorded by the store (acks and credit stop there).  None without a
+    #: durable store: we acknowledge what we received.  Never in a snapshot.
+    rx_stable: int | None = None
+    #: The highest ``next_rx_seq`` this record reached: after a resume that
+    #: offered less (:meth:`resume_at`), the retransmitted messages below it are
+    #: already held and are dropped as duplicates.  Never in a snapshot.
+    rx_dedup: int = 0
 
     def __repr__(self) -> str:
         return (
@@ -132,11 +144,17 @@ class SessionRecord:
             out.append((first, msgs, flags))
         return out
 
-    def received(self, end_seq: int, nbytes: int) -> None:
-        """A DATA frame of ``nbytes`` payload bytes arrived; the next data seq is ``end_seq``."""
-        self.next_rx_seq = end_seq
+    def hold(self, end_seq: int, nbytes: int) -> None:
+        """Messages of ``nbytes`` payload bytes up to data seq ``end_seq`` (exclusive)
+        were delivered: they are held until consumed."""
         self.rx_held_bytes += nbytes
         self.rx_frames.append((end_seq, nbytes))
+
+    @property
+    def rx_held_until(self) -> int:
+        """The data seq after the last message held (received, even if a resume
+        since asked the peer to send some of them again)."""
+        return max(self.next_rx_seq, self.rx_dedup)
 
     def consume(self, n: int) -> None:
         """The application took ``n`` more of the peer's messages.
@@ -144,12 +162,43 @@ class SessionRecord:
         A frame's bytes are released once all its messages are consumed (an
         upper bound of what is held, exact for a runtime that consumes by frame).
         """
-        if n < 0 or self.rx_consumed + n > self.next_rx_seq:
+        if n < 0 or self.rx_consumed + n > self.rx_held_until:
             raise LocalProtocolError("consumed more messages than were received")
         consumed = self.rx_consumed = self.rx_consumed + n
         frames = self.rx_frames
         while frames and frames[0][0] <= consumed:
             self.rx_held_bytes -= frames.popleft()[1]
+
+    # -- the receiving position -------------------------------------------------------
+
+    @property
+    def ack_position(self) -> int:
+        """What we acknowledge and offer to resume from: every message below it is
+        safe with us (received; with a durable store, committed and recorded)."""
+        stable = self.rx_stable
+        return self.next_rx_seq if stable is None else stable
+
+    @property
+    def credit_base(self) -> int:
+        """The base of the credit window we grant (``window = base + credit``).
+
+        With a durable store it is the stable position, so that no window we
+        ever advertised is larger than the one a restarted process grants.
+        """
+        stable = self.rx_stable
+        return self.rx_consumed if stable is None else stable
+
+    def resume_at(self, position: int) -> None:
+        """A resume told the peer to retransmit from ``position``: expect it next.
+
+        Messages between ``position`` and what we already received are held
+        already; their retransmitted copies are dropped (see ``rx_dedup``).
+        """
+        held = self.rx_held_until
+        if position > held:
+            raise LocalProtocolError(f"resume position {position} beyond what we received")
+        self.rx_dedup = held
+        self.next_rx_seq = position
 
     # -- resume secrets ----------------------------------------------------------------
 
