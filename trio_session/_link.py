@@ -467,11 +467,12 @@ async def close_transport(link: Link, close_timeout: float) -> None:
         # The WebSocket close carries the code too (docs/protocol.md, "Observable
         # close codes"), for peers that cannot read our CLOSE.
         code, reason = observable_close(err.code)
-        if err.remote and not isinstance(err, (SessionClosed, ConnectionLost)):
-            await transport.fail(code, reason)  # an invalid frame: do not linger
-            return
-        with trio.move_on_at(_close_deadline(link.core, err, close_timeout)) as scope:
-            await transport.aclose(code, reason)
+        deadline = _close_deadline(link.core, err, close_timeout)
+        with trio.move_on_at(deadline) as scope:
+            if err.remote and not isinstance(err, (SessionClosed, ConnectionLost)):
+                await transport.fail(code, reason)  # an invalid frame: do not linger
+            else:
+                await transport.aclose(code, reason)
         if scope.cancelled_caught:
             await close_forcefully(transport)
 
