@@ -53,6 +53,7 @@ import trio
 import trio_websocket
 
 from ._errors import ConnectionLost, FrameError, HandshakeTimeout
+from ._transport_hello import hello_header, hello_in
 from ._transport_limits import REAP_GRACE
 
 if TYPE_CHECKING:
@@ -271,17 +272,20 @@ class WebSocketTransport(trio.abc.AsyncResource):
     __slots__ = (
         "_close_timeout",
         "_closed",
+        "_early",
         "_opened_at",
         "_reader",
         "_remote_address",
+        "_request",
         "_slot",
         "_stream",
         "_ws",
+        "hello_taken",
     )
 
     def __init__(
         self,
-        ws: trio_websocket.WebSocketConnection,
+        ws: trio_websocket.WebSocketConnection | None,
         stream: trio.abc.Stream,
         reader: _ReaderSupervisor,
         *,
@@ -289,7 +293,19 @@ class WebSocketTransport(trio.abc.AsyncResource):
         opened_at: float | None = None,
         remote_address: str | None = None,
         slot: PreAuthSlot | None = None,
+        early: bytes | None = None,
+        request: trio_websocket.WebSocketRequest | None = None,
     ) -> None:
+        #: The peer's first message, carried in its upgrade request or 101 response
+        #: (``_transport_hello``): what the first ``receive()`` returns.
+        self._early = early
+        #: The first messages went with the upgrade: the participant's M1 in the
+        #: request, the venue's answer in the 101 response.
+        self.hello_taken = early is not None
+        #: Venue: the upgrade request, accepted by the first ``send()`` (which then
+        #: goes in the 101 response when the request carried the peer's first
+        #: message), ``receive()`` or close; ``ws`` is None until then.
+        self._request = request
         self._opened_at = trio.current_time() if opened_at is None else opened_at
         self._ws = ws
         self._stream = stream
@@ -316,7 +332,8 @@ class WebSocketTransport(trio.abc.AsyncResource):
     def closed(self) -> bool:
         # The reader ending (remote close, reset, or its nursery cancelled)
         # also means that nothing more can be sent.
-        return self._closed or self._reader.finished or self._ws.closed is not None
+        ws = self._ws
+        return self._closed or self._reader.finished or (ws is not None and ws.closed is not None)
 
     async def send(self, data: bytes) -> None:
         """Send ``data`` as one binary message; see :meth:`Transport.send`.
@@ -327,19 +344,52 @@ class WebSocketTransport(trio.abc.AsyncResource):
         if self._closed:
             await trio.lowlevel.checkpoint()
             raise ConnectionLost("transport closed locally")
+        if self._ws is None:
+            await self._accept(data)
+            return
         with _map_errors(self._reader, remote=True):
             await self._ws.send_message(data)
 
     async def receive(self) -> bytes:
         """Return the next binary message; see :meth:`Transport.receive`.
 
-        Messages the peer sent before closing are delivered first.
+        Messages the peer sent before closing are delivered first; on the venue, a
+        ClientHello carried in the upgrade request comes before them all.
         """
+        if self._early is not None:
+            early, self._early = self._early, None
+            await trio.lowlevel.checkpoint()
+            return early
+        ws = self._ws or await self._accept(None)
         with _map_errors(self._reader, remote=not self._closed):
-            message = await self._ws.get_message()
+            message = await ws.get_message()
         if isinstance(message, bytes):
             return message
         raise FrameError("received a text WebSocket message; only binary is allowed", remote=True)
+
+    async def _accept(self, first: bytes | None) -> trio_websocket.WebSocketConnection:
+        """Venue: accept the upgrade; ``first`` (our first frame) goes in the 101
+        response if the request carried the peer's first message."""
+        request, self._request = self._request, None
+        assert request is not None
+        headers = hello_header(first) if first is not None and self.hello_taken else None
+        with _map_errors(self._reader, remote=True):
+            ws = await request.accept(extra_headers=headers)
+            if first is not None and headers is None:
+                await ws.send_message(first)
+        self._ws = ws
+        if self._reader.guard is not None:
+            self._reader.guard.upgraded(ws)
+        return ws
+
+    async def _accept_to_close(self) -> None:
+        """Venue, closing before its first send: accept the upgrade (within
+        ``close_timeout``) so that the close code reaches the peer, as it would
+        have after an immediate upgrade."""
+        if self._request is None or trio.current_effective_deadline() == float("-inf"):
+            return
+        with trio.move_on_after(self._close_timeout), contextlib.suppress(ConnectionLost):
+            await self._accept(None)
 
     @contextlib.contextmanager
     def handshake_deadline(self, timeout: float) -> Iterator[None]:
@@ -390,6 +440,7 @@ class WebSocketTransport(trio.abc.AsyncResource):
         if guard is None or self._closed:
             await self.aclose(code, reason)
             return
+        await self._accept_to_close()
         self._closed = True
         await guard.fail(code, reason)
         logger.debug("failed connection to %s with code %d", self._remote_address, code)
@@ -410,6 +461,7 @@ class WebSocketTransport(trio.abc.AsyncResource):
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
+        await self._accept_to_close()
         self._closed = True
         valid = 1000 <= code <= 4999
         try:
@@ -418,6 +470,7 @@ class WebSocketTransport(trio.abc.AsyncResource):
             # nothing can be sent: skip trio-websocket's close path entirely.
             if (
                 valid
+                and self._ws is not None
                 and not self._reader.finished
                 and trio.current_effective_deadline() != float("-inf")
             ):
@@ -496,8 +549,15 @@ async def connect_transport(
     connect_timeout: float,
     max_message_size: int,
     close_timeout: float = 2.0,
+    hello: bytes | None = None,
 ) -> WebSocketTransport:
     """Open a WebSocket client connection to a ``ws://`` or ``wss://`` URL.
+
+    ``hello``: the first message, offered in the upgrade request
+    (``_transport_hello``); the transport's ``hello_taken`` says whether the
+    venue took it from there, and then its first ``receive()`` returns the
+    venue's answer from the 101 response (else the caller sends ``hello`` as a
+    message).
 
     TCP connect, TLS handshake (``wss``: ``ssl_context``, default
     :func:`ssl.create_default_context`) and WebSocket upgrade all run under
@@ -542,6 +602,7 @@ async def connect_transport(
                     message_queue_size=MESSAGE_QUEUE_SIZE,
                     max_message_size=max_message_size,
                     receive_buffer_size=RECEIVE_BUFFER_SIZE,
+                    extra_headers=None if hello is None else hello_header(hello),
                 )
             if ws is None:
                 # The reader ended before the upgrade finished (it recorded why).
@@ -558,7 +619,8 @@ async def connect_transport(
             if stream is not None:
                 await trio.aclose_forcefully(stream)
             raise
-        transport = WebSocketTransport(ws, stream, reader, close_timeout=close_timeout)
+        early = None if hello is None else hello_in(ws.handshake_headers)
+        transport = WebSocketTransport(ws, stream, reader, close_timeout=close_timeout, early=early)
         logger.debug("connected to %s", transport.remote_address)
         return transport
     assert timeout_scope.cancelled_caught  # and the stream was closed on the way out
