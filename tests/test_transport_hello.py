@@ -208,3 +208,29 @@ async def test_connect_fails_on_an_unknown_key_refused_in_the_101(
             nursery.cancel_scope.cancel()
     assert refused.value.code is ts.CloseCode.UNKNOWN_KEY
     assert len(opened) == 1 and opened[0].hello_taken  # the REJECT came in the 101
+
+
+async def test_a_participant_gone_before_the_101_costs_the_venue_nothing_more(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The venue answers a hello from a connection that is already closed: its 101 write
+    fails quietly (no error logged) and the venue keeps serving."""
+    m1 = base64.urlsafe_b64encode(_m1()).rstrip(b"=")
+    request = (
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Tsess-Hello: " + m1 + b"\r\n\r\n"
+    )
+    caplog.set_level("WARNING", logger="trio_session")
+    cfg = ts.SessionConfig(handshake_timeout=5.0)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            port = await _serve(nursery)
+            for _ in range(3):
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.send_all(request)
+                await trio.aclose_forcefully(stream)
+            async with ts.connect(_url(port), PARTICIPANT, VENUE.public_key, config=cfg) as session:
+                assert session.state is ts.State.LIVE
+            nursery.cancel_scope.cancel()
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]

@@ -371,15 +371,23 @@ class WebSocketTransport(trio.abc.AsyncResource):
         """Venue: accept the upgrade; ``first`` (our first frame) goes in the 101
         response if the request carried the peer's first message."""
         request, self._request = self._request, None
-        assert request is not None
+        if request is None:  # an earlier accept failed
+            await trio.lowlevel.checkpoint()
+            raise ConnectionLost("connection closed during the WebSocket upgrade")
         headers = hello_header(first) if first is not None and self.hello_taken else None
-        with _map_errors(self._reader, remote=True):
-            ws = await request.accept(extra_headers=headers)
-            if first is not None and headers is None:
-                await ws.send_message(first)
+        try:
+            with _map_errors(self._reader, remote=True):
+                ws = await request.accept(extra_headers=headers)
+        except ConnectionLost:
+            raise
+        except Exception as exc:  # wsproto/h11 refusing the request after all
+            raise ConnectionLost(f"WebSocket upgrade failed: {type(exc).__name__}") from exc
         self._ws = ws
         if self._reader.guard is not None:
             self._reader.guard.upgraded(ws)
+        if first is not None and headers is None:
+            with _map_errors(self._reader, remote=True):
+                await ws.send_message(first)
         return ws
 
     async def _accept_to_close(self) -> None:
