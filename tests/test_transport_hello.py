@@ -47,6 +47,12 @@ def _url(port: int) -> str:
     return f"ws://127.0.0.1:{port}/"
 
 
+async def _connect_with_hello(port: int, nursery: trio.Nursery) -> WebSocketTransport:
+    return await connect_transport(
+        _url(port), nursery=nursery, connect_timeout=5.0, max_message_size=2**20, hello=b"M1"
+    )
+
+
 async def test_hello_and_answer_go_with_the_upgrade() -> None:
     got: list[bytes] = []
 
@@ -62,13 +68,7 @@ async def test_hello_and_answer_go_with_the_upgrade() -> None:
             server = await start_serving(
                 nursery, handler, handshake_timeout=5.0, tls=False, max_message_size=2**20
             )
-            transport = await connect_transport(
-                _url(server.port),
-                nursery=nursery,
-                connect_timeout=5.0,
-                max_message_size=2**20,
-                hello=b"M1",
-            )
+            transport = await _connect_with_hello(server.port, nursery)
             assert transport.hello_taken
             assert await transport.receive() == b"answer to M1"
             await transport.send(b"M3")
@@ -92,13 +92,7 @@ async def test_a_venue_without_the_header_gets_hello_in_band() -> None:
             servers = await nursery.start(
                 partial(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, ssl_context=None)
             )
-            transport = await connect_transport(
-                _url(servers.port),
-                nursery=nursery,
-                connect_timeout=5.0,
-                max_message_size=2**20,
-                hello=b"M1",
-            )
+            transport = await _connect_with_hello(servers.port, nursery)
             assert not transport.hello_taken
             await transport.send(b"M1")
             assert await transport.receive() == b"echo M1"
