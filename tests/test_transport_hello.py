@@ -1,7 +1,8 @@
 """The first handshake messages in the WebSocket upgrade (docs/protocol.md, "The first
 messages in the upgrade"): the header codec, the transport over real loopback sockets
-both ways, the fallback to in-band M1 against a venue that does not know the header,
-and malformed or doubled hellos refused by ``ts.serve``."""
+both ways, the fallback to in-band M1 against a venue that does not know the header or
+behind a proxy that drops the 101's, and malformed or different hellos refused by
+``ts.serve``."""
 
 from __future__ import annotations
 
@@ -167,12 +168,43 @@ async def test_a_malformed_hello_header_is_refused_in_the_101() -> None:
     assert code == 4000 + PROTOCOL_ERROR
 
 
-async def test_m1_in_band_after_m1_in_the_request_is_a_protocol_error() -> None:
-    m1 = _m1()
+async def test_a_different_hello_in_band_after_one_in_the_request_is_a_protocol_error() -> None:
+    header = base64.urlsafe_b64encode(_m1()).rstrip(b"=")
     with trio.fail_after(DEADLINE):
-        first, code = await _refusal_of(base64.urlsafe_b64encode(m1).rstrip(b"="), m1)
+        first, code = await _refusal_of(header, _m1())  # a second, different ClientHello
     assert first[0] == 0x02  # M2: the venue took M1 from the request and answered in the 101
-    assert code == 4000 + PROTOCOL_ERROR  # then refused the second ClientHello
+    assert code == 4000 + PROTOCOL_ERROR  # then refused the other ClientHello
+
+
+async def test_a_dropped_101_header_gets_the_same_answer_in_band() -> None:
+    """A proxy that forwards the request's Tsess-Hello but drops the 101's: the
+    participant, seeing no answer, sends the same M1 in band, and the venue sends the
+    same M2 again; the handshake completes."""
+    conn = ClientConnection(PARTICIPANT, VENUE.public_key, ts.SessionConfig(), resume=None)
+    (m1,) = conn.data_to_send()
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            port = await _serve(nursery)
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            try:
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery, stream, "127.0.0.1", "/", extra_headers=hello_header(m1)
+                )
+                in_101 = hello_in(ws.handshake_headers)  # what the proxy would drop
+                await ws.send_message(m1)
+                m2 = await ws.get_message()
+                assert m2 == in_101  # the same bytes: no second signature
+                assert isinstance(m2, bytes)
+                conn.receive_data(m2)
+                for frame in conn.data_to_send():  # M3
+                    await ws.send_message(frame)
+                confirmation = await ws.get_message()
+                assert isinstance(confirmation, bytes)
+                conn.receive_data(confirmation)
+                assert conn.authenticated
+            finally:
+                await trio.aclose_forcefully(stream)
+            nursery.cancel_scope.cancel()
 
 
 async def test_connect_fails_on_an_unknown_key_refused_in_the_101(

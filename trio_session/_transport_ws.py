@@ -274,8 +274,10 @@ class WebSocketTransport(trio.abc.AsyncResource):
         "_reader",
         "_remote_address",
         "_request",
+        "_resend",
         "_slot",
         "_stream",
+        "_took",
         "_ws",
         "hello_taken",
     )
@@ -303,6 +305,11 @@ class WebSocketTransport(trio.abc.AsyncResource):
         #: goes in the 101 response when the request carried the peer's first
         #: message), ``receive()`` or close; ``ws`` is None until then.
         self._request = request
+        #: Venue: (the hello taken from the request, the answer the 101 carried) until
+        #: the first in-band message, in case a proxy dropped the 101's header.
+        self._resend: tuple[bytes, bytes] | None = None
+        #: Venue: the hello taken from the upgrade request.
+        self._took = early if request is not None else None
         self._opened_at = trio.current_time() if opened_at is None else opened_at
         self._ws = ws
         self._stream = stream
@@ -363,6 +370,8 @@ class WebSocketTransport(trio.abc.AsyncResource):
         ws = self._ws or await self._accept(None)
         with _map_errors(self._reader, remote=not self._closed):
             message = await ws.get_message()
+            if self._resend is not None:
+                message = await self._answer_again(ws, message)
         if isinstance(message, bytes):
             return message
         raise FrameError("received a text WebSocket message; only binary is allowed", remote=True)
@@ -385,10 +394,27 @@ class WebSocketTransport(trio.abc.AsyncResource):
         self._ws = ws
         if self._reader.guard is not None:
             self._reader.guard.upgraded(ws)
+        if headers is not None and first is not None and self._took is not None:
+            self._resend = (self._took, first)
         if first is not None and headers is None:
             with _map_errors(self._reader, remote=True):
                 await ws.send_message(first)
         return ws
+
+    async def _answer_again(
+        self, ws: trio_websocket.WebSocketConnection, message: bytes | str
+    ) -> bytes | str:
+        """Venue, first in-band message after answering in the 101: a repeat of the
+        hello, byte for byte, means the 101's header did not reach the participant (a
+        proxy dropped it), which then sent its hello in band: the same answer goes
+        again, in band (bytes we already have: no new work).  Anything else is
+        returned as it is (the handshake refuses a different hello)."""
+        assert self._resend is not None
+        (hello, answer), self._resend = self._resend, None
+        if message != hello:
+            return message
+        await ws.send_message(answer)
+        return await ws.get_message()
 
     async def _accept_to_close(self) -> None:
         """Venue, closing before its first send: accept the upgrade (within
