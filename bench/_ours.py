@@ -105,6 +105,7 @@ async def server(params: dict[str, Any]) -> None:
                 params.get("port", 0),
                 config=cfg,
                 store=_store(params),
+                gc_freeze=bool(params.get("gc_freeze")),
             )
         )
         emit("PORT", srv.port)
