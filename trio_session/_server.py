@@ -335,7 +335,7 @@ class VenueRunner:
             self.sessions[sid_of(control)] = control
             self._opened(control)
             self.gate.detached(control)
-            self._start(self._watch_end, control)
+            control.when_finished(partial(self._ended, control))
             if end is not None:
                 control.finish(end)  # its end hook runs now, once
                 continue
@@ -453,7 +453,7 @@ class VenueRunner:
             address=hs.address,
         )
         self._start(self._run_handler, control.session)
-        self._start(self._watch_end, control)
+        control.when_finished(partial(self._ended, control))
         return control
 
     def _take_over(self, control: SessionControl) -> None:
@@ -539,14 +539,16 @@ class VenueRunner:
             end_session(control, end)
             self._ttl_scopes.pop(sid, None)
 
-    async def _watch_end(self, control: SessionControl) -> None:
-        """Once the session is over: free its place, then its end hook (``EndHooks``)."""
-        await control.wait_finished()
+    def _ended(self, control: SessionControl) -> None:
+        """The session finished: free its place, then run its end hook (``EndHooks``)
+        in the venue's nursery (unless the venue itself is gone)."""
         self.gate.ended(control)
         self._stop_ttl(sid_of(control))
         if self.freezer is not None:
             self.freezer.session_ended()
-        await self.hooks.ended(control)
+        nursery = self._nursery
+        if nursery is not None and not nursery.cancel_scope.cancel_called:
+            nursery.start_soon(self.hooks.ended, control)
 
     async def _run_handler(self, session: Session[Any]) -> None:
         try:
