@@ -59,6 +59,10 @@ async def test_sessions_opened_together_are_frozen_once_after_the_interval(
         assert fake.calls == ["collect(1)", "freeze"]
         await trio.sleep(10 * FREEZE_INTERVAL)
         assert policy.freezes == 1  # no new session: no new freeze
+        policy.connection_resumed()  # a new connection's objects are frozen too
+        with trio.fail_after(FREEZE_INTERVAL * 2):
+            await policy.stepped.wait()
+        assert policy.freezes == 2 and policy.live == 3
         nursery.cancel_scope.cancel()
     assert fake.calls[-1] == "unfreeze"  # leaving the venue unfreezes
 

@@ -7,7 +7,8 @@ included, for as long as that takes (hundreds of milliseconds at a few thousand
 sessions), and it runs whenever enough objects survived the younger collections,
 which establishing sessions provides.
 
-The policy: after sessions were opened, the venue moves every object alive into
+The policy: after sessions were opened (or resumed on new connections: a
+reconnect storm allocates as much), the venue moves every object alive into
 the collector's permanent generation (:func:`gc.freeze`, which costs no scan),
 at most once per ``interval``.  Later collections only look at what was created
 since, so they stay short however many sessions are up.
@@ -61,7 +62,8 @@ class GcFreezer:
         self._gc = gc_module
         #: Sessions alive now.
         self.live = 0
-        #: Sessions opened since the last freeze, and ended since the last full collection.
+        #: Sessions opened (or resumed) since the last freeze, and ended since the last
+        #: full collection.
         self.opened = 0
         self.ended = 0
         #: How often the policy froze, and collected in full (for tests and stats).
@@ -73,6 +75,11 @@ class GcFreezer:
 
     def session_opened(self) -> None:
         self.live += 1
+        self.opened += 1
+        self._due.set()
+
+    def connection_resumed(self) -> None:
+        """A session resumed on a new connection, whose objects live as long."""
         self.opened += 1
         self._due.set()
 

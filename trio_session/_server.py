@@ -409,6 +409,8 @@ class VenueRunner:
                 await self._reject(transport, conn, CloseCode.RESUME_REFUSED)
                 return
             self._take_over(control)
+            if self.freezer is not None:
+                self.freezer.connection_resumed()
         else:
             control = self._new_session(conn.session, hs)
         await self._run(control, transport, conn, done)
