@@ -251,7 +251,9 @@ class Link:
                 core.drained.set()
             hb = self._hb_sleep
             if hb is not None:  # the frame moved last_rx (and maybe the ack deadline)
-                due = self._timer_due()
+                # Clamped as the task clamps its own sleep: a deadline that is due
+                # but waits on the writer must not wake it at every frame.
+                due = max(self._timer_due(), trio.current_time() + MIN_TIMER_STEP)
                 if due != hb.deadline:
                     hb.deadline = due
 
