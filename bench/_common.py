@@ -16,7 +16,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ __all__ = [
     "PAYLOAD",
     "PAYLOAD_SIZE",
     "ROOT",
+    "echo_rtts",
     "emit",
     "freeze_gc",
     "identities",
@@ -209,6 +210,25 @@ class GcWatch:
             "gc_max_pause_ms": round(self.max_ms, 2),
             "gc_tracked_objects": float(len(gc.get_objects())) if count_objects else -1.0,
         }
+
+
+#: One sampled connection of the ``many`` scenario: its send and receive.
+Echo = tuple[Callable[[bytes], Awaitable[Any]], Callable[[], Awaitable[Any]]]
+
+
+async def echo_rtts(sampled: Sequence[Echo], end: float, out: list[float]) -> None:
+    """``many``: one explicit ping-pong every 50 ms, round robin over ``sampled``,
+    until ``end``; the round trips (µs) go to ``out``."""
+    i = 0
+    while trio.current_time() < end and sampled:
+        send, receive = sampled[i % len(sampled)]
+        i += 1
+        t0 = time.perf_counter()
+        with trio.move_on_at(end):
+            await send(PAYLOAD)
+            await receive()
+            out.append((time.perf_counter() - t0) * 1e6)
+        await trio.sleep(0.05)
 
 
 def freeze_gc() -> None:

@@ -25,6 +25,7 @@ from _common import (
     GC_WATCH,
     PAYLOAD,
     PAYLOAD_SIZE,
+    echo_rtts,
     emit,
     freeze_gc,
     identities,
@@ -379,20 +380,6 @@ async def _heartbeat_rtts(sessions: list[ts.Session], end: float, out: list[floa
         await trio.sleep_until(min(end, trio.current_time() + 1.0))
 
 
-async def _echo_rtts(sampled: list[ts.Session], end: float, out: list[float]) -> None:
-    """One explicit ping-pong every 50 ms, round robin over ``sampled``, until ``end``."""
-    i = 0
-    while trio.current_time() < end and sampled:
-        s = sampled[i % len(sampled)]
-        i += 1
-        t0 = time.perf_counter()
-        with trio.move_on_at(end):
-            await s.send(PAYLOAD)
-            await s.receive()
-            out.append((time.perf_counter() - t0) * 1e6)
-        await trio.sleep(0.05)
-
-
 async def many(params: dict[str, Any]) -> None:
     """Hold ``n`` idle sessions (1 s heartbeats); sample heartbeat and echo RTTs."""
     raise_nofile()
@@ -416,7 +403,8 @@ async def many(params: dict[str, Any]) -> None:
         end = trio.current_time() + window
         async with trio.open_nursery() as measure:
             measure.start_soon(_heartbeat_rtts, sessions, end, hb_us)
-            measure.start_soon(_echo_rtts, sampled, end, echo_us)
+            echoes = [(s.send, s.receive) for s in sampled]
+            measure.start_soon(echo_rtts, echoes, end, echo_us)
         not_live = sum(1 for s in sessions if s.state is not ts.State.LIVE)
         emit(
             "RESULT",

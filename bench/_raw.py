@@ -16,7 +16,16 @@ from typing import Any
 
 import trio
 import trio_websocket
-from _common import GC_WATCH, PAYLOAD, emit, freeze_gc, raise_nofile, read_line, stdin_eof
+from _common import (
+    GC_WATCH,
+    PAYLOAD,
+    echo_rtts,
+    emit,
+    freeze_gc,
+    raise_nofile,
+    read_line,
+    stdin_eof,
+)
 
 _CLOSED = (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -149,22 +158,6 @@ class _Pings:
             await trio.sleep_until(nxt)
 
 
-async def _echo_rtts(
-    sampled: list[trio_websocket.WebSocketConnection], end: float, out: list[float]
-) -> None:
-    """One explicit ping-pong every 50 ms, round robin over ``sampled``, until ``end``."""
-    i = 0
-    while trio.current_time() < end and sampled:
-        ws = sampled[i % len(sampled)]
-        i += 1
-        t0 = time.perf_counter()
-        with trio.move_on_at(end):
-            await ws.send_message(PAYLOAD)
-            await ws.get_message()
-            out.append((time.perf_counter() - t0) * 1e6)
-        await trio.sleep(0.05)
-
-
 async def many(params: dict[str, Any]) -> None:
     """Hold ``n`` idle connections; ping each once a second (ws.ping) while measuring."""
     raise_nofile()
@@ -186,7 +179,8 @@ async def many(params: dict[str, Any]) -> None:
         async with trio.open_nursery() as measure:
             for ws in conns:
                 measure.start_soon(pings.loop, ws)
-            measure.start_soon(_echo_rtts, sampled, pings.end, echo_us)
+            echoes = [(ws.send_message, ws.get_message) for ws in sampled]
+            measure.start_soon(echo_rtts, echoes, pings.end, echo_us)
         emit(
             "RESULT",
             {
