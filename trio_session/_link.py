@@ -31,6 +31,7 @@ import trio
 
 from ._core import SessionCore
 from ._durable_link import durable_writer
+from ._inline import coalesce
 from ._errors import (
     Category,
     CloseCode,
@@ -93,6 +94,10 @@ class Link:
         self.owed: list[bytes] = []
         #: The connection was LIVE (caught up) at some point.
         self.reached_live = False
+        #: A sender's inline write in progress (``_inline.py``): ending the link ends it.
+        self.inline_scope: trio.CancelScope | None = None
+        #: Until when the link counts as busy: a write's duration after it ended.
+        self.busy_until = 0.0
         record = conn.session
         #: Where the session stood at attach: (peer_ack, next_rx_seq, messages owed).
         self._start = (
@@ -123,6 +128,8 @@ class Link:
                 nursery.start_soon(self._guard, self._rotation, name="key-rotation")
         finally:
             self._scope = None
+            if self.inline_scope is not None:
+                self.inline_scope.cancel()
             if core.link is self:
                 core.link = None
             self._keep_stall()
@@ -164,6 +171,8 @@ class Link:
     def cancel(self) -> None:
         if self._scope is not None:
             self._scope.cancel()
+        if self.inline_scope is not None:
+            self.inline_scope.cancel()
 
     async def close(self, code: CloseCode, reason: str) -> None:
         """Queue our CLOSE and wait until the writer sent it (aclose())."""
@@ -308,11 +317,19 @@ class Link:
             window = conn.send_window()
             data = self.next_data_frame(window)
             if data is not None:
-                await send(data)
+                await self.timed_write(send, data)
+                await coalesce(out)
                 continue
             if out.wake_pending:
                 continue
             await out.park(wait_for_data=window > 0 and not out.latest and not out.lossy)
+
+    async def timed_write(self, send: Callable[[bytes], Awaitable[None]], frame: bytes) -> None:
+        """Write ``frame``; the link counts as busy for as long again (``_inline.py``)."""
+        started = trio.current_time()
+        await send(frame)
+        now = trio.current_time()
+        self.busy_until = now + (now - started)
 
     def sender(self) -> Callable[[bytes], Awaitable[None]]:
         """How frames are written (the venue bounds each write)."""

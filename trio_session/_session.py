@@ -34,6 +34,7 @@ from ._errors import (
     SessionReset,
     is_clean_close,
 )
+from ._inline import claim, inline_link, write_inline
 from ._lifecycle import State
 from ._queues import notice_error, reject_notice
 from ._typing import M
@@ -226,6 +227,11 @@ class Session(DurableFacade, Generic[M]):
         # of the next one (one pass less per message on the latency path).
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
+            link = inline_link(self._core)
+            if link is not None and claim(self._out, item, count, nbytes):
+                self._send_count += count
+                await write_inline(link, self._out)  # the fast path (_inline.py)
+                return
             if self._out.put_nowait(item, count, nbytes):
                 self._send_count += count
                 await trio.lowlevel.cancel_shielded_checkpoint()

@@ -1,0 +1,122 @@
+"""Writes by the task that has the frame: the send fast path and adaptive batching.
+
+The writer task (``Link._writer``) is the single owner of sequence numbers and
+key epochs while it runs.  Waking it for every message costs a scheduler hop
+on each side of a round trip, so when it is parked with nothing queued, a
+``send()`` seals and writes its own frame instead, holding the same
+single-writer token (``Outbound.token``): the writer is never woken while a
+sender holds it (a wake-up is deferred to :meth:`Outbound.release`), and a
+sender never takes it while the writer runs or anything is queued, so frames
+are sealed in call order and written in seal order.
+
+Under load the opposite pays: a sender that comes back while the link is
+still busy (:attr:`Link.busy_until`: for as long after a write as the write
+took) queues, and the writer, once a backlog has formed behind one of its
+writes, lets the producers add to it while each scheduling pass does
+(:func:`coalesce`), so per-message ``send()`` calls share frames without an
+idle link paying for it.
+
+Cancellation: the inline write runs shielded, so a cancelled ``send()`` never
+leaves a half-written frame or a sealed frame unwritten; the message was
+accepted when it was sealed (it is in the replay buffer), so ``send()``
+returns normally and the caller's cancellation takes effect at its next
+checkpoint.  Ending the link cancels the write (:meth:`Link.cancel`); a
+transport error ends the link as the writer's would, and the replay after the
+resume delivers the frame.  A durable store never takes this path: its frames
+must be stored before they are written (``_durable_link.py``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from ._errors import ConnectionLost, SessionError
+from .protocol import ConnectionState
+
+if TYPE_CHECKING:
+    from ._core import SessionCore
+    from ._link import Link
+    from ._queues import Outbound
+
+__all__ = ["COALESCE_MAX", "claim", "coalesce", "inline_link", "write_inline"]
+
+#: The writer stops waiting for a growing backlog at this many messages (the
+#: batch still grows while the write itself yields).
+COALESCE_MAX: Final = 64
+
+
+def inline_link(core: SessionCore) -> Link | None:
+    """The link a ``send()`` may write its own frame on now, or None (queue it)."""
+    link = core.link
+    if link is None or core.persist is not None:
+        return None
+    out = core.outbound
+    if not out.writer_idle() or out.depth:
+        return None
+    conn = link.conn
+    if (
+        conn.state is not ConnectionState.OPEN
+        or conn.has_pending_control()
+        or conn.send_window() <= 0
+        or link.error is not None
+        or trio.current_time() < link.busy_until
+    ):
+        return None
+    return link
+
+
+def claim(out: Outbound, item: bytes | list[bytes], count: int, nbytes: int) -> bool:
+    """Take the token and queue the sender's item (True), or leave both (False: no
+    room).  Call only when :func:`inline_link` found a link, with no checkpoint since."""
+    out.token = True
+    queued = False
+    try:
+        queued = out.put_nowait(item, count, nbytes)
+    finally:
+        if not queued:
+            out.release()
+    return queued
+
+
+async def write_inline(link: Link, out: Outbound) -> None:
+    """Seal what ``out`` holds (the sender's message, just queued with the token
+    held) into one frame and write it from this task; releases the token."""
+    try:
+        frame = link.next_data_frame(link.conn.send_window())
+        if frame is None:  # the replay byte budget is spent: the writer waits for acks
+            out.wake()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        link.pull_rotation_deadline()  # a ratchet step may have ridden on this frame
+        send = link.sender()
+        # Shielded, but within the caller's deadline: a write that is still stuck
+        # then is abandoned, possibly half-written, so the connection must go.
+        deadline = trio.current_effective_deadline()
+        with trio.CancelScope(shield=True, deadline=deadline) as scope:
+            link.inline_scope = scope
+            try:
+                await link.timed_write(send, frame)
+            except SessionError as exc:
+                link.end(exc)  # the frame is in the replay buffer: sent after the resume
+            finally:
+                link.inline_scope = None
+        if scope.cancelled_caught and link.error is None:
+            link.end(ConnectionLost("send() timed out while its frame was being written"))
+        if link.conn.has_pending_control():
+            out.wake()
+    finally:
+        out.release()
+
+
+async def coalesce(out: Outbound) -> None:
+    """A backlog formed while the writer wrote: while each scheduling pass adds to
+    it, let the producers go on, so it leaves as one frame."""
+    depth = out.depth
+    while 0 < depth < COALESCE_MAX:
+        await trio.lowlevel.checkpoint()
+        grown = out.depth
+        if grown <= depth:
+            return
+        depth = grown
