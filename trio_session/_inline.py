@@ -9,12 +9,13 @@ sender holds it (a wake-up is deferred to :meth:`Outbound.release`), and a
 sender never takes it while the writer runs or anything is queued, so frames
 are sealed in call order and written in seal order.
 
-Under load the opposite pays: a sender that comes back while the link is
-still busy (:attr:`Link.busy_until`: for as long after a write as the write
-took) queues, and the writer, once a backlog has formed behind one of its
-writes, lets the producers add to it while each scheduling pass does
-(:func:`coalesce`), so per-message ``send()`` calls share frames without an
-idle link paying for it.
+Under load the opposite pays.  A sender writes its own frame only when the
+peer was heard from since the last data frame went out (request/response: a
+round trip) or that frame left :data:`IDLE_GAP` ago (a sparse stream);
+back-to-back sends queue instead, and the writer, once a backlog has formed
+behind one of its writes, lets the producers add to it while each scheduling
+pass does (:func:`coalesce`), so per-message ``send()`` calls share frames
+without an idle link paying for it.
 
 Cancellation: the inline write runs shielded, so a cancelled ``send()`` never
 leaves a half-written frame or a sealed frame unwritten; the message was
@@ -40,7 +41,11 @@ if TYPE_CHECKING:
     from ._link import Link
     from ._queues import Outbound
 
-__all__ = ["COALESCE_MAX", "claim", "coalesce", "inline_link", "write_inline"]
+__all__ = ["COALESCE_MAX", "IDLE_GAP", "claim", "coalesce", "inline_link", "write_inline"]
+
+#: A sender that comes back this long after the last data frame was written
+#: writes its own frame even when nothing came in meanwhile (a sparse stream).
+IDLE_GAP: Final = 0.001
 
 #: The writer stops waiting for a growing backlog at this many messages (the
 #: batch still grows while the write itself yields).
@@ -61,7 +66,7 @@ def inline_link(core: SessionCore) -> Link | None:
         or conn.has_pending_control()
         or conn.send_window() <= 0
         or link.error is not None
-        or trio.current_time() < link.busy_until
+        or not (link.heard or trio.current_time() - link.last_write >= IDLE_GAP)
     ):
         return None
     return link
@@ -114,9 +119,13 @@ async def coalesce(out: Outbound) -> None:
     """A backlog formed while the writer wrote: while each scheduling pass adds to
     it, let the producers go on, so it leaves as one frame."""
     depth = out.depth
+    idle = 0
     while 0 < depth < COALESCE_MAX:
         await trio.lowlevel.checkpoint()
         grown = out.depth
-        if grown <= depth:
+        # Trio runs each batch in either order, so a producer that adds one message
+        # per pass can skip one of our looks, never two in a row.
+        idle = idle + 1 if grown <= depth else 0
+        if idle == 2:
             return
         depth = grown

@@ -23,6 +23,7 @@ transport, telling the peer why when we detected the problem.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Final, final
@@ -96,8 +97,10 @@ class Link:
         self.reached_live = False
         #: A sender's inline write in progress (``_inline.py``): ending the link ends it.
         self.inline_scope: trio.CancelScope | None = None
-        #: Until when the link counts as busy: a write's duration after it ended.
-        self.busy_until = 0.0
+        #: When the last data frame was written, and whether a frame came in since:
+        #: what tells a request/response or sparse sender from a stream (``_inline.py``).
+        self.last_write = -math.inf
+        self.heard = True
         record = conn.session
         #: Where the session stood at attach: (peer_ack, next_rx_seq, messages owed).
         self._start = (
@@ -238,6 +241,7 @@ class Link:
         counters, out = core.counters, core.outbound
         while True:
             events = conn.receive_data(await transport.receive())
+            self.heard = True
             core.sync_replay()  # acknowledgements trimmed the replay buffer
             self._note_authenticated()
             for ev in events:
@@ -325,11 +329,10 @@ class Link:
             await out.park(wait_for_data=window > 0 and not out.latest and not out.lossy)
 
     async def timed_write(self, send: Callable[[bytes], Awaitable[None]], frame: bytes) -> None:
-        """Write ``frame``; the link counts as busy for as long again (``_inline.py``)."""
-        started = trio.current_time()
+        """Write the data frame ``frame``, noting when (``_inline.py``)."""
+        self.heard = False
         await send(frame)
-        now = trio.current_time()
-        self.busy_until = now + (now - started)
+        self.last_write = trio.current_time()
 
     def sender(self) -> Callable[[bytes], Awaitable[None]]:
         """How frames are written (the venue bounds each write)."""
