@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -187,21 +188,14 @@ async def test_a_send_whose_deadline_passes_mid_write_ends_the_connection_not_th
 async def test_without_credit_sends_queue_until_the_peer_reads(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = ts.SessionConfig(heartbeat_interval=100.0, heartbeat_timeout=300.0)
-    config = ts.SessionConfig(**{**_fields(config), "inbound_capacity": 4})
-    async with pair(monkeypatch, config) as (p, v, wire):
+    config = attrs.evolve(CONFIG, inbound_capacity=4)
+    async with pair(monkeypatch, config) as (p, v, _):
         for i in range(10):
             await p.session.send(b"m%d" % i)
         await trio.testing.wait_all_tasks_blocked()
         assert core_of(p).outbound.depth > 0  # the window closed: the rest waits queued
         got = [await v.session.receive() for _ in range(10)]
         assert got == [b"m%d" % i for i in range(10)]
-
-
-def _fields(config: ts.SessionConfig) -> dict[str, object]:
-    import attrs
-
-    return attrs.asdict(config, recurse=False)
 
 
 async def test_the_writer_waits_for_a_backlog_while_it_grows_and_no_longer() -> None:
@@ -230,7 +224,7 @@ async def test_the_writer_waits_for_a_backlog_while_it_grows_and_no_longer() -> 
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(coalesce, out2)
-            for i in range(COALESCE_MAX):
+            for _ in range(COALESCE_MAX):
                 out2.put_nowait(b"x", 1, 1)
                 await trio.lowlevel.checkpoint()
     assert out2.depth == COALESCE_MAX + 1

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from ._link import Link
     from ._queues import Outbound
 
-__all__ = ["COALESCE_MAX", "IDLE_GAP", "claim", "coalesce", "inline_link", "write_inline"]
+__all__ = ["COALESCE_MAX", "IDLE_GAP", "coalesce", "inline_link", "seal_inline", "write_inline"]
 
 #: A sender that comes back this long after the last data frame was written
 #: writes its own frame even when nothing came in meanwhile (a sparse stream).
@@ -72,28 +72,28 @@ def inline_link(core: SessionCore) -> Link | None:
     return link
 
 
-def claim(out: Outbound, item: bytes | list[bytes], count: int, nbytes: int) -> bool:
-    """Take the token and queue the sender's item (True), or leave both (False: no
-    room).  Call only when :func:`inline_link` found a link, with no checkpoint since."""
+def seal_inline(link: Link, item: bytes | list[bytes], count: int, nbytes: int) -> bytes | None:
+    """Seal the sender's item into one DATA frame now, or None when it does not fit
+    the window or the batch and replay byte budgets (then it queues).  Call only
+    when :func:`inline_link` found ``link``, with no checkpoint since."""
+    conn, core = link.conn, link.core
+    if count > conn.send_window() or nbytes > min(
+        core.outbound.max_batch_bytes, conn.send_bytes_budget()
+    ):
+        return None
+    core.counters.sent += count  # in the replay buffer from here: sent
+    core.stalled_since = None
+    core.outbound.lossless_taken += count  # numbered as if the queue had taken it
+    frame = conn.send_data([item] if isinstance(item, bytes) else item)
+    core.sync_replay()
+    return frame
+
+
+async def write_inline(link: Link, out: Outbound, frame: bytes) -> None:
+    """Write ``frame`` (just sealed by :func:`seal_inline`) from the sending task,
+    holding the single-writer token."""
     out.token = True
-    queued = False
     try:
-        queued = out.put_nowait(item, count, nbytes)
-    finally:
-        if not queued:
-            out.release()
-    return queued
-
-
-async def write_inline(link: Link, out: Outbound) -> None:
-    """Seal what ``out`` holds (the sender's message, just queued with the token
-    held) into one frame and write it from this task; releases the token."""
-    try:
-        frame = link.next_data_frame(link.conn.send_window())
-        if frame is None:  # the replay byte budget is spent: the writer waits for acks
-            out.wake()
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return
         link.pull_rotation_deadline()  # a ratchet step may have ridden on this frame
         send = link.sender()
         # Shielded, but within the caller's deadline: a write that is still stuck
@@ -109,8 +109,6 @@ async def write_inline(link: Link, out: Outbound) -> None:
                 link.inline_scope = None
         if scope.cancelled_caught and link.error is None:
             link.end(ConnectionLost("send() timed out while its frame was being written"))
-        if link.conn.has_pending_control():
-            out.wake()
     finally:
         out.release()
 
