@@ -204,7 +204,7 @@ async def test_the_writer_waits_for_a_backlog_while_it_grows_and_no_longer() -> 
     done: list[int] = []
 
     async def writer() -> None:
-        await coalesce(out)
+        await coalesce(out, 4096)
         done.append(out.depth)
 
     async def producer(n: int) -> None:
@@ -223,7 +223,7 @@ async def test_the_writer_waits_for_a_backlog_while_it_grows_and_no_longer() -> 
     out2.put_nowait(b"0", 1, 1)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(coalesce, out2)
+            nursery.start_soon(coalesce, out2, 4096)
             for _ in range(COALESCE_MAX):
                 out2.put_nowait(b"x", 1, 1)
                 await trio.lowlevel.checkpoint()

@@ -41,7 +41,16 @@ if TYPE_CHECKING:
     from ._link import Link
     from ._queues import Outbound
 
-__all__ = ["COALESCE_MAX", "IDLE_GAP", "coalesce", "inline_link", "seal_inline", "write_inline"]
+__all__ = [
+    "COALESCE_MAX",
+    "GATHER_WAIT",
+    "IDLE_GAP",
+    "POLL_PASSES",
+    "coalesce",
+    "inline_link",
+    "seal_inline",
+    "write_inline",
+]
 
 #: A sender that comes back this long after the last data frame was written
 #: writes its own frame even when nothing came in meanwhile (a sparse stream).
@@ -50,6 +59,10 @@ IDLE_GAP: Final = 0.001
 #: The writer stops waiting for a growing backlog at this many messages (the
 #: batch still grows while the write itself yields).
 COALESCE_MAX: Final = 64
+#: Scheduling passes the writer watches a backlog grow before it counts as a stream.
+POLL_PASSES: Final = 4
+#: How long the writer waits at most for a streaming backlog to reach COALESCE_MAX.
+GATHER_WAIT: Final = 0.0005
 
 
 def inline_link(core: SessionCore) -> Link | None:
@@ -58,15 +71,16 @@ def inline_link(core: SessionCore) -> Link | None:
     if link is None or core.persist is not None:
         return None
     out = core.outbound
-    if not out.writer_idle() or out.depth:
+    # Cheapest and most often decisive first: a streaming sender stops here.
+    if not out.writer_idle() or out.depth or link.error is not None:
+        return None
+    if not (link.heard or trio.current_time() - link.last_write >= IDLE_GAP):
         return None
     conn = link.conn
     if (
         conn.state is not ConnectionState.OPEN
-        or conn.has_pending_control()
         or conn.send_window() <= 0
-        or link.error is not None
-        or not (link.heard or trio.current_time() - link.last_write >= IDLE_GAP)
+        or conn.has_pending_control()
     ):
         return None
     return link
@@ -113,13 +127,24 @@ async def write_inline(link: Link, out: Outbound, frame: bytes) -> None:
         out.release()
 
 
-async def coalesce(out: Outbound) -> None:
-    """A backlog formed while the writer wrote: while each scheduling pass adds to
-    it, let the producers go on, so it leaves as one frame."""
+async def coalesce(out: Outbound, window: int) -> None:
+    """A backlog formed while the writer wrote: while the producers keep adding to
+    it, let them, so that it leaves as one frame.
+
+    The first :data:`POLL_PASSES` scheduling passes are watched one by one (a
+    short burst ends there, at no cost in latency); a backlog still growing
+    after that is a stream, and the writer parks until it holds
+    :data:`COALESCE_MAX` messages (the sender that gets it there wakes it) or
+    :data:`GATHER_WAIT` has passed.  A control frame wakes it at once.  Never
+    beyond what one frame can take: the ``window``, the queue's capacity.
+    """
+    limit = min(COALESCE_MAX, window, out.capacity)
     depth = out.depth
     idle = 0
-    while 0 < depth < COALESCE_MAX:
-        await trio.lowlevel.checkpoint()
+    for _ in range(POLL_PASSES):
+        if not 0 < depth < limit:
+            return
+        await trio.lowlevel.cancel_shielded_checkpoint()
         grown = out.depth
         # Trio runs each batch in either order, so a producer that adds one message
         # per pass can skip one of our looks, never two in a row.
@@ -127,3 +152,10 @@ async def coalesce(out: Outbound) -> None:
         if idle == 2:
             return
         depth = grown
+    if 0 < depth < limit:
+        out.gather = limit
+        try:
+            with trio.move_on_after(GATHER_WAIT):
+                await out.park(wait_for_data=True)
+        finally:
+            out.gather = 0

@@ -44,7 +44,7 @@ async def plain_writer(link: Link) -> None:
         data = link.next_data_frame(window)
         if data is not None:
             await link.timed_write(send, data)
-            await coalesce(out)
+            await coalesce(out, conn.send_window())
             continue
         if out.wake_pending:
             continue

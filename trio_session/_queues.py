@@ -119,6 +119,9 @@ class Outbound:
         #: A sender holds the single-writer token and writes its own frame
         #: (``_inline.py``): the parked writer is not woken until :meth:`release`.
         self.token = False
+        #: The parked writer gathers a backlog: wake it once this many messages wait
+        #: (0: at once).
+        self.gather = 0
 
     # -- producers (the application) ---------------------------------------------
 
@@ -141,7 +144,9 @@ class Outbound:
         self.queued += count
         self.bytes += nbytes
         self.ledger.add(nbytes)
-        if self._parked and not self.token:  # wake_for_data(), inline on the hot path
+        # wake_for_data(), inline on the hot path; a writer gathering a backlog
+        # (``_inline.coalesce``) sleeps on until it is big enough.
+        if self._parked and not self.token and self.queued + len(self.pending) >= self.gather:
             self.wake()
         return True
 
@@ -313,7 +318,7 @@ class Outbound:
 
     def writer_idle(self) -> bool:
         """The writer is parked, nothing woke it, and no sender holds the token."""
-        return self._parked and not self.wake_pending and not self.token
+        return self._parked and not self.wake_pending and not self.token and not self.gather
 
     def release(self) -> None:
         """A sender gives the token back: the writer runs if anything was owed
