@@ -17,14 +17,17 @@ behind one of its writes, lets the producers add to it while each scheduling
 pass does (:func:`coalesce`), so per-message ``send()`` calls share frames
 without an idle link paying for it.
 
-Cancellation: the inline write runs shielded, so a cancelled ``send()`` never
-leaves a half-written frame or a sealed frame unwritten; the message was
-accepted when it was sealed (it is in the replay buffer), so ``send()``
-returns normally and the caller's cancellation takes effect at its next
-checkpoint.  Ending the link cancels the write (:meth:`Link.cancel`); a
-transport error ends the link as the writer's would, and the replay after the
-resume delivers the frame.  A durable store never takes this path: its frames
-must be stored before they are written (``_durable_link.py``).
+Cancellation: a message is accepted once it is sealed (it is in the replay
+buffer and ``send_count`` counts it), so ``send()`` never raises Cancelled
+after that.  A cancellation delivered during the inline write (only possible
+while the transport blocks, or at its first yield) may have left half a frame
+on the wire: the connection is dropped (``ConnectionLost``), the resume
+retransmits the frame, and ``send()`` returns; the caller's cancel scope, still
+cancelled, raises at its next checkpoint.  A transport error ends the link as
+the writer's would.  No cancel scope is opened per write (they are the
+costliest part of a send): a write stuck when the link ends fails once the
+teardown closes the transport.  A durable store never takes this path: its
+frames must be stored before they are written (``_durable_link.py``).
 """
 
 from __future__ import annotations
@@ -109,20 +112,15 @@ async def write_inline(link: Link, out: Outbound, frame: bytes) -> None:
     out.token = True
     try:
         link.pull_rotation_deadline()  # a ratchet step may have ridden on this frame
-        send = link.sender()
-        # Shielded, but within the caller's deadline: a write that is still stuck
-        # then is abandoned, possibly half-written, so the connection must go.
-        deadline = trio.current_effective_deadline()
-        with trio.CancelScope(shield=True, deadline=deadline) as scope:
-            link.inline_scope = scope
-            try:
-                await link.timed_write(send, frame)
-            except SessionError as exc:
-                link.end(exc)  # the frame is in the replay buffer: sent after the resume
-            finally:
-                link.inline_scope = None
-        if scope.cancelled_caught and link.error is None:
-            link.end(ConnectionLost("send() timed out while its frame was being written"))
+        try:
+            await link.timed_write(link.sender(), frame)
+        except SessionError as exc:
+            link.end(exc)  # the frame is in the replay buffer: sent after the resume
+        except trio.Cancelled:
+            # Sealed, so accepted (and replayable), but maybe half-written: this
+            # connection cannot carry another frame.  The caller's cancellation
+            # takes effect at its next checkpoint (see the module docstring).
+            link.end(ConnectionLost("a send() was cancelled while writing its frame"))
     finally:
         out.release()
 

@@ -93,8 +93,6 @@ class Link:
         self.owed: list[bytes] = []
         #: The connection was LIVE (caught up) at some point.
         self.reached_live = False
-        #: A sender's inline write in progress (``_inline.py``): ending the link ends it.
-        self.inline_scope: trio.CancelScope | None = None
         #: When the last data frame was written, and whether a frame came in since:
         #: what tells a request/response or sparse sender from a stream (``_inline.py``).
         self.last_write = -math.inf
@@ -166,8 +164,6 @@ class Link:
     def cancel(self) -> None:
         if self._scope is not None:
             self._scope.cancel()
-        if self.inline_scope is not None:
-            self.inline_scope.cancel()
 
     async def close(self, code: CloseCode, reason: str) -> None:
         """Queue our CLOSE and wait until the writer sent it (aclose())."""

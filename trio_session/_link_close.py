@@ -63,8 +63,6 @@ async def tear_down(link: Link) -> None:
     """After ``link``'s tasks ended: detach it, keep its stall and counters, close
     the transport, and release everyone waiting on this connection."""
     core = link.core
-    if link.inline_scope is not None:
-        link.inline_scope.cancel()  # a sender's write on the fast path (_inline.py)
     if core.link is link:
         core.link = None
     _keep_stall(link)
