@@ -100,35 +100,35 @@ class SendFacade(Generic[M]):
         self, item: bytes | list[bytes], count: int, nbytes: int, fail_fast: bool, commit: bool
     ) -> None:
         """The lossless path shared by send() and send_many()."""
-        if fail_fast and self._core.states.state is not State.LIVE:
-            state = self._core.states.state.value
-            raise ConnectionLost(f"session is {state}, not sending (fail_fast)")
-        if self._core.persist is not None:  # durable store: stored before we return
+        core, out = self._core, self._out
+        if fail_fast and core.states.state is not State.LIVE:
+            raise ConnectionLost(f"session is {core.states.state.value}, not sending (fail_fast)")
+        if core.persist is not None:  # durable store: stored before we return
             try:
                 await self._enqueue_durable(item, count, nbytes, commit)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise final_error(self._core)  # noqa: B904 - keeps the error's own cause
+                raise final_error(core)  # noqa: B904 - keeps the error's own cause
             return
-        # What MemorySendChannel.send does, with the writer woken *before* we
-        # yield: it then runs in the same scheduler batch as our caller instead
-        # of the next one (one pass less per message on the latency path).
         await trio.lowlevel.checkpoint_if_cancelled()
-        link = inline_link(self._core)
-        if link is not None:  # the fast path (_inline.py)
+        # The fast path (_inline.py); a streaming sender finds the writer busy.
+        if out.writer_idle() and (link := inline_link(core)) is not None:
             frame = seal_inline(link, item, count, nbytes)
             if frame is not None:
                 self._send_count += count
-                await write_inline(link, self._out, frame)
+                await write_inline(link, out, frame)
                 return
+        # What MemorySendChannel.send does, with the writer woken *before* we
+        # yield: it then runs in the same scheduler batch as our caller instead
+        # of the next one (one pass less per message on the latency path).
         try:
-            if self._out.put_nowait(item, count, nbytes):
+            if out.put_nowait(item, count, nbytes):
                 self._send_count += count
                 await trio.lowlevel.cancel_shielded_checkpoint()
             else:  # full: wait like MemorySendChannel.send
-                await self._out.put(item, count, nbytes)
+                await out.put(item, count, nbytes)
                 self._send_count += count
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise final_error(self._core)  # noqa: B904 - keeps the error's own cause
+            raise final_error(core)  # noqa: B904 - keeps the error's own cause
 
     def send_latest(self, key: Hashable, message: M) -> None:
         """Queue ``message`` as the latest value for ``key`` (``conflate`` policy).
