@@ -24,6 +24,7 @@ from typing import Any, NoReturn, TypeAlias
 import attrs
 
 import trio_session as ts
+from trio_session._config import MODES
 
 from .errors import CliError
 
@@ -32,6 +33,7 @@ __all__ = [
     "Parser",
     "Subparsers",
     "Url",
+    "add_mode_option",
     "add_store_options",
     "add_timer_options",
     "check_file",
@@ -336,12 +338,41 @@ def add_timer_options(parser: argparse.ArgumentParser, fields: Iterable[str]) ->
         )
 
 
+def add_mode_option(parser: argparse.ArgumentParser, side: str) -> None:
+    """``--modes``: the frame protection modes this end accepts, most preferred first."""
+    parser.add_argument(
+        "--modes",
+        type=mode_list,
+        default=None,
+        metavar="LIST",
+        help=f"frame protection modes {side}, most preferred first, comma-separated "
+        f"({', '.join(MODES)}); aead also encrypts every frame (default: automatic, "
+        "aead over ws:// and either over wss://)",
+    )
+
+
+def mode_list(value: str) -> tuple[str, ...]:
+    """``"aead,mac"`` -> ``("aead", "mac")``, each a known mode, none twice."""
+    modes = tuple(part.strip() for part in value.split(","))
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not all(modes):
+        bad = ", ".join(repr(m) for m in unknown) or "an empty name"
+        raise argparse.ArgumentTypeError(
+            f"{bad} is not a mode; use a comma-separated list of {', '.join(MODES)}"
+        )
+    if len(set(modes)) != len(modes):
+        raise argparse.ArgumentTypeError(f"{value!r} lists a mode twice")
+    return modes
+
+
 def config_from(args: argparse.Namespace, base: ts.SessionConfig | None = None) -> ts.SessionConfig:
-    """A SessionConfig from the timer options given; errors name the options."""
+    """A SessionConfig from the timer and mode options given; errors name the options."""
     base = base or ts.SessionConfig()
     changes: dict[str, Any] = {
         f: getattr(args, f) for f in TIMER_FIELDS if getattr(args, f, None) is not None
     }
+    if getattr(args, "modes", None) is not None:
+        changes["modes"] = args.modes
     rekey = changes.get("rekey_interval")
     if rekey is not None and base.reject_after <= 1.5 * rekey:
         # A rekey not completed within 1.5 intervals ends the connection (resumable).

@@ -25,6 +25,7 @@ from .args import (
     Parser,
     Subparsers,
     Url,
+    add_mode_option,
     add_store_options,
     add_timer_options,
     client_tls,
@@ -88,6 +89,7 @@ def add_parser(sub: Subparsers, common: Parser) -> None:
     add_timer_options(
         p, ("heartbeat_interval", "heartbeat_timeout", "handshake_timeout", "ratchet_interval")
     )
+    add_mode_option(p, "to offer")
     add_store_options(p, "the session")
     add_output_options(p, json_help="print only one JSON object on stdout (progress on stderr)")
     p.set_defaults(run=run)

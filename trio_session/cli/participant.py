@@ -86,7 +86,10 @@ def connect_failure(
             "and have the venue add its public key"
         )
     elif code is ts.CloseCode.VERSION_MISMATCH:
-        text = f"the venue at {url} speaks another protocol version: {describe(exc)}"
+        text = (
+            f"the venue at {url} accepts no protocol version or frame protection mode "
+            f"this participant offers (see --modes): {describe(exc)}"
+        )
     elif isinstance(exc, ts.AuthenticationError):
         text = (
             f"authentication with {url} failed ({describe(exc)}); check that --venue-key is "

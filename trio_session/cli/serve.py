@@ -26,6 +26,7 @@ from .args import (
     TIMER_FIELDS,
     Parser,
     Subparsers,
+    add_mode_option,
     add_store_options,
     add_timer_options,
     config_from,
@@ -99,6 +100,7 @@ def add_parser(sub: Subparsers, common: Parser) -> None:
         help="serve Prometheus metrics on --host:N (0: any free port; needs the metrics extra)",
     )
     add_timer_options(p, TIMER_FIELDS)
+    add_mode_option(p, "to accept")
     add_store_options(p, "the venue's sessions")
     add_output_options(
         p, json_help="print the listening address as one JSON line on stdout (progress on stderr)"
