@@ -19,15 +19,17 @@ without an idle link paying for it.
 
 Cancellation: a message is accepted once it is sealed (it is in the replay
 buffer and ``send_count`` counts it), so ``send()`` never raises Cancelled
-after that.  A cancellation delivered during the inline write (only possible
-while the transport blocks, or at its first yield) may have left half a frame
-on the wire: the connection is dropped (``ConnectionLost``), the resume
-retransmits the frame, and ``send()`` returns; the caller's cancel scope, still
-cancelled, raises at its next checkpoint.  A transport error ends the link as
-the writer's would.  No cancel scope is opened per write (they are the
-costliest part of a send): a write stuck when the link ends fails once the
-teardown closes the transport.  A durable store never takes this path: its
-frames must be stored before they are written (``_durable_link.py``).
+after that.  A cancellation delivered during the inline write lands where
+trio-websocket yields before it writes a byte (its send lock, the socket's
+first try), so the frame goes to the writer (:attr:`Link.unwritten`), which
+writes it before anything sealed later, and ``send()`` returns; the caller's
+cancel scope, still cancelled, raises at its next checkpoint.  (Only a write
+that the socket took in part, then blocked, could have left half a frame:
+the peer then fails the connection on the garbled frame and the resume
+retransmits it, exactly once.)  A transport error ends the link as the
+writer's would.  No cancel scope is opened per write (they are the costliest
+part of a send).  A durable store never takes this path: its frames must be
+stored before they are written (``_durable_link.py``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from ._errors import ConnectionLost, SessionError
+from ._errors import SessionError
 from .protocol import ConnectionState
 
 if TYPE_CHECKING:
@@ -117,10 +119,10 @@ async def write_inline(link: Link, out: Outbound, frame: bytes) -> None:
         except SessionError as exc:
             link.end(exc)  # the frame is in the replay buffer: sent after the resume
         except trio.Cancelled:
-            # Sealed, so accepted (and replayable), but maybe half-written: this
-            # connection cannot carry another frame.  The caller's cancellation
-            # takes effect at its next checkpoint (see the module docstring).
-            link.end(ConnectionLost("a send() was cancelled while writing its frame"))
+            # Sealed, so accepted: the writer writes it next.  The caller's
+            # cancellation takes effect at its next checkpoint (module docstring).
+            link.unwritten = frame
+            out.wake()
     finally:
         out.release()
 

@@ -93,6 +93,9 @@ class Link:
         self.owed: list[bytes] = []
         #: The connection was LIVE (caught up) at some point.
         self.reached_live = False
+        #: A frame sealed by a sender on the fast path whose write was cancelled
+        #: before it started: the writer writes it first (``_inline.py``).
+        self.unwritten: bytes | None = None
         #: When the last data frame was written, and whether a frame came in since:
         #: what tells a request/response or sparse sender from a stream (``_inline.py``).
         self.last_write = -math.inf

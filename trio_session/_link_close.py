@@ -150,6 +150,8 @@ async def _send_close(link: Link, err: SessionError, close_timeout: float) -> No
         # Frames the writer had sealed but not written when it was cancelled go
         # first: the CLOSE's control seq follows theirs.
         frames = link.owed + link.conn.data_to_send()
+        if link.unwritten is not None:  # a sender's, cancelled: sealed before all others
+            frames.insert(0, link.unwritten)
         with trio.move_on_after(min(0.5, close_timeout)):
             for frame in frames:
                 await link.transport.send(frame)

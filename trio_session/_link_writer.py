@@ -30,6 +30,9 @@ async def plain_writer(link: Link) -> None:
         out.wake_pending = False
         link.pull_rotation_deadline()
         owed = link.owed = conn.data_to_send()
+        if link.unwritten is not None:  # sealed before all of those
+            owed.insert(0, link.unwritten)
+            link.unwritten = None
         while owed:
             await send(owed[0])
             del owed[0]
