@@ -74,8 +74,10 @@ class SendFacade(Generic[M]):
         for one over ``max_message_size``.
         """
         payload = self._codec.encode(message)
-        self._check_can_send(payload)
-        await self._enqueue(payload, 1, len(payload), fail_fast, commit)
+        core, n = self._core, len(payload)
+        if core.error is not None or core.closing or n > self.config.max_message_size:
+            self._check_can_send(payload)  # raises the error that applies
+        await self._enqueue(payload, 1, n, fail_fast, commit)
 
     async def send_many(
         self, messages: Sequence[M], *, fail_fast: bool = False, commit: bool = False
