@@ -1,6 +1,6 @@
 """Writes by the task that has the frame: the send fast path and adaptive batching.
 
-The writer task (``Link._writer``) is the single owner of sequence numbers and
+The writer task (``_link_writer.plain_writer``) is the single owner of sequence numbers and
 key epochs while it runs.  Waking it for every message costs a scheduler hop
 on each side of a round trip, so when it is parked with nothing queued, a
 ``send()`` seals and writes its own frame instead, holding the same
