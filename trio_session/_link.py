@@ -6,10 +6,12 @@ While a connection is attached to a session, a :class:`Link` runs exactly:
   message batches on the inbound queue.  Credit flow control guarantees that
   queue has room, so the reader never blocks on the application, and
   heartbeats, acks and rekeys keep flowing while the application is busy;
-* the **writer**: the only task that builds frames, so sequence numbers and
-  key epochs follow wire order.  Control frames (acks, heartbeats, rekeys,
-  close) first, always; then queued notices; then as many queued messages as
-  credit allows, coalesced into one frame;
+* the **writer** (``_link_writer.py``): holds the single-writer token while it
+  runs, so sequence numbers and key epochs follow wire order.  Control frames
+  (acks, heartbeats, rekeys, close) first, always; then queued notices; then as
+  many queued messages as credit allows, coalesced into one frame.  While it is
+  parked with nothing queued, a ``send()`` may take the token and write its
+  own frame (``_inline.py``);
 * the **heartbeat** task: sleeps until the protocol's next heartbeat deadline
   (an adjustable sleep: the reader pulls it in when received data makes an
   acknowledgement due sooner);
