@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +146,18 @@ def test_star_import_and_lazy_loading_in_a_fresh_interpreter() -> None:
         """
     )
     assert out.strip() == "[] trio_session"
+
+
+def test_every_subpackage_is_shipped() -> None:
+    """``pip install .`` (not editable) installs exactly the packages pyproject lists:
+    a package directory missing from the list fails at import only after installing."""
+    root = Path(trio_session.__file__).parent
+    listed = set(
+        tomllib.loads((root.parent / "pyproject.toml").read_text())["tool"]["setuptools"][
+            "packages"
+        ]
+    )
+    on_disk = {
+        ".".join(init.parent.relative_to(root.parent).parts) for init in root.rglob("__init__.py")
+    }
+    assert on_disk == listed, (on_disk - listed, listed - on_disk)
