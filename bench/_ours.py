@@ -25,6 +25,7 @@ from _common import (
     GC_WATCH,
     PAYLOAD,
     PAYLOAD_SIZE,
+    echo_rtts,
     emit,
     freeze_gc,
     identities,
@@ -105,6 +106,7 @@ async def server(params: dict[str, Any]) -> None:
                 params.get("port", 0),
                 config=cfg,
                 store=_store(params),
+                gc_freeze=bool(params.get("gc_freeze")),
             )
         )
         emit("PORT", srv.port)
@@ -315,94 +317,94 @@ async def rekey(params: dict[str, Any]) -> None:
     )
 
 
+class _Ramp:
+    """Opens ``n`` sessions, ``concurrency`` at a time, and holds them until ``stop``."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.n = int(params["n"])
+        self.connect = _connector(params)
+        self.sem = trio.Semaphore(int(params["concurrency"]))
+        self.sessions: list[ts.Session] = []
+        self.failed = 0
+        self.pending = self.n
+        self.all_up = trio.Event()
+        self.stop = trio.Event()
+        #: Scopes of the connections not up yet (cancelled when the ramp gives up).
+        self.ramping: set[trio.CancelScope] = set()
+
+    def _settled(self) -> None:
+        self.pending -= 1
+        if not self.pending:
+            self.all_up.set()
+
+    async def hold(self) -> None:
+        acquired = False
+        with trio.CancelScope() as scope:
+            self.ramping.add(scope)
+            try:
+                await self.sem.acquire()
+                acquired = True
+                async with self.connect() as session:
+                    self.sem.release()
+                    acquired = False
+                    self.ramping.discard(scope)
+                    self.sessions.append(session)
+                    self._settled()
+                    await self.stop.wait()
+            except ts.SessionError:
+                self.failed += 1
+                self._settled()
+            finally:
+                if acquired:
+                    self.sem.release()
+
+    async def run(self, nursery: trio.Nursery, give_up_after: float) -> None:
+        """Start every session; return once all are settled or ``give_up_after`` s passed."""
+        for _ in range(self.n):
+            nursery.start_soon(self.hold)
+        with trio.move_on_after(give_up_after):
+            await self.all_up.wait()
+        for scope in self.ramping:  # give up on connections still pending
+            scope.cancel()
+
+
+async def _heartbeat_rtts(sessions: list[ts.Session], end: float, out: list[float]) -> None:
+    """Every session's new ``stats.rtt`` values, sampled once a second until ``end``."""
+    last: dict[int, float | None] = {}
+    while trio.current_time() < end:
+        for i, s in enumerate(sessions):
+            r = s.stats.rtt
+            if r is not None and r != last.get(i):
+                out.append(round(r * 1e6, 1))
+                last[i] = r
+        await trio.sleep_until(min(end, trio.current_time() + 1.0))
+
+
 async def many(params: dict[str, Any]) -> None:
     """Hold ``n`` idle sessions (1 s heartbeats); sample heartbeat and echo RTTs."""
     raise_nofile()
-    n, sample, concurrency = int(params["n"]), int(params["sample"]), int(params["concurrency"])
-    sessions: list[ts.Session] = []
-    failed = 0
-    stop = trio.Event()
-    all_up = trio.Event()
-    ramping: set[trio.CancelScope] = set()
+    ramp = _Ramp(params)
     async with trio.open_nursery() as nursery:
-        sem = trio.Semaphore(concurrency)
-        pending = n
-        connect = _connector(params)
-
-        def settled() -> None:
-            nonlocal pending
-            pending -= 1
-            if not pending:
-                all_up.set()
-
-        async def hold() -> None:
-            nonlocal failed
-            acquired = False
-            with trio.CancelScope() as scope:
-                ramping.add(scope)
-                try:
-                    await sem.acquire()
-                    acquired = True
-                    async with connect() as session:
-                        sem.release()
-                        acquired = False
-                        ramping.discard(scope)
-                        sessions.append(session)
-                        settled()
-                        await stop.wait()
-                except ts.SessionError:
-                    failed += 1
-                    settled()
-                finally:
-                    if acquired:
-                        sem.release()
-
         t0 = time.perf_counter()
-        for _ in range(n):
-            nursery.start_soon(hold)
-        with trio.move_on_after(float(params["ramp_timeout"])):
-            await all_up.wait()
-        for scope in ramping:  # give up on connections still pending
-            scope.cancel()
-        sampled = sessions[:sample]
+        await ramp.run(nursery, float(params["ramp_timeout"]))
+        sessions = ramp.sessions
+        sampled = sessions[: int(params["sample"])]
         for s in sampled:
             await s.send(b"echo")
         ramp_s = time.perf_counter() - t0
         if params.get("gc_freeze"):
             freeze_gc()
-        emit("READY", {"n": len(sessions), "failed": failed, "ramp_s": ramp_s})
+        emit("READY", {"n": len(sessions), "failed": ramp.failed, "ramp_s": ramp_s})
         window = float(await read_line())
         GC_WATCH.reset()
         hb_us: list[float] = []
         echo_us: list[float] = []
         cpu0 = time.process_time()
         end = trio.current_time() + window
-
-        async def rtt_sampler() -> None:
-            last: dict[int, float | None] = {}
-            while trio.current_time() < end:
-                for i, s in enumerate(sessions):
-                    r = s.stats.rtt
-                    if r is not None and r != last.get(i):
-                        hb_us.append(round(r * 1e6, 1))
-                        last[i] = r
-                await trio.sleep_until(min(end, trio.current_time() + 1.0))
-
-        async def echo_loop() -> None:
-            i = 0
-            while trio.current_time() < end and sampled:
-                s = sampled[i % len(sampled)]
-                i += 1
-                t0 = time.perf_counter()
-                with trio.move_on_at(end):
-                    await s.send(PAYLOAD)
-                    await s.receive()
-                    echo_us.append((time.perf_counter() - t0) * 1e6)
-                await trio.sleep(0.05)
-
         async with trio.open_nursery() as measure:
-            measure.start_soon(rtt_sampler)
-            measure.start_soon(echo_loop)
+            measure.start_soon(_heartbeat_rtts, sessions, end, hb_us)
+            echoes = [(s.send, s.receive) for s in sampled]
+            measure.start_soon(echo_rtts, echoes, end, echo_us)
         not_live = sum(1 for s in sessions if s.state is not ts.State.LIVE)
         emit(
             "RESULT",
@@ -417,7 +419,7 @@ async def many(params: dict[str, Any]) -> None:
                 "gc": GC_WATCH.snapshot(),
             },
         )
-        stop.set()
+        ramp.stop.set()
         nursery.cancel_scope.cancel()
 
 

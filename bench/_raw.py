@@ -16,7 +16,16 @@ from typing import Any
 
 import trio
 import trio_websocket
-from _common import GC_WATCH, PAYLOAD, emit, freeze_gc, raise_nofile, read_line, stdin_eof
+from _common import (
+    GC_WATCH,
+    PAYLOAD,
+    echo_rtts,
+    emit,
+    freeze_gc,
+    raise_nofile,
+    read_line,
+    stdin_eof,
+)
 
 _CLOSED = (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -94,33 +103,68 @@ async def establish(params: dict[str, Any]) -> None:
     emit("RESULT", {"establish_us": up, "cycle_us": cycle})
 
 
+async def _open_all(
+    params: dict[str, Any], nursery: trio.Nursery
+) -> tuple[list[trio_websocket.WebSocketConnection], int]:
+    """Open ``n`` connections, ``concurrency`` at a time, within ``ramp_timeout``;
+    returns them and the number that failed."""
+    n, sem = int(params["n"]), trio.Semaphore(int(params["concurrency"]))
+    conns: list[trio_websocket.WebSocketConnection] = []
+    failed = 0
+
+    async def open_one() -> None:
+        nonlocal failed
+        async with sem:
+            try:
+                ws = await trio_websocket.connect_websocket(
+                    nursery, "127.0.0.1", int(params["port"]), "/", use_ssl=False
+                )
+            except (trio_websocket.HandshakeError, OSError):
+                failed += 1
+                return
+        conns.append(ws)
+
+    with trio.move_on_after(float(params["ramp_timeout"])):
+        async with trio.open_nursery() as ramp:
+            for _ in range(n):
+                ramp.start_soon(open_one)
+    return conns, failed
+
+
+class _Pings:
+    """``ws.ping()`` once a second on each connection from a jittered start, until ``end``."""
+
+    def __init__(self, end: float) -> None:
+        self.end = end
+        self.rtt_us: list[float] = []
+        #: Pings still unanswered at ``end``.
+        self.incomplete = 0
+
+    async def loop(self, ws: trio_websocket.WebSocketConnection) -> None:
+        await trio.sleep(random.random())
+        nxt = trio.current_time()
+        while nxt < self.end:
+            t0 = time.perf_counter()
+            with trio.move_on_at(self.end) as scope:
+                try:
+                    await ws.ping()
+                except _CLOSED:
+                    return
+            if scope.cancelled_caught:
+                self.incomplete += 1
+                return
+            self.rtt_us.append((time.perf_counter() - t0) * 1e6)
+            nxt += 1.0
+            await trio.sleep_until(nxt)
+
+
 async def many(params: dict[str, Any]) -> None:
     """Hold ``n`` idle connections; ping each once a second (ws.ping) while measuring."""
     raise_nofile()
-    n, sample, concurrency = int(params["n"]), int(params["sample"]), int(params["concurrency"])
-    conns: list[trio_websocket.WebSocketConnection] = []
-    failed = 0
     async with trio.open_nursery() as nursery:
-        sem = trio.Semaphore(concurrency)
-
-        async def open_one() -> None:
-            nonlocal failed
-            async with sem:
-                try:
-                    ws = await trio_websocket.connect_websocket(
-                        nursery, "127.0.0.1", int(params["port"]), "/", use_ssl=False
-                    )
-                except (trio_websocket.HandshakeError, OSError):
-                    failed += 1
-                    return
-            conns.append(ws)
-
         t0 = time.perf_counter()
-        with trio.move_on_after(float(params["ramp_timeout"])):
-            async with trio.open_nursery() as ramp:
-                for _ in range(n):
-                    ramp.start_soon(open_one)
-        sampled = conns[:sample]
+        conns, failed = await _open_all(params, nursery)
+        sampled = conns[: int(params["sample"])]
         for ws in sampled:
             await ws.send_message(b"echo")
         ramp_s = time.perf_counter() - t0
@@ -129,53 +173,21 @@ async def many(params: dict[str, Any]) -> None:
         emit("READY", {"n": len(conns), "failed": failed, "ramp_s": ramp_s})
         window = float(await read_line())
         GC_WATCH.reset()
-        ping_us: list[float] = []
         echo_us: list[float] = []
-        incomplete = 0
         cpu0 = time.process_time()
-        end = trio.current_time() + window
-
-        async def ping_loop(ws: trio_websocket.WebSocketConnection) -> None:
-            nonlocal incomplete
-            await trio.sleep(random.random())
-            nxt = trio.current_time()
-            while nxt < end:
-                t0 = time.perf_counter()
-                with trio.move_on_at(end) as scope:
-                    try:
-                        await ws.ping()
-                    except _CLOSED:
-                        return
-                if scope.cancelled_caught:
-                    incomplete += 1
-                    return
-                ping_us.append((time.perf_counter() - t0) * 1e6)
-                nxt += 1.0
-                await trio.sleep_until(nxt)
-
-        async def echo_loop() -> None:
-            i = 0
-            while trio.current_time() < end and sampled:
-                ws = sampled[i % len(sampled)]
-                i += 1
-                t0 = time.perf_counter()
-                with trio.move_on_at(end):
-                    await ws.send_message(PAYLOAD)
-                    await ws.get_message()
-                    echo_us.append((time.perf_counter() - t0) * 1e6)
-                await trio.sleep(0.05)
-
+        pings = _Pings(trio.current_time() + window)
         async with trio.open_nursery() as measure:
             for ws in conns:
-                measure.start_soon(ping_loop, ws)
-            measure.start_soon(echo_loop)
+                measure.start_soon(pings.loop, ws)
+            echoes = [(ws.send_message, ws.get_message) for ws in sampled]
+            measure.start_soon(echo_rtts, echoes, pings.end, echo_us)
         emit(
             "RESULT",
             {
                 "n": len(conns),
-                "ping_rtt_us": [round(x, 1) for x in ping_us],
+                "ping_rtt_us": [round(x, 1) for x in pings.rtt_us],
                 "echo_rtt_us": echo_us,
-                "incomplete": incomplete,
+                "incomplete": pings.incomplete,
                 "client_cpu_share": (time.process_time() - cpu0) / window,
                 "client_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                 "gc": GC_WATCH.snapshot(),

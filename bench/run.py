@@ -268,9 +268,12 @@ class Bench:
         profile: tuple[Path, str] | None,
         *,
         gc_freeze: bool = False,
+        gc_policy: bool = True,
         many_config: dict[str, Any] | None = None,
     ) -> None:
         self.gc_freeze = gc_freeze
+        #: many: ours serves with ``serve(gc_freeze=True)``, the documented policy.
+        self.gc_policy = gc_policy
         #: SessionConfig fields of the many-sessions scenario (ours).
         self.many_config = HEARTBEAT_CONFIG if many_config is None else many_config
         self.sizes = sizes
@@ -568,6 +571,7 @@ class Bench:
                 "window_s": z.many_window,
                 "client_processes": _client_procs(n),
                 "gc_freeze": self.gc_freeze,
+                "gc_policy": self.gc_policy,
             },
             "raw": raw_m,
             "ours": ours_m,
@@ -586,7 +590,8 @@ class Bench:
         z = self.sizes
         k = _client_procs(n)
         config = self.many_config if stack == "ours" else {}
-        with self.server(stack, config) as srv:
+        policy = {"gc_freeze": self.gc_policy} if stack == "ours" else None
+        with self.server(stack, config, extra=policy) as srv:
             time.sleep(0.3)
             rss0 = proc_rss_bytes(srv.pid)
             clients: list[Proc] = []
@@ -740,6 +745,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="many: gc.freeze() in every process (both stacks) once the sessions are up",
     )
     parser.add_argument(
+        "--no-gc-policy",
+        action="store_true",
+        help="many: trio_session's venue without serve(gc_freeze=True) (the library default)",
+    )
+    parser.add_argument(
         "--many-config",
         type=json.loads,
         metavar="JSON",
@@ -756,7 +766,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
         profile = (args.profile.resolve(), args.profiler)
     raise_nofile()
-    bench = Bench(sizes, runs, profile, gc_freeze=args.gc_freeze, many_config=args.many_config)
+    bench = Bench(
+        sizes,
+        runs,
+        profile,
+        gc_freeze=args.gc_freeze,
+        gc_policy=not args.no_gc_policy,
+        many_config=args.many_config,
+    )
     info = machine_info()
     log(f"machine: {info}")
     chosen = args.scenario or list(SCENARIOS)

@@ -143,6 +143,13 @@ class SessionControl:
     async def wait_finished(self) -> None:
         await self._core.finished.wait()
 
+    def when_finished(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the session finished (at once if it has)."""
+        if self._core.finished.is_set():
+            callback()
+        else:
+            self._core.on_finished = callback
+
     def log_event(self, level: int, event: str, msg: str, *args: object, **fields: Any) -> None:
         """Log a lifecycle event of this session (see ``_log.py``)."""
         self._core.log.event(level, event, msg, *args, **fields)

@@ -19,6 +19,7 @@ buffers hold (``_budget.py``), and finishing exactly once with one typed error.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
@@ -138,6 +139,9 @@ class SessionCore:
         #: aclose() started: no new sends, no reconnects.
         self.closing = False
         self.finished = trio.Event()
+        #: Called once by :meth:`finish`, last (the venue starts the session's end
+        #: hooks there rather than keep a task per session waiting for the end).
+        self.on_finished: Callable[[], None] | None = None
         #: Set when nothing is queued or unacknowledged (re-armed by aclose()).
         self.drained = trio.Event()
         #: Set while no connection is attached or being torn down.
@@ -253,6 +257,8 @@ class SessionCore:
         self._leave_ledger()
         self.drained.set()
         log_end(self)
+        if self.on_finished is not None:
+            self.on_finished()
 
     def stats(self) -> SessionStats:
         c = self.counters

@@ -10,7 +10,6 @@ follow the list of transitions, so they are edge-triggered and miss nothing
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Final, final
 
@@ -49,9 +48,11 @@ class StateHistory:
         #: Outages: STALE entered other than after a failed reconnection attempt
         #: (RESUMING -> STALE continues the same spell).
         self.stale_spells = 0
-        self._entries: deque[State] = deque(maxlen=HISTORY)
+        # A list and an event made on demand, not a deque and an event per
+        # session: thousands of idle sessions each keep one (see _gc.py).
+        self._entries: list[State] = []
         self._start = 0  # absolute index of _entries[0]
-        self._changed = trio.Event()
+        self._changed: trio.Event | None = None
 
     def enter(self, state: State) -> bool:
         """Move to ``state``; False when nothing changed (same state, or CLOSED)."""
@@ -61,12 +62,21 @@ class StateHistory:
             self.stale_spells += 1
         entries = self._entries
         if len(entries) == HISTORY:
+            del entries[0]
             self._start += 1
         entries.append(state)
         self.state = state
-        self._changed.set()
-        self._changed = trio.Event()
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            changed.set()
         return True
+
+    def _next_change(self) -> trio.Event:
+        """The event the next transition sets."""
+        if self._changed is None:
+            self._changed = trio.Event()
+        return self._changed
 
     def _end(self) -> int:
         return self._start + len(self._entries)
@@ -87,7 +97,7 @@ class StateHistory:
                     return
             if self.state is State.CLOSED:
                 return
-            await self._changed.wait()
+            await self._next_change().wait()
 
     async def wait(self, *states: State) -> State:
         """Return at once when in one of ``states`` (or CLOSED), else at the first
@@ -97,7 +107,7 @@ class StateHistory:
             return self.state
         index = self._end()
         while True:
-            await self._changed.wait()
+            await self._next_change().wait()
             while index < self._end():
                 state, index = self._at(index)
                 if state in states or state is State.CLOSED:

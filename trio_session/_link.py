@@ -12,9 +12,12 @@ While a connection is attached to a session, a :class:`Link` runs exactly:
   many queued messages as credit allows, coalesced into one frame.  While it is
   parked with nothing queued, a ``send()`` may take the token and write its
   own frame (``_inline.py``);
-* the **heartbeat** task: sleeps until the protocol's next heartbeat deadline
-  (an adjustable sleep: the reader pulls it in when received data makes an
-  acknowledgement due sooner);
+* the **heartbeat** task: sleeps until the session's next timer deadline
+  (heartbeat, probe, stale and heartbeat timeouts, delayed ack; on the venue
+  also the slow-consumer deadlines).  One adjustable sleep: whoever changes an
+  input of the deadline moves it (the reader after each frame, the writer when
+  a write starts or data waits), so an idle session's timer fires only when
+  something is due, and no write needs a cancel scope of its own;
 * the **key-rotation** task: sleeps until the next ratchet/rekey deadline.
 
 Any task failure or connection break cancels the nursery; :meth:`Link.run`
@@ -88,8 +91,10 @@ class Link:
         self._on_confirmed = on_confirmed
         self._hb_sleep: trio.CancelScope | None = None
         self._rot_sleep: trio.CancelScope | None = None
-        #: Venue: when the write in progress started (None between writes).
+        #: Venue: when the write in progress started, and when it must have
+        #: finished (both None between writes; the heartbeat task enforces it).
         self._send_started: float | None = None
+        self._send_deadline: float | None = None
         #: Frames sealed by the writer and not yet written (a cancelled writer
         #: leaves them for the CLOSE, whose control seq comes after theirs).
         self.owed: list[bytes] = []
@@ -218,6 +223,13 @@ class Link:
                 out.wake()
             elif core.record is not None and not core.record.replay_messages:
                 core.drained.set()
+            hb = self._hb_sleep
+            if hb is not None:  # the frame moved last_rx (and maybe the ack deadline)
+                # Clamped as the task clamps its own sleep: a deadline that is due
+                # but waits on the writer must not wake it at every frame.
+                due = max(self._timer_due(), trio.current_time() + MIN_TIMER_STEP)
+                if due != hb.deadline:
+                    hb.deadline = due
 
     def _note_authenticated(self) -> None:
         if self._on_confirmed is not None and self.conn.authenticated:
@@ -231,11 +243,6 @@ class Link:
         if not core.inbound.put(ev.payloads, ev.system, ev.nbytes):
             return False
         core.counters.received += len(ev.payloads)
-        hb = self._hb_sleep
-        if hb is not None:
-            due = self.conn.heartbeat_deadline()
-            if due < hb.deadline:
-                hb.deadline = due
         if core.states.state is not State.LIVE and self._caught_up():
             self._live()
         return True
@@ -274,6 +281,21 @@ class Link:
             if due < hb.deadline:
                 hb.deadline = due
 
+    def _timer_due(self) -> float:
+        """When the heartbeat task next has something to do: the connection's
+        heartbeat deadline; on the venue also the slow-consumer deadlines of
+        queued data that cannot go out and of the write in progress."""
+        due = self.conn.heartbeat_deadline()
+        core = self._core
+        if core.role is Role.VENUE:
+            stalled = core.stalled_since
+            if stalled is not None:
+                due = min(due, stalled + core.config.slow_consumer_timeout)
+            write = self._send_deadline
+            if write is not None and write < due:
+                due = write
+        return due
+
     def next_data_frame(self, window: int) -> bytes | None:
         """The next notice or message frame the window allows, or None (idle or stalled)."""
         conn, core = self.conn, self._core
@@ -306,23 +328,27 @@ class Link:
 
     async def _bounded_send(self, frame: bytes) -> None:
         # Venue: a participant that stops reading its socket fills TCP buffers and
-        # blocks us here rather than in credit, so every write is bounded.
+        # blocks us here rather than in credit, so every write is bounded: by the
+        # heartbeat task's deadline (one sleep per session, not a scope per write).
         limit = self._core.config.slow_consumer_timeout
         self._send_started = started = trio.current_time()
         stalled = self._core.stalled_since
         # A stall carried over from before a resume leaves less time for this write.
-        deadline = started + limit if stalled is None else min(started, stalled) + limit
+        self._send_deadline = deadline = (
+            started + limit if stalled is None else min(started, stalled) + limit
+        )
+        hb = self._hb_sleep
+        if hb is not None and deadline < hb.deadline:
+            hb.deadline = deadline
         try:
-            with trio.move_on_at(deadline) as scope:
-                await self.transport.send(frame)
+            await self.transport.send(frame)
         except SessionError:
-            self._send_started = None  # failed, not blocked
+            self._send_started = self._send_deadline = None  # failed, not blocked
             raise
-        # Cancelled (the connection ended while this write was blocked): the
-        # start stays, and _keep_stall carries it over to the detached session.
-        self._send_started = None
-        if scope.cancelled_caught:
-            raise slow_consumer(self._core, f"participant did not read for {limit}s")
+        # Cancelled (the connection ended while this write was blocked, or the
+        # heartbeat task ended it at the deadline): the start stays, and
+        # _keep_stall carries it over to the detached session.
+        self._send_started = self._send_deadline = None
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -332,12 +358,8 @@ class Link:
         slow_limit = core.config.slow_consumer_timeout
         while True:
             now = trio.current_time()
-            deadline = conn.heartbeat_deadline()
-            if venue and core.stalled_since is not None:
-                deadline = min(deadline, core.stalled_since + slow_limit)
-            # An adjustable sleep: the reader pulls the deadline in when received
-            # data makes a (delayed) acknowledgement due sooner.
-            with trio.move_on_at(max(deadline, now + MIN_TIMER_STEP)) as sleep:
+            # An adjustable sleep: see _timer_due and the module docstring.
+            with trio.move_on_at(max(self._timer_due(), now + MIN_TIMER_STEP)) as sleep:
                 self._hb_sleep = sleep
                 await trio.sleep_forever()
             self._hb_sleep = None
@@ -348,8 +370,14 @@ class Link:
                 core.set_state(State.STALE, f"no frame from the peer for {conn.stale_after}s")
             if conn.has_pending_control():
                 core.outbound.wake()
+            if not venue:
+                continue
+            now = trio.current_time()
+            write = self._send_deadline
+            if write is not None and now >= write:
+                raise slow_consumer(core, f"participant did not read for {slow_limit}s")
             stalled = core.stalled_since
-            if venue and stalled is not None and trio.current_time() - stalled >= slow_limit:
+            if stalled is not None and now - stalled >= slow_limit:
                 raise slow_consumer(
                     self._core,
                     f"participant consumed nothing for {slow_limit}s while messages waited",

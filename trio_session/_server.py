@@ -16,7 +16,6 @@ all sessions together may hold is bounded too: ``max_sessions_per_key``
 
 from __future__ import annotations
 
-import inspect
 import logging
 import ssl
 import time
@@ -31,7 +30,6 @@ import trio
 from ._budget import MemoryGuard
 from ._config import SessionConfig
 from ._control import SessionControl, open_session
-from ._core import final_counts
 from ._driver import run_handshake
 from ._errors import (
     AuthenticationError,
@@ -40,8 +38,8 @@ from ._errors import (
     ConnectionLost,
     RateLimited,
     SessionError,
-    is_clean_close,
 )
+from ._gc import GcFreezer
 from ._identity import Identity, KeyRegistry
 from ._lifecycle import State
 from ._link import close_forcefully
@@ -55,10 +53,11 @@ from ._transport import (
 )
 from ._typing import M, TypeForm
 from ._venue_gate import VenueGate, detached_end, end_session, sid_of
+from ._venue_hooks import EndHooks
 from ._venue_stats import VenueStats, VenueTally
-from ._venue_store import VenueStore, hook_owed, venue_store
+from ._venue_store import VenueStore, venue_store
 from .protocol import HandshakeComplete, HelloReceived, Role, SessionRecord, VenueConnection
-from .store import SessionStatus, SessionStore
+from .store import SessionStore
 
 __all__ = ["VenueServer", "VenueStats", "serve"]
 
@@ -107,6 +106,7 @@ async def serve(
     on_session_lost: Hook[bytes] | None = None,
     on_logout: Hook[bytes] | None = None,
     store: SessionStore | None = None,
+    gc_freeze: bool = False,
     task_status: trio.TaskStatus[VenueServer] = trio.TASK_STATUS_IGNORED,
 ) -> None: ...
 
@@ -125,6 +125,7 @@ async def serve(
     on_session_lost: Hook[M] | None = None,
     on_logout: Hook[M] | None = None,
     store: SessionStore | None = None,
+    gc_freeze: bool = False,
     task_status: trio.TaskStatus[VenueServer] = trio.TASK_STATUS_IGNORED,
 ) -> None: ...
 
@@ -142,6 +143,7 @@ async def serve(
     on_session_lost: Hook[Any] | None = None,
     on_logout: Hook[Any] | None = None,
     store: SessionStore | None = None,
+    gc_freeze: bool = False,
     task_status: trio.TaskStatus[VenueServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve participant sessions until cancelled: ``server = await nursery.start(ts.serve, ...)``.
@@ -191,6 +193,12 @@ async def serve(
             message ``send()`` returned for (docs/howto/durable.md).  A store
             that cannot be used, or a failed write to it, raises
             :class:`~trio_session.StoreError`.
+        gc_freeze: the garbage-collector policy for venues holding thousands of
+            sessions: established sessions are moved out of the collector's reach
+            (:func:`gc.freeze`), so that no full collection pauses every session for
+            hundreds of milliseconds; after churn, one full collection reclaims what
+            ended sessions left (docs/howto/scale.md).  Process-wide, hence off by
+            default.
         task_status: for ``nursery.start``; receives the :class:`VenueServer`.
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
@@ -198,7 +206,15 @@ async def serve(
     # modes=None prefers "aead" without TLS (docs/api.md, SessionConfig.modes).
     cfg = (config or SessionConfig()).for_venue(tls=ssl_context is not None)
     venue = VenueRunner(
-        handler, identity, registry, cfg, messages, on_session_lost, on_logout, store=store
+        handler,
+        identity,
+        registry,
+        cfg,
+        messages,
+        on_session_lost,
+        on_logout,
+        store=store,
+        freezer=GcFreezer() if gc_freeze else None,
     )
     async with venue.running() as nursery:
         try:
@@ -244,14 +260,13 @@ class VenueRunner:
         *,
         store: SessionStore | None = None,
         wall_clock: Callable[[], float] = time.time,
+        freezer: GcFreezer | None = None,
     ) -> None:
         self.handler = handler
         self.identity = identity
         self.registry = registry
         self.config = config
         self.messages = messages
-        self.on_session_lost = on_session_lost
-        self.on_logout = on_logout
         #: Sessions by session id, kept until they end.
         self.sessions: dict[bytes, SessionControl] = {}
         #: Admission and the sessions of each key (``max_sessions_per_key``).
@@ -259,10 +274,12 @@ class VenueRunner:
         #: The bytes all sessions buffer (``max_buffered_bytes``).
         self.memory = MemoryGuard(config.max_buffered_bytes, self.sessions.values)
         self.tally = VenueTally(trio.current_time)
+        self.hooks = EndHooks(self.sessions, self.tally, on_session_lost, on_logout)
+        #: The garbage-collector policy (``serve(gc_freeze=True)``), if any.
+        self.freezer = freezer
         self._nursery: trio.Nursery | None = None
         self._ttl_scopes: dict[bytes, trio.CancelScope] = {}
         self._takeover: set[bytes] = set()
-        self._hooked: set[bytes] = set()
         #: A durable store, and the clock its detach times and stamps use.
         self.store = store if store is not None and store.durable else None
         self.wall_clock = wall_clock
@@ -288,10 +305,12 @@ class VenueRunner:
         failure: BaseException | None = None
         sessions = self.sessions.values
         async with venue_store(self.store, self.wall_clock, self.config, sessions) as vstore:
-            self._store = vstore
+            self._store = self.hooks.store = vstore
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self.memory.run)
+                if self.freezer is not None:
+                    nursery.start_soon(self.freezer.run)
                 self.registry.add_revocation_listener(self.on_revoked)
                 try:
                     if vstore is not None:
@@ -314,14 +333,19 @@ class VenueRunner:
         ledger = self.memory.ledger
         for control, left, end in await vstore.restore_all(self.config, self.messages, ledger):
             self.sessions[sid_of(control)] = control
-            self.gate.opened(control)
+            self._opened(control)
             self.gate.detached(control)
-            self._start(self._watch_end, control)
+            control.when_finished(partial(self._ended, control))
             if end is not None:
                 control.finish(end)  # its end hook runs now, once
                 continue
             self._start(self._run_handler, control.session)
             self._start(self._expire, control, left)
+
+    def _opened(self, control: SessionControl) -> None:
+        self.gate.opened(control)
+        if self.freezer is not None:
+            self.freezer.session_opened()
 
     def _start(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         assert self._nursery is not None
@@ -385,6 +409,8 @@ class VenueRunner:
                 await self._reject(transport, conn, CloseCode.RESUME_REFUSED)
                 return
             self._take_over(control)
+            if self.freezer is not None:
+                self.freezer.connection_resumed()
         else:
             control = self._new_session(conn.session, hs)
         await self._run(control, transport, conn, done)
@@ -406,7 +432,7 @@ class VenueRunner:
             self._store.adopt(control)
         control.bind(record)
         self.sessions[record.session_id] = control
-        self.gate.opened(control)
+        self._opened(control)
         self.tally.opened += 1
         if hs.resume_session_id is not None:
             # The participant's side raises SessionReset with what it had in doubt.
@@ -429,7 +455,7 @@ class VenueRunner:
             address=hs.address,
         )
         self._start(self._run_handler, control.session)
-        self._start(self._watch_end, control)
+        control.when_finished(partial(self._ended, control))
         return control
 
     def _take_over(self, control: SessionControl) -> None:
@@ -515,61 +541,16 @@ class VenueRunner:
             end_session(control, end)
             self._ttl_scopes.pop(sid, None)
 
-    async def _watch_end(self, control: SessionControl) -> None:
-        """Call at most one end hook per session, once it is over.
-
-        ``on_logout``: it ended with a graceful close from the participant (a
-        logout, or the participant's answer to the venue's close after the
-        handler returned).  ``on_session_lost`` (the dead man's switch): it
-        ended with an error — not resumed in time, slow consumer, revoked key,
-        handler failure, a fatal error.  Neither: the venue closed gracefully
-        and the participant did not answer within ``close_timeout``.
-        """
-        await control.wait_finished()
+    def _ended(self, control: SessionControl) -> None:
+        """The session finished: free its place, then run its end hook (``EndHooks``)
+        in the venue's nursery (unless the venue itself is gone)."""
         self.gate.ended(control)
         self._stop_ttl(sid_of(control))
-        err = control.error
-        self.tally.retire(control.session.stats, err)
-        if err is not None and is_clean_close(err):
-            if err.remote:
-                self.tally.logouts += 1
-                await self._hook(self.on_logout, control, SessionStatus.LOGGED_OUT)
-            else:
-                self.sessions.pop(sid_of(control), None)
-                if self._store is not None:
-                    await self._store.forget(control)
-            return
-        self.tally.sessions_lost += 1
-        control.log_event(
-            logging.WARNING,
-            "dead_mans_switch",
-            "participant %s lost: %s: %s; on_session_lost: cancel its orders",
-            control.session.key_id,
-            type(err).__name__,
-            err,
-            error=type(err).__name__,
-            code=err.code.name if err is not None else None,
-            **final_counts(control.session.stats),
-        )
-        await self._hook(self.on_session_lost, control, SessionStatus.LOST)
-
-    async def _hook(
-        self, hook: Hook[Any] | None, control: SessionControl, end: SessionStatus
-    ) -> None:
-        """Run an end hook once (with a store: recorded as owed before it runs, the
-        session forgotten only once it returned)."""
-        sid = sid_of(control)
-        self.sessions.pop(sid, None)
-        async with hook_owed(self._store, control, end):
-            if hook is None or sid in self._hooked:
-                return
-            self._hooked.add(sid)
-            try:
-                result = hook(control.session)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                logger.exception("hook %r failed for session %s", hook, control.session.session_id)
+        if self.freezer is not None:
+            self.freezer.session_ended()
+        nursery = self._nursery
+        if nursery is not None and not nursery.cancel_scope.cancel_called:
+            nursery.start_soon(self.hooks.ended, control)
 
     async def _run_handler(self, session: Session[Any]) -> None:
         try:
