@@ -18,6 +18,7 @@ from typing import Any, overload
 import attrs
 import trio
 
+from ._clock import run_clock
 from ._config import SessionConfig
 from ._control import SessionControl, open_session
 from ._driver import run_handshake
@@ -396,7 +397,7 @@ class Supervisor:
                     self.venue_pk,
                     cfg,
                     resume=self.control.resumable_record,
-                    clock=trio.current_time,
+                    clock=run_clock(),
                 )
                 # M1 goes with the upgrade request when the transport can carry it;
                 # otherwise (or if the venue did not take it) as the first message.

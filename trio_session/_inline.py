@@ -79,7 +79,7 @@ def inline_link(core: SessionCore) -> Link | None:
     # Cheapest and most often decisive first: a streaming sender stops here.
     if not out.writer_idle() or out.depth or link.error is not None:
         return None
-    if not (link.heard or trio.current_time() - link.last_write >= IDLE_GAP):
+    if not (link.heard or link.now() - link.last_write >= IDLE_GAP):
         return None
     conn = link.conn
     if (

@@ -35,6 +35,7 @@ from typing import Final, final
 
 import trio
 
+from ._clock import run_clock
 from ._core import SessionCore
 from ._durable_link import durable_writer
 from ._errors import (
@@ -80,6 +81,8 @@ class Link:
         self._core = core
         self.transport = transport
         self.conn = conn
+        #: The run's clock (``_clock.py``): read on every frame.
+        self.now = run_clock()
         #: Why the connection ended (the first error wins).
         self.error: SessionError | None = None
         #: Set once our CLOSE frame was written (or the connection is gone).
@@ -225,11 +228,21 @@ class Link:
                 core.drained.set()
             hb = self._hb_sleep
             if hb is not None:  # the frame moved last_rx (and maybe the ack deadline)
-                # Clamped as the task clamps its own sleep: a deadline that is due
-                # but waits on the writer must not wake it at every frame.
-                due = max(self._timer_due(), trio.current_time() + MIN_TIMER_STEP)
-                if due != hb.deadline:
-                    hb.deadline = due
+                self._move_timer(hb)
+
+    def _move_timer(self, hb: trio.CancelScope) -> None:
+        """Move the heartbeat task's sleep to where the frame put the deadline.
+
+        Clamped as the task clamps its own sleep: a deadline that is due but waits
+        on the writer must not wake it at every frame.  Sooner always moves it; later
+        only by more than MIN_TIMER_STEP, so a busy link resets the scope's deadline
+        (a heap update in Trio) every few milliseconds, not every frame, and the
+        task wakes at most that much early, finds nothing due and sleeps again.
+        """
+        due = max(self._timer_due(), self.now() + MIN_TIMER_STEP)
+        deadline = hb.deadline
+        if due < deadline or due > deadline + MIN_TIMER_STEP:
+            hb.deadline = due
 
     def _note_authenticated(self) -> None:
         if self._on_confirmed is not None and self.conn.authenticated:
@@ -259,7 +272,7 @@ class Link:
         """Write the data frame ``frame``, noting when (``_inline.py``)."""
         self.heard = False
         await send(frame)
-        self.last_write = trio.current_time()
+        self.last_write = self.now()
 
     def sender(self) -> Callable[[bytes], Awaitable[None]]:
         """How frames are written (the venue bounds each write)."""
@@ -315,7 +328,7 @@ class Link:
                 return frame
         if out.has_data():
             if core.stalled_since is None:
-                core.stalled_since = trio.current_time()
+                core.stalled_since = self.now()
                 hb = self._hb_sleep
                 if hb is not None and core.role is Role.VENUE:
                     due = core.stalled_since + core.config.slow_consumer_timeout
@@ -331,7 +344,7 @@ class Link:
         # blocks us here rather than in credit, so every write is bounded: by the
         # heartbeat task's deadline (one sleep per session, not a scope per write).
         limit = self._core.config.slow_consumer_timeout
-        self._send_started = started = trio.current_time()
+        self._send_started = started = self.now()
         stalled = self._core.stalled_since
         # A stall carried over from before a resume leaves less time for this write.
         self._send_deadline = deadline = (
@@ -357,7 +370,7 @@ class Link:
         venue = core.role is Role.VENUE
         slow_limit = core.config.slow_consumer_timeout
         while True:
-            now = trio.current_time()
+            now = self.now()
             # An adjustable sleep: see _timer_due and the module docstring.
             with trio.move_on_at(max(self._timer_due(), now + MIN_TIMER_STEP)) as sleep:
                 self._hb_sleep = sleep
@@ -372,7 +385,7 @@ class Link:
                 core.outbound.wake()
             if not venue:
                 continue
-            now = trio.current_time()
+            now = self.now()
             write = self._send_deadline
             if write is not None and now >= write:
                 raise slow_consumer(core, f"participant did not read for {slow_limit}s")
@@ -387,7 +400,7 @@ class Link:
         conn, log = self.conn, self._core.log
         rekeys = conn.stats.rekeys
         while True:
-            now = trio.current_time()
+            now = self.now()
             # Adjustable: once a due ratchet step rides on an outgoing frame, the
             # writer pulls this deadline in to the new epoch's schedule.
             with trio.move_on_at(max(conn.rotation_deadline(), now + MIN_TIMER_STEP)) as sleep:

@@ -28,6 +28,7 @@ import attrs
 import trio
 
 from ._budget import MemoryGuard
+from ._clock import run_clock
 from ._config import SessionConfig
 from ._control import SessionControl, open_session
 from ._driver import run_handshake
@@ -364,7 +365,7 @@ class VenueRunner:
     async def on_transport(self, transport: Transport) -> None:
         """Admit, authenticate and run one participant connection."""
         cfg = self.config
-        conn = VenueConnection(self.identity, cfg, clock=trio.current_time)
+        conn = VenueConnection(self.identity, cfg, clock=run_clock())
         hs = _Handshake(transport.remote_address)
         try:
             # One deadline from TCP accept: upgrade and authentication together.

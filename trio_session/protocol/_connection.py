@@ -78,7 +78,7 @@ class Connection(ConnectionTimers, abc.ABC):
     Args:
         identity: our long-term Ed25519 identity.
         config: timers and limits.
-        clock: monotonic seconds (the runtime passes ``trio.current_time``).
+        clock: monotonic seconds (the runtime passes the Trio run clock's ``current_time``).
         rng: randomness source (``os.urandom``); injectable for test vectors.
         wall_ms: wall-clock milliseconds, only for the audit timestamp in M2.
     """
