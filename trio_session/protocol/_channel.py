@@ -332,8 +332,10 @@ class Flow:
     """
 
     __slots__ = (
+        "_ack_every",
         "_clock",
         "_credit",
+        "_grant_every",
         "_inbound_max_bytes",
         "_max_batch_bytes",
         "_max_message_size",
@@ -360,7 +362,11 @@ class Flow:
         self.record = record = channel.record
         self.stats = stats
         self._clock = clock
-        self._credit = message_credit(config)
+        self._credit = cap = message_credit(config)
+        # ack_due's thresholds, asked on every frame: an ACK once a quarter of the
+        # credit was received unacknowledged, or half of it consumed unadvertised.
+        self._ack_every = max(1, cap // 4)
+        self._grant_every = max(1, cap // 2)
         self._inbound_max_bytes = config.inbound_max_bytes
         self._max_message_size = config.max_message_size
         self._max_batch_bytes = config.max_batch_bytes
@@ -498,12 +504,12 @@ class Flow:
     def ack_due(self, now: float) -> bool:
         """Whether a separate ACK is worth a frame (docs/protocol.md, "Flow control")."""
         record = self.record
-        cap = self._credit
-        if record.ack_position - self.ack_sent >= max(1, cap // 4):
+        if record.ack_position - self.ack_sent >= self._ack_every:
             return True
-        if self.unacked_since is not None and now >= self.unacked_since + ACK_DELAY:
+        since = self.unacked_since
+        if since is not None and now >= since + ACK_DELAY:
             return True
-        return record.credit_base + cap - self.adv_window >= max(1, cap // 2)
+        return record.credit_base + self._credit - self.adv_window >= self._grant_every
 
     def stable_advanced(self, now: float) -> bool:
         """Durable store: ``rx_stable`` grew.  Returns whether an ACK is due now;

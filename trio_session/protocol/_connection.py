@@ -307,7 +307,7 @@ class Connection(ConnectionTimers, abc.ABC):
 
     def has_pending_control(self) -> bool:
         """True when :meth:`data_to_send` would return something."""
-        return self._outbox.pending(self._flow, self.state is _OPEN, self._clock())
+        return self._outbox.pending(self._flow, self.state is _OPEN, self._clock)
 
     def send_window(self) -> int:
         """How many application messages may be sent now (credit and replay limits)."""

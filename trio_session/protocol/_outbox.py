@@ -40,21 +40,23 @@ class Outbox:
         self._rekey = rekey
         self._liveness = liveness
 
-    def pending(self, flow: Flow | None, is_open: bool, now: float) -> bool:
-        """True when :meth:`take` would return something."""
+    def pending(self, flow: Flow | None, is_open: bool, clock: Callable[[], float]) -> bool:
+        """True when :meth:`take` would return something (asked after every frame:
+        the clock is read only when nothing untimed is owed)."""
         if self.frames or self.close is not None:
             return True
         if not is_open or flow is None:
             return False
         liveness = self._liveness
-        return (
-            flow.state is FlowState.REPLAYING
+        if (
+            flow.confirm_owed
             or liveness.owed_ack is not None
+            or flow.state is FlowState.REPLAYING
             or self._rekey.has_output()
-            or flow.confirm_owed
-            or liveness.beat_due(now)
-            or flow.ack_due(now)
-        )
+        ):
+            return True
+        now = clock()
+        return liveness.beat_due(now) or flow.ack_due(now)
 
     def take(self, flow: Flow | None, is_open: bool, clock: Callable[[], float]) -> list[bytes]:
         """Everything owed now, sealed, in order."""
