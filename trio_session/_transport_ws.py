@@ -45,7 +45,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, cast, final
+from typing import TYPE_CHECKING, NoReturn, cast, final
 
 import attrs
 import trio
@@ -127,8 +127,11 @@ class _ErrorMapper:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None or not isinstance(exc, _LOST_ERRORS):
-            return
+        if exc is not None and isinstance(exc, _LOST_ERRORS):
+            self.raise_lost(exc)
+
+    def raise_lost(self, exc: BaseException) -> NoReturn:
+        """Raise the ConnectionLost that ``exc`` (one of ``_LOST_ERRORS``) means."""
         if isinstance(exc, trio_websocket.ConnectionClosed):
             message = _describe_close(exc.reason)
         elif isinstance(exc, trio_websocket.ConnectionRejected):
@@ -351,8 +354,11 @@ class WebSocketTransport(trio.abc.AsyncResource):
         if self._ws is None:
             await self._accept(data)
             return
-        with _map_errors(self._reader, remote=True):
+        # try/except rather than ``with _map_errors(...)``: no mapper object per message.
+        try:
             await self._ws.send_message(data)
+        except _LOST_ERRORS as exc:
+            _map_errors(self._reader, remote=True).raise_lost(exc)
 
     async def receive(self) -> bytes:
         """Return the next binary message; see :meth:`Transport.receive`.
@@ -368,10 +374,13 @@ class WebSocketTransport(trio.abc.AsyncResource):
             early, self._early = self._early, None
             return early
         ws = self._ws or await self._accept(None)
-        with _map_errors(self._reader, remote=not self._closed):
+        remote = not self._closed  # as it was when the wait began
+        try:
             message = await ws.get_message()
             if self._resend is not None:
                 message = await self._answer_again(ws, message)
+        except _LOST_ERRORS as exc:
+            _map_errors(self._reader, remote=remote).raise_lost(exc)
         if isinstance(message, bytes):
             return message
         raise FrameError("received a text WebSocket message; only binary is allowed", remote=True)
