@@ -43,6 +43,7 @@ from ._errors import (
     SlowConsumer,
     is_clean_close,
 )
+from ._flag import Flag
 from ._lifecycle import State
 from ._queues import OutNotice
 from ._transport import Transport, observable_close
@@ -81,7 +82,7 @@ class Link:
         #: Why the connection ended (the first error wins).
         self.error: SessionError | None = None
         #: Set once our CLOSE frame was written (or the connection is gone).
-        self.close_sent = trio.Event()
+        self.close_sent = Flag()
         self._scope: trio.CancelScope | None = None
         #: The peer's data seq that ends the replay: LIVE once it was received.
         self._replay_until = replay_until

@@ -12,10 +12,13 @@ cancel scope would raise and catch a ``Cancelled`` per wake-up, which was the
 venue's largest idle cost with thousands of sessions.
 
 :class:`Inbound` is fed by the reader task and drained by ``receive()``.  Its
-channel is unbounded on purpose: the credit window (``inbound_capacity``
+queue is unbounded on purpose: the credit window (``inbound_capacity``
 messages, enforced by the peer's protocol state machine) bounds it, so the
 reader can never block on the application and heartbeats, acks and rekeys keep
-flowing while the application is busy.
+flowing while the application is busy.  It is a plain deque with a parking lot
+rather than a memory channel, both created on first use: an idle session never
+receives a batch, and a channel with its deque, ordered dicts and task sets
+costs about 2.5 KB per session.
 """
 
 from __future__ import annotations
@@ -337,18 +340,23 @@ class Outbound:
 class Inbound:
     """Received messages and notices, in stream order, until the application reads them.
 
-    The reader puts whole batches on the channel; ``receive()`` moves them into
-    ``buf`` with :meth:`take`.  A reset marker (:meth:`put_reset`) sits between
-    the last message of a replaced logical session and the first of the new
-    one, and switches which session consumption credits.
+    The reader puts whole batches on the queue; ``receive()`` gets them
+    (:meth:`get`, :meth:`get_nowait`) and moves them into ``buf`` with
+    :meth:`take`.  A reset marker (:meth:`put_reset`) sits between the last
+    message of a replaced logical session and the first of the new one, and
+    switches which session consumption credits.
     """
 
     def __init__(self, ledger: ByteLedger | None = None) -> None:
-        self._send, self._recv = trio.open_memory_channel[Any](math.inf)
-        #: Payload bytes in the channel (what ``buf`` holds is not counted: at most
-        #: one batch, being read).
+        #: Batches not yet in ``buf``, each with its payload bytes (created on the
+        #: first batch: an idle session receives none).
+        self._items: deque[tuple[Any, int]] | None = None
+        #: Tasks waiting in :meth:`get` (created on the first wait).
+        self._lot: trio.lowlevel.ParkingLot | None = None
+        self._closed = False
+        #: Payload bytes of the batches not yet in ``buf`` (what ``buf`` holds is not
+        #: counted: at most one batch, being read).
         self.bytes = 0
-        self._sizes: deque[int] = deque()
         self.ledger = ledger if ledger is not None else ByteLedger()
         #: Payloads (bytes) and decoded notices (a Notice, or the error a bad one made).
         self.buf: deque[Any] = deque()
@@ -366,14 +374,10 @@ class Inbound:
         self.reset_info: tuple[tuple[InDoubt, ...], int] = ((), -1)
         #: The in-doubt messages of the last reset queued (for its log record).
         self.pending_reset_in_doubt: tuple[InDoubt, ...] = ()
-        #: Messages in the channel (not yet in ``buf``).
+        #: Messages not yet in ``buf``.
         self.queued = 0
         #: The logical session that consuming the next messages credits.
         self.consume_target: SessionRecord | None = None
-        #: The next channel item (``EndOfChannel`` once the session finished and
-        #: everything was read).  The channel's own methods: no wrapper on the hot path.
-        self.get = self._recv.receive
-        self.get_nowait = self._recv.receive_nowait
 
     @property
     def depth(self) -> int:
@@ -384,44 +388,89 @@ class Inbound:
     def put(self, payloads: list[bytes], system: bool, nbytes: int = 0) -> bool:
         """Queue a received batch of ``nbytes`` payload bytes; False once the
         session finished (not delivered)."""
-        try:
-            self._send.send_nowait(Notices(payloads) if system else payloads)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        if self._closed:
             return False
+        self._append(Notices(payloads) if system else payloads, nbytes)
         self.queued += len(payloads)
-        self._sizes.append(nbytes)
         self.bytes += nbytes
         self.ledger.add(nbytes)
         return True
 
     def put_reset(self, record: SessionRecord, in_doubt: tuple[InDoubt, ...]) -> None:
         """Everything queued so far belongs to the old session; ``record`` follows."""
+        if self._closed:
+            raise trio.ClosedResourceError("the session finished")
         self.pending_reset_in_doubt = in_doubt
-        self._send.send_nowait(_Reset(record, in_doubt))
+        self._append(_Reset(record, in_doubt), 0)
+
+    def _append(self, item: Any, nbytes: int) -> None:
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        items.append((item, nbytes))
+        if self._lot is not None:
+            self._lot.unpark()
 
     def close(self) -> None:
-        self._send.close()
+        """No more batches: waiting readers get ``EndOfChannel`` once the rest is read."""
+        self._closed = True
+        if self._lot is not None:
+            self._lot.unpark_all()
 
     def clear(self) -> None:
         """Drop everything not yet read (the session was shed for memory)."""
         self.close()
-        while True:
-            try:
-                item = self._recv.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
+        for item, _ in self._items or ():
             if type(item) is _Reset:
                 self.consume_target = item.record
+        self._items = None
         self.buf.clear()
         self.queued = 0
-        self._sizes.clear()
         self.ledger.add(-self.bytes)
         self.bytes = 0
+
+    def get_nowait(self) -> Any:
+        """The next batch (or reset marker), without waiting.
+
+        Raises ``trio.WouldBlock`` when none is queued, ``trio.EndOfChannel``
+        once the session finished and everything was read.
+        """
+        items = self._items
+        if not items:
+            if self._closed:
+                raise trio.EndOfChannel
+            raise trio.WouldBlock
+        item, nbytes = items.popleft()
+        if nbytes:
+            self.bytes -= nbytes
+            self.ledger.add(-nbytes)
+        return item
+
+    async def get(self) -> Any:
+        """The next batch, waiting for one; one checkpoint, as a memory channel's
+        ``receive()`` (``trio.EndOfChannel`` once finished and read)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            item = self.get_nowait()
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return item
+        lot = self._lot
+        if lot is None:
+            lot = self._lot = trio.lowlevel.ParkingLot()
+        while True:
+            await lot.park()
+            try:
+                return self.get_nowait()
+            except trio.WouldBlock:
+                continue  # another reader took it
 
     # -- the application -------------------------------------------------------------
 
     def take(self, item: Any) -> int:
-        """Move one channel item into ``buf``; returns how many messages to credit."""
+        """Move one batch (from :meth:`get`) into ``buf``; returns how many messages to credit."""
         if type(item) is _Reset:
             # From here on: the new session's messages, numbered and credited there.
             self.reset_pending = True
@@ -434,10 +483,6 @@ class Inbound:
             return 0
         n = len(item)
         self.queued -= n
-        nbytes = self._sizes.popleft()
-        if nbytes:
-            self.bytes -= nbytes
-            self.ledger.add(-nbytes)
         if type(item) is Notices:
             self.buf.extend(_decode_notice_safely(p) for p in item)
         else:

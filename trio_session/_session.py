@@ -34,6 +34,7 @@ from ._errors import (
     SessionReset,
     is_clean_close,
 )
+from ._flag import Flag
 from ._lifecycle import State
 from ._queues import notice_error, reject_notice
 from ._typing import M
@@ -492,7 +493,7 @@ async def _wait_drained(core: SessionCore) -> None:
     while core.unsent():
         if core.states.state is not State.LIVE or core.link is None:
             return
-        core.drained = trio.Event()
+        core.drained = Flag()
         core.outbound.wake()
         await core.drained.wait()
 
