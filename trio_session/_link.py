@@ -31,6 +31,7 @@ from functools import partial
 from typing import Final, final
 
 import trio
+from trio.lowlevel import wait_task_rescheduled
 
 from ._core import SessionCore
 from ._durable_link import durable_writer
@@ -422,7 +423,7 @@ class Link:
             # An adjustable sleep: see _timer_due and the module docstring.
             with trio.move_on_at(max(self._timer_due(), now + MIN_TIMER_STEP)) as sleep:
                 self._hb_sleep = sleep
-                await trio.sleep_forever()
+                await wait_task_rescheduled(_abort_sleep)
             self._hb_sleep = None
             if conn.handle_heartbeat_timer() and core.states.state is State.LIVE:
                 # Silent for stale_after: STALE now; the connection is kept (and
@@ -453,7 +454,7 @@ class Link:
             # writer pulls this deadline in to the new epoch's schedule.
             with trio.move_on_at(max(conn.rotation_deadline(), now + MIN_TIMER_STEP)) as sleep:
                 self._rot_sleep = sleep
-                await trio.sleep_forever()
+                await wait_task_rescheduled(_abort_sleep)
             self._rot_sleep = None
             conn.handle_rotation_timer()
             if conn.stats.rekeys != rekeys:  # a DH rekey completed since the last look
@@ -469,6 +470,12 @@ class Link:
                 )
             if conn.has_pending_control():
                 self._core.outbound.wake()
+
+
+def _abort_sleep(_: object) -> trio.lowlevel.Abort:
+    """A timer task's sleep ends only by its scope's deadline (``trio.sleep_forever``
+    without its lambda and coroutine, kept alive per sleeping task)."""
+    return trio.lowlevel.Abort.SUCCEEDED
 
 
 async def close_transport(link: Link, close_timeout: float) -> None:
