@@ -169,6 +169,57 @@ def test_inbound_buffers_batches_notices_and_the_reset_marker() -> None:
     assert not inbound.put([b"late"], False)  # not delivered after the session ended
 
 
+def test_queues_share_one_empty_deque_until_their_first_item() -> None:
+    """Idle sessions share the empty deques; adding to a queue gives it its own."""
+    from trio_session._queues import _EMPTY
+
+    a, b = Outbound(4, 1024), Outbound(4, 1024)
+    assert a.lossy is b.lossy is _EMPTY
+    a.put_lossy(b"x")
+    assert a.lossy is not _EMPTY and list(a.lossy) == [b"x"] and b.lossy is _EMPTY
+    inbound, other = Inbound(), Inbound()
+    assert inbound.buf is other.buf is _EMPTY
+    inbound.put([b"m"], False)
+    inbound.take(inbound.get_nowait())
+    assert list(inbound.buf) == [b"m"] and other.buf is _EMPTY
+    a.clear()
+    other.clear()
+    assert not _EMPTY  # never mutated
+
+
+async def test_inbound_get_waits_for_a_batch_and_ends_after_close() -> None:
+    inbound = Inbound()
+    got: list[object] = []
+
+    async def reader() -> None:
+        while True:
+            try:
+                got.append(await inbound.get())
+            except trio.EndOfChannel:
+                got.append("end")
+                return
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == []  # parked, nothing queued
+            inbound.put([b"a"], False, 1)
+            inbound.put([b"b"], False, 1)
+            inbound.close()  # what was queued is still delivered, then the end
+    assert got == [[b"a"], [b"b"], "end"]
+    assert inbound.bytes == 0
+
+
+async def test_inbound_get_cancelled_loses_nothing() -> None:
+    inbound = Inbound()
+    with trio.fail_after(5):
+        with trio.move_on_after(0.01):
+            await inbound.get()
+        inbound.put([b"kept"], False)
+        assert await inbound.get() == [b"kept"]
+
+
 async def test_queue_depths_count_messages_not_batches(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

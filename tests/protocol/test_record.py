@@ -27,6 +27,22 @@ def test_old_name_is_an_alias() -> None:
     assert SessionState is SessionRecord
 
 
+def test_records_share_one_empty_deque_until_their_first_entry() -> None:
+    """An idle session's record owns no replay buffer or held-frame deque."""
+    from trio_session.protocol._record import NO_ENTRIES
+
+    a = SessionRecord(SESSION_ID, "key", Role.PARTICIPANT, next_rx_seq=1)
+    b = SessionRecord(SESSION_ID, "key", Role.PARTICIPANT)
+    assert a.replay is b.replay is NO_ENTRIES and a.rx_frames is b.rx_frames is NO_ENTRIES
+    a.add_replay((0, [b"m"], 0))
+    a.hold(1, 1)
+    assert list(a.replay) == [(0, [b"m"], 0)] and list(a.rx_frames) == [(1, 1)]
+    assert b.replay is NO_ENTRIES and b.rx_frames is NO_ENTRIES
+    a.trim(1)
+    a.consume(1)
+    assert not a.replay and not a.rx_frames and not NO_ENTRIES
+
+
 def test_trim_drops_and_cuts_acknowledged_entries() -> None:
     record = _record_with_replay()
     record.trim(5)  # cuts into the first entry
