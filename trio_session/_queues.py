@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from collections.abc import Hashable
+from collections.abc import Coroutine, Hashable
 from typing import Any, Final, final
 
 import trio
@@ -83,6 +83,40 @@ class _Reset:
 
 
 @final
+class _Slot:
+    """Where the writer parks: a :class:`trio.lowlevel.ParkingLot` for one task.
+
+    Parking awaits ``wait_task_rescheduled`` directly, with a bound abort method:
+    no ordered dict, no closure and no coroutine of its own stay alive per parked
+    writer, and a wake-up allocates nothing.  A second task parking while one is
+    parked wakes the first (a spurious wake-up: every parker re-checks its
+    condition in a loop).
+    """
+
+    __slots__ = ("_task",)
+
+    def __init__(self) -> None:
+        self._task: trio.lowlevel.Task | None = None
+
+    def park(self) -> Coroutine[Any, Any, Any]:
+        """Await the result: returns once :meth:`unpark` was called (cancellable)."""
+        self.unpark()
+        self._task = trio.lowlevel.current_task()
+        # The caller awaits it (``await slot.park()``): one frame less per parked writer.
+        return trio.lowlevel.wait_task_rescheduled(self._abort)  # noqa: ASYNC105
+
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        self._task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def unpark(self) -> None:
+        task = self._task
+        if task is not None:
+            self._task = None
+            trio.lowlevel.reschedule(task)
+
+
+@final
 class Outbound:
     """Messages waiting to be sent, by policy, and the writer's wake-up.
 
@@ -125,7 +159,7 @@ class Outbound:
         #: Lossless messages taken so far (a durable store numbers them in this order).
         self.lossless_taken = 0
         # The writer's wake-up.
-        self._lot = trio.lowlevel.ParkingLot()
+        self._lot = _Slot()
         self._parked = False
         #: Set by every wake-up; the writer clears it when it looks for work.
         self.wake_pending = False
