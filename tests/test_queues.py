@@ -187,6 +187,29 @@ def test_queues_share_one_empty_deque_until_their_first_item() -> None:
     assert not _EMPTY  # never mutated
 
 
+async def test_writer_slot_wakes_its_parker_and_any_second_one() -> None:
+    from trio_session._queues import _Slot
+
+    slot = _Slot()
+    woken: list[int] = []
+
+    async def parker(i: int) -> None:
+        await slot.park()
+        woken.append(i)
+
+    with trio.fail_after(5):
+        with trio.move_on_after(0.01):  # a cancelled parker leaves the slot free
+            await slot.park()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(parker, 1)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(parker, 2)  # never done by the runtime; must not hang
+            await trio.testing.wait_all_tasks_blocked()
+            assert woken == []
+            slot.unpark()
+    assert sorted(woken) == [1, 2]
+
+
 async def test_inbound_get_waits_for_a_batch_and_ends_after_close() -> None:
     inbound = Inbound()
     got: list[object] = []

@@ -84,23 +84,27 @@ class _Reset:
 
 @final
 class _Slot:
-    """Where the writer parks: a :class:`trio.lowlevel.ParkingLot` for one task.
+    """Where the writer parks: a :class:`trio.lowlevel.ParkingLot` made for one task.
 
     Parking awaits ``wait_task_rescheduled`` directly, with a bound abort method:
     no ordered dict, no closure and no coroutine of its own stay alive per parked
-    writer, and a wake-up allocates nothing.  A second task parking while one is
-    parked wakes the first (a spurious wake-up: every parker re-checks its
-    condition in a loop).
+    writer, and a wake-up allocates nothing.  Should a second task park while one
+    is parked (the runtime never does), it waits in a real parking lot, and
+    :meth:`unpark` wakes everyone (parkers re-check their condition in a loop).
     """
 
-    __slots__ = ("_task",)
+    __slots__ = ("_extra", "_task")
 
     def __init__(self) -> None:
         self._task: trio.lowlevel.Task | None = None
+        self._extra: trio.lowlevel.ParkingLot | None = None
 
     def park(self) -> Coroutine[Any, Any, Any]:
         """Await the result: returns once :meth:`unpark` was called (cancellable)."""
-        self.unpark()
+        if self._task is not None:
+            if self._extra is None:
+                self._extra = trio.lowlevel.ParkingLot()
+            return self._extra.park()
         self._task = trio.lowlevel.current_task()
         # The caller awaits it (``await slot.park()``): one frame less per parked writer.
         return trio.lowlevel.wait_task_rescheduled(self._abort)  # noqa: ASYNC105
@@ -114,6 +118,8 @@ class _Slot:
         if task is not None:
             self._task = None
             trio.lowlevel.reschedule(task)
+        if self._extra:
+            self._extra.unpark_all()
 
 
 @final
