@@ -251,13 +251,7 @@ class Link:
                 out.wake()
             elif core.record is not None and not core.record.replay_messages:
                 core.drained.set()
-            hb = self._hb_sleep
-            if hb is not None:  # the frame moved last_rx (and maybe the ack deadline)
-                # Clamped as the task clamps its own sleep: a deadline that is due
-                # but waits on the writer must not wake it at every frame.
-                due = max(self._timer_due(), trio.current_time() + MIN_TIMER_STEP)
-                if due != hb.deadline:
-                    hb.deadline = due
+            self.retime_heartbeat()  # the frame moved last_rx (and maybe the ack deadline)
 
     def _note_authenticated(self) -> None:
         if self._on_confirmed is not None and self.conn.authenticated:
@@ -304,6 +298,8 @@ class Link:
             out.wake_pending = False
             self.pull_rotation_deadline()
             owed = self.owed = conn.data_to_send()
+            if owed:  # a heartbeat or ack sealed: the timer's next deadline moved
+                self.retime_heartbeat()
             while owed:
                 await send(owed[0])
                 del owed[0]
@@ -334,6 +330,23 @@ class Link:
             due = self.conn.rotation_deadline()
             if due < rot.deadline:
                 rot.deadline = due
+
+    def retime_heartbeat(self) -> None:
+        """Move the heartbeat task's one deadline, earlier or later, to where a frame
+        just received or sealed put it.
+
+        The writer calls it after sealing control frames: without it, a task that
+        woke for a due heartbeat would wake again ``MIN_TIMER_STEP`` later (a cancel
+        scope and a ``Cancelled`` each) whenever the ack takes longer than that,
+        i.e. exactly when the process is busy.  Clamped as the task clamps its own
+        sleep: a deadline that is due but waits on the writer must not wake it at
+        every frame.
+        """
+        hb = self._hb_sleep
+        if hb is not None:
+            due = max(self._timer_due(), trio.current_time() + MIN_TIMER_STEP)
+            if due != hb.deadline:
+                hb.deadline = due
 
     def pull_heartbeat_deadline(self) -> None:
         """The heartbeat task wakes at the connection's deadline if that is sooner."""
