@@ -203,7 +203,7 @@ async def test_writer_slot_wakes_its_parker_and_any_second_one() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(parker, 1)
             await trio.testing.wait_all_tasks_blocked()
-            nursery.start_soon(parker, 2)  # never done by the runtime; must not hang
+            nursery.start_soon(parker, 2)  # two receive() calls at once; must not hang
             await trio.testing.wait_all_tasks_blocked()
             assert woken == []
             slot.unpark()
@@ -232,6 +232,25 @@ async def test_inbound_get_waits_for_a_batch_and_ends_after_close() -> None:
             inbound.close()  # what was queued is still delivered, then the end
     assert got == [[b"a"], [b"b"], "end"]
     assert inbound.bytes == 0
+
+
+async def test_inbound_two_waiting_readers_each_get_a_batch() -> None:
+    inbound = Inbound()
+    got: list[object] = []
+
+    async def reader() -> None:
+        got.append(await inbound.get())
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            inbound.put([b"a"], False)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == [[b"a"]]  # one woke with it, the other waits again
+            inbound.put([b"b"], False)
+    assert got == [[b"a"], [b"b"]]
 
 
 async def test_inbound_get_cancelled_loses_nothing() -> None:

@@ -84,13 +84,15 @@ class _Reset:
 
 @final
 class _Slot:
-    """Where the writer parks: a :class:`trio.lowlevel.ParkingLot` made for one task.
+    """Where the writer (or a ``receive()``) parks: a :class:`trio.lowlevel.ParkingLot`
+    made for one task.
 
     Parking awaits ``wait_task_rescheduled`` directly, with a bound abort method:
     no ordered dict, no closure and no coroutine of its own stay alive per parked
     writer, and a wake-up allocates nothing.  Should a second task park while one
-    is parked (the runtime never does), it waits in a real parking lot, and
-    :meth:`unpark` wakes everyone (parkers re-check their condition in a loop).
+    is parked (never the writer; two tasks in ``receive()``), it waits in a real
+    parking lot, and :meth:`unpark` wakes everyone (parkers re-check their
+    condition in a loop).
     """
 
     __slots__ = ("_extra", "_task")
@@ -404,8 +406,8 @@ class Inbound:
         #: Batches not yet in ``buf``, each with its payload bytes (created on the
         #: first batch: an idle session receives none).
         self._items: deque[tuple[Any, int]] | None = None
-        #: Tasks waiting in :meth:`get` (created on the first wait).
-        self._lot: trio.lowlevel.ParkingLot | None = None
+        #: Where :meth:`get` waits (usually one task: the application's ``receive()``).
+        self._lot = _Slot()
         self._closed = False
         #: Payload bytes of the batches not yet in ``buf`` (what ``buf`` holds is not
         #: counted: at most one batch, being read).
@@ -461,14 +463,12 @@ class Inbound:
         if items is None:
             items = self._items = deque()
         items.append((item, nbytes))
-        if self._lot is not None:
-            self._lot.unpark()
+        self._lot.unpark()
 
     def close(self) -> None:
         """No more batches: waiting readers get ``EndOfChannel`` once the rest is read."""
         self._closed = True
-        if self._lot is not None:
-            self._lot.unpark_all()
+        self._lot.unpark()
 
     def clear(self) -> None:
         """Drop everything not yet read (the session was shed for memory)."""
@@ -511,8 +511,6 @@ class Inbound:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return item
         lot = self._lot
-        if lot is None:
-            lot = self._lot = trio.lowlevel.ParkingLot()
         while True:
             await lot.park()
             try:
