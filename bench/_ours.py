@@ -136,13 +136,19 @@ def _connect(params: dict[str, Any], port: int | None = None) -> Any:
 
 
 async def throughput(params: dict[str, Any]) -> None:
+    """``"receive": "message"``: one ``receive()`` per message (else ``receive_batch()``)."""
     n, batch = int(params["n"]), int(params["batch"])
     async with _connect(params) as session:
         cpu0, t0 = time.process_time(), time.perf_counter()
         await session.send(f"stream {n} {batch}".encode())
-        got = 0
-        while got < n:
-            got += len(await session.receive_batch())
+        if params.get("receive") == "message":
+            receive = session.receive
+            for _ in range(n):
+                await receive()
+        else:
+            got = 0
+            while got < n:
+                got += len(await session.receive_batch())
         t1, cpu1 = time.perf_counter(), time.process_time()
     emit("RESULT", {"msgs_per_s": n / (t1 - t0), "seconds": t1 - t0, "client_cpu_s": cpu1 - cpu0})
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from _common import median, percentile
+from _procs import Proc, log, medians
 
 if TYPE_CHECKING:
     from run import Bench
@@ -40,8 +41,6 @@ def _alternate(
     bench: Bench, role: str, params: dict[str, Any], summarise: Any, name: str
 ) -> dict[str, dict[str, float]]:
     """Run ``role`` against a memory venue and an SQLite venue, alternating."""
-    from run import _medians, log
-
     rows: dict[str, list[dict[str, float]]] = {"memory": [], "sqlite": []}
     with tempfile.TemporaryDirectory(prefix="ts-bench-") as tmp:
         for run in range(bench.runs):
@@ -51,7 +50,7 @@ def _alternate(
                     res = bench.client(role, {"port": srv.port, **params, **participant}, tag=label)
                 rows[label].append(summarise(res))
                 log(f"{name} run {run + 1} {label}: {rows[label][-1]}")
-    return {label: _medians(r) for label, r in rows.items()}
+    return {label: medians(r) for label, r in rows.items()}
 
 
 def durable_throughput(bench: Bench) -> dict[str, Any]:
@@ -103,8 +102,6 @@ def durable_rtt(bench: Bench) -> dict[str, Any]:
 
 
 def restart_recovery(bench: Bench) -> dict[str, Any]:
-    from run import Proc, log
-
     kills = bench.sizes.restart_kills
     out: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="ts-bench-") as tmp:

@@ -6,7 +6,7 @@ Usage::
 
 Every server and client is a separate process (``bench/worker.py``), so each
 side has its own interpreter and GIL, as in production.  Scenarios (see
-bench/README.md): throughput, rtt, establish, recovery, many, rekey, modes,
+bench/README.md): throughput, per_message, rtt, establish, recovery, many, rekey, modes,
 durable_throughput, durable_rtt, restart_recovery.  Figures are medians over
 ``--runs``; ratios are ours / raw (for throughput: ours msgs/s over raw msgs/s,
 for latencies: ours time over raw time), for ``modes`` aead / mac, for
@@ -20,33 +20,33 @@ import json
 import math
 import os
 import platform
-import select
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import attrs
 from _common import (
-    BENCH_DIR,
     median,
     percentile,
     proc_cpu_seconds,
-    proc_rss_bytes,
     raise_nofile,
     ts,
 )
+from _compare import compare_saved, print_compare
+from _many import run_many
 from _modes import run_modes
+from _procs import Proc, WorkerError, kill_all, log, medians
 from durable import durable_rtt, durable_throughput, restart_recovery
 
-WORKER = BENCH_DIR / "worker.py"
-
+#: What ``--compare`` runs (unless ``--scenario`` / ``--many-n`` say otherwise).
+COMPARE_SCENARIOS = ("throughput", "per_message", "rtt", "establish", "many")
+COMPARE_MANY_N = (1_000, 3_000)
 #: Timers of the many-sessions scenario: 1 s heartbeats, the target load for idle sessions.
 HEARTBEAT_CONFIG = {"heartbeat_interval": 1.0, "heartbeat_timeout": 3.0}
 #: Aggressive key rotation for the rekey-under-load scenario.
@@ -119,6 +119,7 @@ FULL = Sizes(
 
 SCENARIOS = (
     "throughput",
+    "per_message",
     "rtt",
     "establish",
     "recovery",
@@ -135,129 +136,6 @@ DURABLE = {
     "durable_rtt": durable_rtt,
     "restart_recovery": restart_recovery,
 }
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# -- processes ---------------------------------------------------------------------------
-
-
-class WorkerError(RuntimeError):
-    pass
-
-
-class Proc:
-    """One worker process; reads its tagged stdout lines with deadlines."""
-
-    def __init__(
-        self,
-        role: str,
-        params: dict[str, Any],
-        profile: tuple[Path, str] | None = None,
-        tag: str = "",
-    ) -> None:
-        if profile is not None:
-            path = profile[0] / f"{_seq():02d}-{role}{'-' + tag if tag else ''}.txt"
-            params = {**params, "profile": str(path), "profiler": profile[1]}
-        self.role = role
-        #: The port a server process reported.
-        self.port = 0
-        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in kill)
-        self.popen = subprocess.Popen(
-            [sys.executable, str(WORKER), role, json.dumps(params)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-        )
-        _PROCS.append(self)
-        self._buf = b""
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def _readline(self, deadline: float) -> bytes:
-        out = self.popen.stdout
-        assert out is not None
-        fd = out.fileno()
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise WorkerError(f"{self.role}: timed out waiting for output{self._tail()}")
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    self.popen.wait(timeout=5)
-                    raise WorkerError(
-                        f"{self.role} exited ({self.popen.returncode}) early{self._tail()}"
-                    )
-                self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line
-
-    def expect(self, tag: str, timeout: float) -> Any:
-        """Wait for the line ``TAG [json]``; returns the decoded JSON (or None)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self._readline(deadline).decode()
-            head, _, rest = line.partition(" ")
-            if head == tag:
-                return json.loads(rest) if rest else None
-
-    def send_line(self, text: str) -> None:
-        stdin = self.popen.stdin
-        assert stdin is not None
-        stdin.write(text.encode() + b"\n")
-        stdin.flush()
-
-    def stop(self, grace: float = 3.0) -> None:
-        """Close stdin (servers then exit cleanly), then kill after ``grace`` seconds."""
-        if self.popen.poll() is None:
-            try:
-                if self.popen.stdin is not None:
-                    self.popen.stdin.close()
-                self.popen.wait(timeout=grace)
-            except (subprocess.TimeoutExpired, BrokenPipeError, OSError):
-                pass
-        self.kill()
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-        with suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=5)
-        for f in (self.popen.stdin, self.popen.stdout):
-            if f is not None:
-                with suppress(OSError):
-                    f.close()
-        self._stderr.close()
-
-    def _tail(self) -> str:
-        try:
-            self._stderr.seek(0)
-            text = self._stderr.read().decode(errors="replace")
-        except (OSError, ValueError):
-            return ""
-        return f"\n--- stderr of {self.role} ---\n{text[-3000:]}" if text.strip() else ""
-
-
-_PROCS: list[Proc] = []
-_counter = 0
-
-
-def _seq() -> int:
-    global _counter
-    _counter += 1
-    return _counter
-
-
-def kill_all() -> None:
-    for p in _PROCS:
-        p.kill()
-    _PROCS.clear()
 
 
 class Bench:
@@ -336,9 +214,9 @@ class Bench:
                         }
                     )
                     log(f"throughput run {run + 1} {variant}: {res['msgs_per_s']:,.0f} msgs/s")
-        raw_m = _medians(rows["raw"])
-        many_m = _medians(rows["send_many"])
-        send_m = _medians(rows["send"])
+        raw_m = medians(rows["raw"])
+        many_m = medians(rows["send_many"])
+        send_m = medians(rows["send"])
         ratios = {
             "send_many": many_m["msgs_per_s"] / raw_m["msgs_per_s"],
             "send": send_m["msgs_per_s"] / raw_m["msgs_per_s"],
@@ -352,6 +230,41 @@ class Bench:
             "ratio": ratios["send_many"],
             "ratios": ratios,
             "targets": {"send_many throughput >= 4x raw": ratios["send_many"] >= 4},
+        }
+
+    def per_message(self) -> dict[str, Any]:
+        """One ``send()`` per message at the venue, one ``receive()`` per message at the
+        participant (raw: ``send_message`` / ``get_message``, as in ``throughput``)."""
+        n = self.sizes.throughput_n
+        rows: dict[str, list[dict[str, float]]] = {"raw": [], "ours": []}
+        with self.server("raw") as raw, self.server("ours", tag="per_message") as ours:
+            for run in range(self.runs):
+                for stack, srv, extra in (
+                    ("raw", raw, {}),
+                    ("ours", ours, {"batch": 0, "receive": "message"}),
+                ):
+                    cpu0 = proc_cpu_seconds(srv.pid)
+                    params = {"port": srv.port, "n": n, **extra}
+                    res = self.client(f"{stack}-throughput", params, tag="per_message")
+                    rows[stack].append(
+                        {
+                            "msgs_per_s": res["msgs_per_s"],
+                            "server_cpu_us_per_msg": (proc_cpu_seconds(srv.pid) - cpu0) / n * 1e6,
+                            "client_cpu_us_per_msg": res["client_cpu_s"] / n * 1e6,
+                        }
+                    )
+                    log(f"per_message run {run + 1} {stack}: {res['msgs_per_s']:,.0f} msgs/s")
+        raw_m, ours_m = medians(rows["raw"]), medians(rows["ours"])
+        ratio = ours_m["msgs_per_s"] / raw_m["msgs_per_s"]
+        return {
+            "scenario": "per_message",
+            "unit": "msgs/s (one-way venue -> participant, one send()/receive() per message)",
+            "params": {"n": n},
+            "raw": raw_m,
+            "ours": ours_m,
+            "ratio": ratio,
+            "ratios": {"msgs_per_s": ratio},
+            "targets": {"per-message throughput >= 3x raw": ratio >= 3},
         }
 
     def modes(self) -> dict[str, Any]:
@@ -373,7 +286,7 @@ class Bench:
                     rows[stack].append(summarise(res))
                     p50 = rows[stack][-1]["p50_us"]
                     log(f"{scenario} run {run + 1} {stack}: p50 {p50:.0f} us")
-        return _medians(rows["raw"]), _medians(rows["ours"])
+        return medians(rows["raw"]), medians(rows["ours"])
 
     def rtt(self) -> dict[str, Any]:
         z = self.sizes
@@ -467,7 +380,7 @@ class Bench:
                         f"recovery run {run + 1} {label}: live p50 {rows[-1]['live_p50_ms']:.1f} ms"
                         f", lost {res['lost']}, dup {res['duplicated']}"
                     )
-                m: dict[str, Any] = _medians(rows)
+                m: dict[str, Any] = medians(rows)
                 m["proxy"] = proxy_name
                 m["lost"] = sum(r["lost"] for r in rows)
                 m["duplicated"] = sum(r["duplicated"] for r in rows)
@@ -538,133 +451,7 @@ class Bench:
         }
 
     def many(self, n: int) -> dict[str, Any]:
-        z = self.sizes
-        rows: dict[str, list[dict[str, float]]] = {"raw": [], "ours": []}
-        for run in range(self.runs):
-            for stack in ("raw", "ours"):
-                m = self._many_once(stack, n)
-                rows[stack].append(m)
-                log(
-                    f"many n={n} run {run + 1} {stack}: rtt p99 {m['rtt_p99_ms']:.1f} ms, "
-                    f"venue cpu {m['venue_cpu_share']:.0%}, "
-                    f"{m['rss_per_session_kb']:.1f} KB/session, "
-                    f"gen2 collections venue/client {m['venue_gc_gen2']:.0f}/"
-                    f"{m['client_gc_gen2']:.0f}, longest GC pause venue/client "
-                    f"{m['venue_gc_max_pause_ms']:.0f}/{m['client_gc_max_pause_ms']:.0f} ms"
-                )
-        raw_m, ours_m = _medians(rows["raw"]), _medians(rows["ours"])
-        held_all = ours_m["sessions"] >= n and raw_m["sessions"] >= n
-        ratios: dict[str, Any] = {
-            "rtt_p99": ours_m["rtt_p99_ms"] / raw_m["rtt_p99_ms"],
-            "venue_cpu_share": ours_m["venue_cpu_share"] / raw_m["venue_cpu_share"],
-            "rss_per_session": ours_m["rss_per_session_kb"] / raw_m["rss_per_session_kb"],
-            "echo_p99": ours_m["echo_p99_ms"] / raw_m["echo_p99_ms"],
-        }
-        return {
-            "scenario": "many",
-            "unit": (
-                "idle sessions, 1 s heartbeats (raw: ws.ping once a second); rtt = ours "
-                "heartbeat RTT (stats.rtt) vs raw ping RTT; echo = explicit ping-pong on a sample"
-            ),
-            "params": {
-                "n": n,
-                "window_s": z.many_window,
-                "client_processes": _client_procs(n),
-                "gc_freeze": self.gc_freeze,
-                "gc_policy": self.gc_policy,
-            },
-            "raw": raw_m,
-            "ours": ours_m,
-            # Comparing RTTs is meaningless when one side could not even hold N sessions.
-            "ratio": ratios["rtt_p99"] if held_all else None,
-            "ratios": ratios
-            if held_all
-            else {**ratios, "note": f"not comparable: a stack held fewer than {n} sessions"},
-            "targets": {
-                f"{n} sessions all up": held_all,
-                f"{n} sessions heartbeat RTT p99 < 50 ms": held_all and ours_m["rtt_p99_ms"] < 50,
-            },
-        }
-
-    def _many_once(self, stack: str, n: int) -> dict[str, float]:
-        z = self.sizes
-        k = _client_procs(n)
-        config = self.many_config if stack == "ours" else {}
-        policy = {"gc_freeze": self.gc_policy} if stack == "ours" else None
-        with self.server(stack, config, extra=policy) as srv:
-            time.sleep(0.3)
-            rss0 = proc_rss_bytes(srv.pid)
-            clients: list[Proc] = []
-            try:
-                for i in range(k):
-                    share = n // k + (1 if i < n % k else 0)
-                    params = {
-                        "port": srv.port,
-                        "n": share,
-                        "sample": max(1, z.many_sample // k),
-                        "concurrency": 16,
-                        "config": config,
-                        "ramp_timeout": z.many_ramp_timeout,
-                        "gc_freeze": self.gc_freeze,
-                    }
-                    clients.append(Proc(f"{stack}-many", params))
-                ready = [c.expect("READY", z.many_ramp_timeout + 60) for c in clients]
-                held = sum(r["n"] for r in ready)
-                if self.gc_freeze:
-                    srv.send_line("freeze")
-                time.sleep(z.many_settle)
-                rss1 = proc_rss_bytes(srv.pid)
-                srv.send_line("gc-reset")
-                srv.expect("GC", 30)  # resets the venue's pause counters
-                cpu0, t0 = proc_cpu_seconds(srv.pid), time.monotonic()
-                for c in clients:
-                    c.send_line(str(z.many_window))
-                time.sleep(z.many_window)
-                cpu_share = (proc_cpu_seconds(srv.pid) - cpu0) / (time.monotonic() - t0)
-                results = [c.expect("RESULT", 60) for c in clients]
-                srv.send_line("gc")
-                venue_gc = srv.expect("GC", 30)
-            finally:
-                for c in clients:
-                    c.kill()
-        if stack == "ours":
-            rtts = [x for r in results for x in r["hb_rtt_us"]]
-            extra = {
-                "not_live": float(sum(r["not_live"] for r in results)),
-                "resumes": float(sum(r["resumes"] for r in results)),
-            }
-        else:
-            rtts = [x for r in results for x in r["ping_rtt_us"]]
-            extra = {"pings_in_flight_at_end": float(sum(r["incomplete"] for r in results))}
-        echo = [x for r in results for x in r["echo_rtt_us"]]
-        return {
-            "sessions": float(held),
-            "rtt_p50_ms": percentile(rtts, 50) / 1e3,
-            "rtt_p99_ms": percentile(rtts, 99) / 1e3,
-            "rtt_samples": float(len(rtts)),
-            "echo_p50_ms": percentile(echo, 50) / 1e3,
-            "echo_p99_ms": percentile(echo, 99) / 1e3,
-            "venue_cpu_share": cpu_share,
-            "rss_per_session_kb": (rss1 - rss0) / max(1, held) / 1024,
-            "client_cpu_share": sum(r["client_cpu_share"] for r in results),
-            "ramp_s": max(r["ramp_s"] for r in ready),
-            # Full collections pause a whole process; their length sets the tail.
-            "venue_gc_gen2": venue_gc["gc_gen2"],
-            "venue_gc_max_pause_ms": venue_gc["gc_max_pause_ms"],
-            "venue_gc_tracked_objects": venue_gc["gc_tracked_objects"],
-            "client_gc_gen2": sum(r["gc"]["gc_gen2"] for r in results),
-            "client_gc_max_pause_ms": max(r["gc"]["gc_max_pause_ms"] for r in results),
-            **extra,
-        }
-
-
-def _client_procs(n: int) -> int:
-    """Client processes for ``n`` sessions: up to 2,500 sessions each."""
-    return max(1, math.ceil(n / 2_500))
-
-
-def _medians(rows: Sequence[dict[str, float]]) -> dict[str, float]:
-    return {k: median([r[k] for r in rows]) for k in rows[0]}
+        return run_many(self, n)
 
 
 # -- reporting ---------------------------------------------------------------------------
@@ -734,6 +521,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scenario", nargs="+", choices=SCENARIOS, help="subset to run")
     parser.add_argument("--many-n", type=int, nargs="+", help="session counts for 'many'")
     parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="run the hot-path goals' scenarios (throughput, per_message, rtt, establish, "
+        "many at 1,000 and 3,000) and print today / bar / stretch / measured / met",
+    )
+    parser.add_argument(
+        "--compare-from",
+        type=Path,
+        metavar="FILE",
+        help="print the --compare table from saved --json output instead of running",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         help="write a pyinstrument (or cProfile) report per process into this directory",
@@ -757,9 +556,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "heartbeats, e.g. '{}' for the library defaults",
     )
     args = parser.parse_args(argv)
+    if args.compare_from:
+        return compare_saved(args.compare_from, args.json)
     sizes = QUICK if args.quick else FULL
     if args.many_n:
         sizes = attrs.evolve(sizes, many_n=tuple(args.many_n))
+    elif args.compare:
+        sizes = attrs.evolve(sizes, many_n=COMPARE_MANY_N)
     runs = args.runs or (1 if args.quick else 3)
     profile = None
     if args.profile:
@@ -776,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     info = machine_info()
     log(f"machine: {info}")
-    chosen = args.scenario or list(SCENARIOS)
+    chosen = args.scenario or list(COMPARE_SCENARIOS if args.compare else SCENARIOS)
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = []
     for name in SCENARIOS:
         if name not in chosen:
@@ -789,29 +592,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             steps.append((name, getattr(bench, name)))
     start = time.monotonic()
     signal.signal(signal.SIGTERM, _terminate)
+    results: list[dict[str, Any]] = []
     try:
         for name, step in steps:
-            try:
-                result = step()
-            except WorkerError as exc:  # report and go on with the other scenarios
-                log(f"{name} failed: {exc}")
-                result = {"scenario": name, "error": str(exc).splitlines()[0]}
-                kill_all()
-            result["runs"] = runs
-            result["loadavg"] = os.getloadavg()[0]
-            result["machine"] = info
-            if "error" in result:
-                if args.json:
-                    print(json.dumps(result), flush=True)
-                continue
-            if args.json:
-                print(json.dumps(_finite(result)), flush=True)
-            else:
-                print_table(result)
+            results.append(_run_step(name, step, runs, info, args.json))
     finally:
         kill_all()
+    if args.compare:
+        print_compare(results, runs, args.json)
     log(f"done in {time.monotonic() - start:.1f} s")
     return 0
+
+
+def _run_step(
+    name: str, step: Callable[[], dict[str, Any]], runs: int, info: dict[str, Any], as_json: bool
+) -> dict[str, Any]:
+    """Run one scenario, print its result (JSON line or table) and return it."""
+    try:
+        result = step()
+    except WorkerError as exc:  # report and go on with the other scenarios
+        log(f"{name} failed: {exc}")
+        result = {"scenario": name, "error": str(exc).splitlines()[0]}
+        kill_all()
+    result["runs"] = runs
+    result["loadavg"] = os.getloadavg()[0]
+    result["machine"] = info
+    if "error" in result:
+        if as_json:
+            print(json.dumps(result), flush=True)
+        return result
+    result = _finite(result)
+    if as_json:
+        print(json.dumps(result), flush=True)
+    else:
+        print_table(result)
+    return result
 
 
 def _terminate(signum: int, frame: Any) -> None:

@@ -13,6 +13,8 @@ Section names in comments are those of docs/protocol.md.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import os
 import struct
@@ -87,6 +89,21 @@ __all__ = ["StrictParticipant", "client_finish", "client_hello", "verify_server_
 
 #: M3's fixed prefix: header and the empty map (M3: ClientFinish).
 M3_PREFIX = HEADER.pack(M3, 0, 0, 0) + b"\x80"
+
+
+def b64url(data: bytes) -> bytes:
+    """Base64url without padding (RFC 4648 section 5), as the Tsess-Hello header is."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def unb64url(value: bytes) -> bytes:
+    value = value.strip()
+    check(len(value) % 4 != 1 and value.replace(b"-", b"").replace(b"_", b"").isalnum(), "b64url")
+    try:
+        return base64.urlsafe_b64decode(value + b"=" * (-len(value) % 4))
+    except binascii.Error:
+        check(False, "Tsess-Hello is not base64url")
+        raise
 
 
 def client_hello(
@@ -175,12 +192,17 @@ class StrictParticipant:
         *,
         modes: tuple[str, ...] = ("mac",),
         capacity: int = 1024,
+        hello_in_upgrade: bool = False,
     ) -> None:
         self.signing = nacl.signing.SigningKey(seed)
         self.public_key = bytes(self.signing.verify_key)
         self.key_id = key_id_of(self.public_key)
         self.venue_pk = venue_public_key
         self.modes, self.capacity = list(modes), capacity
+        #: M1 in the upgrade request's Tsess-Hello header (The first messages in the upgrade).
+        self.hello_in_upgrade = hello_in_upgrade
+        #: The last connection's venue answered in its 101 (it took M1 from the request).
+        self.hello_taken = False
         self.session: Session | None = None
         #: False after a close whose code is not resumable: the next handshake is new.
         self.resumable = False
@@ -196,20 +218,39 @@ class StrictParticipant:
 
     @asynccontextmanager
     async def connect(self, url: str) -> AsyncIterator[dict[str, Any]]:
-        async with trio_websocket.open_websocket_url(url, max_message_size=MAX_FRAME) as ws:
+        resume = self.session if self.resumable and self.session else None
+        window = self.capacity if resume is None else resume.consumed + self.capacity
+        hello = client_hello(self.modes, self.key_id, window, resume)
+        headers = [(b"tsess-hello", b64url(hello[0]))] if self.hello_in_upgrade else None
+        async with trio_websocket.open_websocket_url(
+            url, max_message_size=MAX_FRAME, extra_headers=headers
+        ) as ws:
             self.ws = ws
             self.connections += 1
+            answer = [v for k, v in ws.handshake_headers if k.lower() == b"tsess-hello"]
+            check(not answer or self.hello_in_upgrade, "Tsess-Hello in a 101 we did not ask")
+            check(len(answer) <= 1, "Tsess-Hello twice in the 101")
+            first = unb64url(answer[0]) if answer else None
+            self.hello_taken = first is not None
             try:
-                yield await self._handshake()
+                yield await self._handshake(resume, hello, first)
             finally:
                 self.ws = None
 
-    async def _handshake(self) -> dict[str, Any]:
-        resume = self.session if self.resumable and self.session else None
-        window = self.capacity if resume is None else resume.consumed + self.capacity
-        m1, e_pk, e_sk, self.offered_gens = client_hello(self.modes, self.key_id, window, resume)
-        await self._send_raw(m1)
-        frame = await self._recv_raw()
+    async def _handshake(
+        self,
+        resume: Session | None,
+        hello: tuple[bytes, bytes, bytes, list[int]],
+        first: bytes | None,
+    ) -> dict[str, Any]:
+        """``first``: the venue's first frame from the 101 (then M1 went in the request)."""
+        m1, e_pk, e_sk, self.offered_gens = hello
+        if first is None:  # M1 in band: the venue did not take it from the request
+            await self._send_raw(m1)
+            frame = await self._recv_raw()
+        else:
+            check(len(first) <= MAX_FRAME, "frame over max_frame_size")
+            frame = first
         if frame[:1] == bytes((REJECT,)):
             raise self._refused(frame)
         m2, kx_c2v, kx_v2c, th2s, fin_v = verify_server_hello(

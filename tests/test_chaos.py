@@ -46,6 +46,16 @@ async def test_every_fault_kind_twice(mode: str) -> None:
     assert result.resumes >= result.faults["reset"]
 
 
+async def test_one_message_per_send_every_fault_kind_twice() -> None:
+    # One message per call: senders take the fast path (their own frame) whenever the
+    # peer was just heard from, and otherwise queue behind the writer, which coalesces.
+    with trio.fail_after(120):
+        result = await run_chaos(20_000, 12, kinds=FAULT_KINDS, seed=406, batch=1)
+    _assert_clean(result)
+    assert result.faults == dict.fromkeys(FAULT_KINDS, 2), result.faults
+    assert result.resumes >= result.faults["reset"]
+
+
 @pytest.mark.soak
 @pytest.mark.parametrize("mode", ["mac", "aead"])
 async def test_short_soak_every_fault_kind(mode: str) -> None:

@@ -53,17 +53,21 @@ class Venue:
 
 
 class Holdable:
-    """A client transport whose writes can be made to hang: what the writer seals
-    then is in the replay buffer, never delivered, never acknowledged."""
+    """A client transport whose frames can be made to vanish on the way (a network
+    that stops delivering): what is sealed then is in the replay buffer, never
+    delivered, never acknowledged.  The write itself completes, as a socket write
+    into a kernel buffer does (a send() may write its own frame: docs/architecture.md)."""
 
     def __init__(self, inner: Transport) -> None:
         self.inner = inner
         self.holding = False
-        self._never = trio.Event()
+        self.held: list[bytes] = []
 
     async def send(self, data: bytes) -> None:
         if self.holding:
-            await self._never.wait()
+            self.held.append(data)
+            await trio.lowlevel.checkpoint()
+            return
         await self.inner.send(data)
 
     def __getattr__(self, name: str) -> Any:
@@ -115,6 +119,7 @@ async def _session_reset_exactly(
     await trio.testing.wait_all_tasks_blocked()
     mv.refuse_connections()
     mv.transports[-1].break_()
+    await session.wait_state(ts.State.STALE)
     await session.send(Order(5))  # queued during the outage, never sealed
     await trio.sleep(CONFIG.resume_ttl + 1)  # the venue forgets the session
     mv.refuse_connections(False)

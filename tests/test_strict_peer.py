@@ -23,7 +23,11 @@ from .runtime_helpers import PARTICIPANT, VENUE, registry, url
 from .strict_peer import StrictParticipant
 from .strict_spec import Closed, Delivered
 
-pytestmark = pytest.mark.parametrize("mode", ["mac", "aead"])
+pytestmark = [
+    pytest.mark.parametrize("mode", ["mac", "aead"]),
+    # M1 as the first WebSocket message, or in the upgrade request (M2 then in the 101).
+    pytest.mark.parametrize("in_upgrade", [False, True], ids=["in_band", "in_upgrade"]),
+]
 
 #: PARTICIPANT's Ed25519 seed (tests/protocol/helpers.py).
 SEED = bytes(range(32, 64))
@@ -59,8 +63,8 @@ async def serving(venue: Venue, **config: Any) -> AsyncIterator[str]:
         nursery.cancel_scope.cancel()
 
 
-def peer(mode: str) -> StrictParticipant:
-    p = StrictParticipant(SEED, VENUE.public_key, modes=(mode,))
+def peer(mode: str, in_upgrade: bool) -> StrictParticipant:
+    p = StrictParticipant(SEED, VENUE.public_key, modes=(mode,), hello_in_upgrade=in_upgrade)
     assert p.key_id == PARTICIPANT.key_id  # the default key id, computed from the spec
     return p
 
@@ -71,13 +75,14 @@ async def echo(p: StrictParticipant, message: bytes) -> None:
     assert isinstance(event, Delivered) and event.msgs == [message], event
 
 
-async def test_survives_a_rejected_message(mode: str) -> None:
+async def test_survives_a_rejected_message(mode: str, in_upgrade: bool) -> None:
     venue = Venue()
     with trio.fail_after(DEADLINE):
         async with serving(venue) as where:
-            p = peer(mode)
+            p = peer(mode, in_upgrade)
             async with p.connect(where) as m2:
                 assert m2["mode"] == p.mode == mode and not m2["resumed"]
+                assert p.hello_taken is in_upgrade  # ts.serve takes M1 from the request
                 await echo(p, b"order-0")
                 seq = await p.send(b"bad-1")
                 notice = await p.next_event()
@@ -90,13 +95,13 @@ async def test_survives_a_rejected_message(mode: str) -> None:
             assert venue.got == [b"order-0", b"bad-1", b"order-2"]
 
 
-async def test_resumes_right_after_a_resumable_venue_close(mode: str) -> None:
+async def test_resumes_right_after_a_resumable_venue_close(mode: str, in_upgrade: bool) -> None:
     """The venue declares the peer dead (HEARTBEAT_TIMEOUT, resumable) and closes; the
     peer's echo never arrives and it resumes at once: accepted, nothing lost or doubled."""
     venue = Venue()
     with trio.fail_after(DEADLINE):
         async with serving(venue, heartbeat_interval=0.2, heartbeat_timeout=0.6) as where:
-            p = peer(mode)
+            p = peer(mode, in_upgrade)
             async with p.connect(where) as first:
                 await echo(p, b"order-0")
                 p.mute = True  # from here on, what the peer sends is lost
@@ -117,13 +122,15 @@ async def test_resumes_right_after_a_resumable_venue_close(mode: str) -> None:
 
 
 @pytest.mark.parametrize("echo_arrives", [True, False])
-async def test_new_session_right_after_a_venue_logout(mode: str, echo_arrives: bool) -> None:
+async def test_new_session_right_after_a_venue_logout(
+    mode: str, in_upgrade: bool, echo_arrives: bool
+) -> None:
     """CLOSE(NORMAL) from the venue: the peer echoes it (the echo may be lost), does not
     resume (the code is not resumable), and opens a new session at once."""
     venue = Venue()
     with trio.fail_after(DEADLINE):
         async with serving(venue) as where:
-            p = peer(mode)
+            p = peer(mode, in_upgrade)
             async with p.connect(where) as first:
                 await echo(p, b"order-0")
                 await p.send(b"logout-me")
@@ -139,12 +146,12 @@ async def test_new_session_right_after_a_venue_logout(mode: str, echo_arrives: b
             assert venue.got == [b"order-0", b"logout-me", b"order-A"]
 
 
-async def test_follows_rekeys_and_ratchets(mode: str) -> None:
+async def test_follows_rekeys_and_ratchets(mode: str, in_upgrade: bool) -> None:
     venue = Venue()
     fast = {"ratchet_interval": 0.05, "rekey_interval": 0.2, "reject_after": 2.0}
     with trio.fail_after(DEADLINE):
         async with serving(venue, **fast) as where:
-            p = peer(mode)
+            p = peer(mode, in_upgrade)
             async with p.connect(where):
                 n = 0
                 while p.rekeys < 2 or p.rx.epoch < 4:

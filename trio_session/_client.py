@@ -391,8 +391,6 @@ class Supervisor:
         transport: Transport | None = None
         try:
             with trio.fail_after(cfg.handshake_timeout):
-                transport = await self._open(link)
-                reached.append(True)
                 conn = ClientConnection(
                     self.identity,
                     self.venue_pk,
@@ -400,6 +398,13 @@ class Supervisor:
                     resume=self.control.resumable_record,
                     clock=trio.current_time,
                 )
+                # M1 goes with the upgrade request when the transport can carry it;
+                # otherwise (or if the venue did not take it) as the first message.
+                (hello,) = conn.data_to_send()
+                transport, taken = await self._open(link, hello)
+                reached.append(True)
+                if not taken:
+                    await transport.send(hello)
                 done = await run_handshake(transport, conn, eager_confirm=not self.durable)
         except trio.TooSlowError:
             if transport is not None:
@@ -414,18 +419,21 @@ class Supervisor:
             raise
         return transport, conn, done
 
-    async def _open(self, link: trio.Nursery) -> Transport:
+    async def _open(self, link: trio.Nursery, hello: bytes) -> tuple[Transport, bool]:
+        """The transport, and whether the venue took ``hello`` with the upgrade."""
         if self.transport_factory is not None:
-            return await self.transport_factory(link)
+            return await self.transport_factory(link), False
         cfg = self.config
-        return await connect_transport(
+        transport = await connect_transport(
             self.url,
             nursery=link,
             ssl_context=self.ssl_context,
             connect_timeout=cfg.handshake_timeout,
             max_message_size=cfg.max_frame_size,
             close_timeout=cfg.close_timeout,
+            hello=hello,
         )
+        return transport, transport.hello_taken
 
     async def _attach(
         self,

@@ -1,6 +1,6 @@
 """A link's writer with a durable store: nothing is on the wire that a crash could forget.
 
-The plain writer (``Link._writer``) writes each frame as soon as it is built.
+The plain writer (``_link_writer.plain_writer``) writes each frame as soon as it is built.
 With a durable store (``_persist.py``) the writer builds what it will write
 first (control frames, then data frames up to :data:`DURABLE_BATCH_BYTES`),
 has everything those frames depend on stored in one group commit (new DATA

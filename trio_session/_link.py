@@ -6,10 +6,12 @@ While a connection is attached to a session, a :class:`Link` runs exactly:
   message batches on the inbound queue.  Credit flow control guarantees that
   queue has room, so the reader never blocks on the application, and
   heartbeats, acks and rekeys keep flowing while the application is busy;
-* the **writer**: the only task that builds frames, so sequence numbers and
-  key epochs follow wire order.  Control frames (acks, heartbeats, rekeys,
-  close) first, always; then queued notices; then as many queued messages as
-  credit allows, coalesced into one frame;
+* the **writer** (``_link_writer.py``): holds the single-writer token while it
+  runs, so sequence numbers and key epochs follow wire order.  Control frames
+  (acks, heartbeats, rekeys, close) first, always; then queued notices; then as
+  many queued messages as credit allows, coalesced into one frame.  While it is
+  parked with nothing queued, a ``send()`` may take the token and write its
+  own frame (``_inline.py``);
 * the **heartbeat** task: sleeps until the session's next timer deadline
   (heartbeat, probe, stale and heartbeat timeouts, delayed ack; on the venue
   also the slow-consumer deadlines).  One adjustable sleep: whoever changes an
@@ -26,6 +28,7 @@ transport, telling the peer why when we detected the problem.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Final, final
@@ -36,22 +39,21 @@ from trio.lowlevel import wait_task_rescheduled
 from ._core import SessionCore
 from ._durable_link import durable_writer
 from ._errors import (
-    Category,
     CloseCode,
     ConnectionLost,
-    SessionClosed,
     SessionError,
     SlowConsumer,
     is_clean_close,
 )
 from ._flag import Flag
 from ._lifecycle import State
+from ._link_close import answer_close, close_forcefully, guard, tear_down
+from ._link_writer import plain_writer
 from ._queues import OutNotice
-from ._transport import Transport, observable_close
+from ._transport import Transport
 from .protocol import (
     CloseReceived,
     Connection,
-    ConnectionState,
     HeartbeatAcked,
     MessagesReceived,
     Role,
@@ -100,6 +102,13 @@ class Link:
         self.owed: list[bytes] = []
         #: The connection was LIVE (caught up) at some point.
         self.reached_live = False
+        #: A frame sealed by a sender on the fast path whose write was cancelled
+        #: before it started: the writer writes it first (``_inline.py``).
+        self.unwritten: bytes | None = None
+        #: When the last data frame was written, and whether a frame came in since:
+        #: what tells a request/response or sparse sender from a stream (``_inline.py``).
+        self.last_write = -math.inf
+        self.heard = True
         record = conn.session
         #: Where the session stood at attach: (peer_ack, next_rx_seq, messages owed).
         self._start = (
@@ -112,6 +121,11 @@ class Link:
     def core(self) -> SessionCore:
         return self._core
 
+    @property
+    def send_started(self) -> float | None:
+        """Venue: when the write in progress started (None between writes)."""
+        return self._send_started
+
     async def run(self) -> SessionError:
         """Run the four tasks until the connection ends; returns why it ended (a
         SessionClosed for a clean close).  Raises only Cancelled from outside."""
@@ -121,24 +135,15 @@ class Link:
                 self._scope = nursery.cancel_scope
                 if core.finished.is_set():
                     nursery.cancel_scope.cancel()
-                nursery.start_soon(self._guard, self._reader, name="reader")
-                if core.persist is None:
-                    nursery.start_soon(self._guard, self._writer, name="writer")
-                else:  # a durable store: write-ahead (_durable_link.py)
-                    nursery.start_soon(self._guard, partial(durable_writer, self), name="writer")
-                nursery.start_soon(self._guard, self._heartbeat, name="heartbeat")
-                nursery.start_soon(self._guard, self._rotation, name="key-rotation")
+                nursery.start_soon(guard, self, self._reader, name="reader")
+                # With a durable store, write-ahead (_durable_link.py).
+                writer = plain_writer if core.persist is None else durable_writer
+                nursery.start_soon(guard, self, partial(writer, self), name="writer")
+                nursery.start_soon(guard, self, self._heartbeat, name="heartbeat")
+                nursery.start_soon(guard, self, self._rotation, name="key-rotation")
         finally:
             self._scope = None
-            if core.link is self:
-                core.link = None
-            self._keep_stall()
-            self._absorb_stats()
-            await close_transport(self, self._core.config.close_timeout)
-            # Release anyone waiting on this connection's progress.
-            core.drained.set()
-            self.close_sent.set()
-            core.connection_done.set()
+            await tear_down(self)
         if self.error is not None:
             return self.error
         return core.error if core.error is not None else ConnectionLost("connection ended")
@@ -154,10 +159,10 @@ class Link:
             self.error = error
             if not is_clean_close(error):
                 self._core.log.debug("connection ended: %s: %s", type(error).__name__, error)
-                self._mark_lost(f"{type(error).__name__}: {error}")
+                self.mark_lost(f"{type(error).__name__}: {error}")
         self.cancel()
 
-    def _mark_lost(self, reason: str) -> None:
+    def mark_lost(self, reason: str) -> None:
         """This connection is known lost: STALE now, unless the session is ending anyway."""
         core = self._core
         if (
@@ -197,38 +202,6 @@ class Link:
         s = conn.session
         return conn.authenticated and s is not None and s.next_rx_seq >= self._replay_until
 
-    def _keep_stall(self) -> None:
-        """A write blocked when the connection ended is a stall that goes on while
-        the session is detached (the participant still consumes nothing)."""
-        started, core = self._send_started, self._core
-        if started is not None and (core.stalled_since is None or started < core.stalled_since):
-            core.stalled_since = started
-
-    def _absorb_stats(self) -> None:
-        s, c = self.conn.stats, self._core.counters
-        c.bytes_sent += s.bytes_sent
-        c.bytes_received += s.bytes_received
-        c.rekeys += s.rekeys
-        c.ratchets += s.ratchets
-        c.retransmitted += s.retransmitted
-        c.heartbeats_sent += s.heartbeats_sent
-        if s.last_rtt is not None:
-            c.rtt = s.last_rtt
-
-    async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
-        """Turn a task's failure into the connection's one typed error."""
-        try:
-            await task()
-        except SessionError as exc:
-            self.end(exc)
-        except Exception as exc:
-            self._core.log.exception("internal error in the %s task", task.__name__)
-            err = SessionError(
-                f"internal error: {type(exc).__name__}", code=CloseCode.INTERNAL_ERROR
-            )
-            err.__cause__ = exc
-            self.end(err)
-
     # -- reader ------------------------------------------------------------------------------
 
     async def _reader(self) -> None:
@@ -236,6 +209,7 @@ class Link:
         counters, out = core.counters, core.outbound
         while True:
             events = conn.receive_data(await transport.receive())
+            self.heard = True
             core.sync_replay()  # acknowledgements trimmed the replay buffer
             self._note_authenticated()
             for ev in events:
@@ -245,7 +219,7 @@ class Link:
                 elif type(ev) is HeartbeatAcked:
                     counters.rtt = ev.rtt
                 elif type(ev) is CloseReceived:
-                    await self._on_peer_close(ev)
+                    await answer_close(self, ev)
                     return
             if conn.has_pending_control() or (out.waits_for_credit and conn.send_window() > 0):
                 out.wake()
@@ -275,49 +249,13 @@ class Link:
             self.reached_live = True
             core.set_state(State.LIVE)
 
-    async def _on_peer_close(self, ev: CloseReceived) -> None:
-        err = ev.to_error()
-        if self.error is None:
-            self.error = err
-            if not is_clean_close(err):
-                self._mark_lost(f"{type(err).__name__}: {err}")
-        self.conn.close(CloseCode.NORMAL if ev.code is CloseCode.NORMAL else ev.code)
-        self._core.outbound.wake()
-        with trio.move_on_after(self._core.config.close_timeout):
-            await self.close_sent.wait()
-        self.end(err)
-
     # -- writer ------------------------------------------------------------------------------
 
-    async def _writer(self) -> None:
-        conn, out = self.conn, self._core.outbound
-        send: Callable[[bytes], Awaitable[None]] = self.transport.send
-        if self._core.role is Role.VENUE:
-            send = self._bounded_send
-        while True:
-            out.wake_pending = False
-            self.pull_rotation_deadline()
-            owed = self.owed = conn.data_to_send()
-            if owed:  # a heartbeat or ack sealed: the timer's next deadline moved
-                self.retime_heartbeat()
-            while owed:
-                await send(owed[0])
-                del owed[0]
-            if conn.state is not ConnectionState.OPEN:
-                if conn.state in (ConnectionState.CLOSING, ConnectionState.ERROR) and (
-                    not conn.has_pending_control()
-                ):
-                    self.close_sent.set()
-                await out.park(wait_for_data=False)
-                continue
-            window = conn.send_window()
-            data = self.next_data_frame(window)
-            if data is not None:
-                await send(data)
-                continue
-            if out.wake_pending:
-                continue
-            await out.park(wait_for_data=window > 0 and not out.latest and not out.lossy)
+    async def timed_write(self, send: Callable[[bytes], Awaitable[None]], frame: bytes) -> None:
+        """Write the data frame ``frame``, noting when (``_inline.py``)."""
+        self.heard = False
+        await send(frame)
+        self.last_write = trio.current_time()
 
     def sender(self) -> Callable[[bytes], Awaitable[None]]:
         """How frames are written (the venue bounds each write)."""
@@ -491,70 +429,6 @@ def _abort_sleep(_: object) -> trio.lowlevel.Abort:
     return trio.lowlevel.Abort.SUCCEEDED
 
 
-async def close_transport(link: Link, close_timeout: float) -> None:
-    """End ``link``'s transport after its tasks ended, telling the peer why when we
-    detected the problem ourselves."""
-    err, transport = link.error, link.transport
-    # Cancelled from outside (err is None): the connection simply drops.  A
-    # cancelled participant is indistinguishable from a lost one on purpose:
-    # the venue keeps the session for resume, then its dead man's switch
-    # fires.  A clean logout is aclose() (or leaving ``connect()`` normally).
-    with trio.CancelScope(shield=True):
-        # Tell the peer why, when we detected the problem and still hold keys
-        # (not for a plain close: that one was exchanged already, or received).
-        if (
-            err is not None
-            and not err.remote
-            and not isinstance(err, ConnectionLost)
-            and type(err) is not SessionClosed
-            and not transport.closed
-        ):
-            await _send_close(link, err, close_timeout)
-        if err is None:
-            await close_forcefully(transport)  # cancelled: drop, do not linger
-            return
-        # The WebSocket close carries the code too (docs/protocol.md, "Observable
-        # close codes"), for peers that cannot read our CLOSE.
-        code, reason = observable_close(err.code)
-        deadline = _close_deadline(link.core, err, close_timeout)
-        with trio.move_on_at(deadline) as scope:
-            if err.remote and not isinstance(err, (SessionClosed, ConnectionLost)):
-                await transport.fail(code, reason)  # an invalid frame: do not linger
-            else:
-                await transport.aclose(code, reason)
-        if scope.cancelled_caught:
-            await close_forcefully(transport)
-
-
-def _close_deadline(core: SessionCore, err: SessionError, close_timeout: float) -> float:
-    """How long the close handshake may take: ``close_timeout``; but when the venue
-    will keep the session for a resume, never past a stalled participant's
-    slow-consumer deadline (until the connection is closed, the session is neither
-    attached nor detached, and nobody checks it)."""
-    deadline = trio.current_time() + close_timeout
-    stalled = core.stalled_since
-    if core.role is Role.VENUE and stalled is not None and err.category is Category.RESUMABLE:
-        deadline = min(deadline, stalled + core.config.slow_consumer_timeout)
-    return deadline
-
-
-async def _send_close(link: Link, err: SessionError, close_timeout: float) -> None:
-    try:
-        persist = link.core.persist
-        if persist is not None and persist.write_ahead_owed():  # the CLOSE is a frame too
-            with trio.move_on_after(min(0.5, close_timeout)):
-                await persist.store_ahead()
-        link.conn.close(err.code, type(err).__name__)
-        # Frames the writer had sealed but not written when it was cancelled go
-        # first: the CLOSE's control seq follows theirs.
-        frames = link.owed + link.conn.data_to_send()
-        with trio.move_on_after(min(0.5, close_timeout)):
-            for frame in frames:
-                await link.transport.send(frame)
-    except SessionError:
-        pass
-
-
 def slow_consumer(core: SessionCore, why: str) -> SlowConsumer:
     """The error that closes a venue session whose participant does not read (logged)."""
     core.log.event(
@@ -565,10 +439,3 @@ def slow_consumer(core: SessionCore, why: str) -> SlowConsumer:
         outbound_depth=core.outbound.depth,
     )
     return SlowConsumer(why)
-
-
-async def close_forcefully(transport: Transport) -> None:
-    """Like :func:`trio.aclose_forcefully`, for our Transport protocol."""
-    with trio.CancelScope() as scope:
-        scope.cancel()
-        await transport.aclose()

@@ -173,6 +173,12 @@ class Outbound:
         self.wake_pending = False
         #: The parked writer waits for credit (or a control frame), not for data.
         self.waits_for_credit = False
+        #: A sender holds the single-writer token and writes its own frame
+        #: (``_inline.py``): the parked writer is not woken until :meth:`release`.
+        self.token = False
+        #: The parked writer gathers a backlog: wake it once this many messages wait
+        #: (0: at once).
+        self.gather = 0
 
     # -- producers (the application) ---------------------------------------------
 
@@ -195,7 +201,9 @@ class Outbound:
         self.queued += count
         self.bytes += nbytes
         self.ledger.add(nbytes)
-        if self._parked:  # wake_for_data(), inline on the hot path
+        # wake_for_data(), inline on the hot path; a writer gathering a backlog
+        # (``_inline.coalesce``) sleeps on until it is big enough.
+        if self._parked and not self.token and self.queued + len(self.pending) >= self.gather:
             self.wake()
         return True
 
@@ -362,14 +370,26 @@ class Outbound:
     def wake(self) -> None:
         """The writer has something to do (data, a control frame, credit)."""
         self.wake_pending = True
-        if self._parked:
+        if self._parked and not self.token:
             self._parked = False
             self._lot.unpark()
 
+    def writer_idle(self) -> bool:
+        """The writer is parked, nothing woke it, and no sender holds the token."""
+        return self._parked and not self.wake_pending and not self.token and not self.gather
+
+    def release(self) -> None:
+        """A sender gives the token back: the writer runs if anything was owed
+        meanwhile (a wake-up, or messages queued by other senders)."""
+        self.token = False
+        if self.wake_pending or self.depth:
+            self.wake()
+
     def wake_for_data(self) -> None:
         # A running writer takes new data before it parks (no checkpoint between
-        # its last look at the queues and parking): only a parked one needs waking.
-        if self._parked:
+        # its last look at the queues and parking): only a parked one needs waking
+        # (and a sender holding the token wakes it on release).
+        if self._parked and not self.token:
             self.wake()
 
     async def park(self, *, wait_for_data: bool) -> None:

@@ -13,7 +13,7 @@ outage is delivered after it.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Hashable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final, Generic, final
 
 import trio
@@ -22,10 +22,8 @@ from ._core import SessionCore, SessionStats
 from ._durable_session import DurableFacade
 from ._errors import (
     CloseCode,
-    ConnectionLost,
     InDoubt,
     InvalidMessage,
-    LocalProtocolError,
     MessageRejected,
     RejectCode,
     Rejected,
@@ -37,6 +35,7 @@ from ._errors import (
 from ._flag import Flag
 from ._lifecycle import State
 from ._queues import notice_error, reject_notice
+from ._sending import SendFacade, final_error
 from ._typing import M
 from .protocol import ConnectionState
 
@@ -48,7 +47,7 @@ _CREATE: Final = object()
 
 
 @final
-class Session(DurableFacade, Generic[M]):
+class Session(DurableFacade, SendFacade[M], Generic[M]):
     """One logical session, on either side.  Created by ``ts.connect`` / ``ts.serve``.
 
     Generic in its message type: ``Session[Order | Fill]`` with
@@ -147,116 +146,6 @@ class Session(DurableFacade, Generic[M]):
     def stats(self) -> SessionStats:
         """A snapshot of the session's counters, taken when read."""
         return self._core.stats()
-
-    # -- sending ---------------------------------------------------------------------
-
-    def _check_can_send(self, payload: bytes) -> None:
-        core = self._core
-        if core.error is not None:
-            raise error_for_user(self._core)
-        if core.closing:
-            raise SessionClosed("session is closing", code=CloseCode.NORMAL)
-        if len(payload) > self.config.max_message_size:
-            raise LocalProtocolError(
-                f"message of {len(payload)} bytes exceeds max_message_size "
-                f"{self.config.max_message_size}"
-            )
-
-    async def send(self, message: M, *, fail_fast: bool = False, commit: bool = False) -> None:
-        """Send one message losslessly (``block`` policy).
-
-        ``message`` is one of the declared ``messages=`` types (``bytes``
-        without it).  Waits while the outbound queue is full; during an outage
-        the message waits and is delivered after the session resumes, in order.
-        With ``fail_fast=True`` it raises :class:`~trio_session.ConnectionLost`
-        at once instead while the session is not LIVE (from the moment a lost
-        connection is detected): for orders priced off data that is now stale.
-
-        Args:
-            message: one message of the declared ``messages=`` type (``bytes``
-                without it).
-            fail_fast: raise :class:`~trio_session.ConnectionLost` at once when
-                the session is not LIVE, instead of queueing the message for
-                after the resume.
-            commit: with a durable store (which returns once the message is
-                stored), commit what :meth:`receive` returned so far in the same
-                write: after a crash, both or neither (docs/howto/durable.md).
-
-        Raises the session's error once it ended, :class:`TypeError` for a
-        message of the wrong type, and :class:`~trio_session.LocalProtocolError`
-        for one over ``max_message_size``.
-        """
-        payload = self._codec.encode(message)
-        self._check_can_send(payload)
-        await self._enqueue(payload, 1, len(payload), fail_fast, commit)
-
-    async def send_many(
-        self, messages: Sequence[M], *, fail_fast: bool = False, commit: bool = False
-    ) -> None:
-        """Send several messages losslessly as one queue item (cheaper per message).
-
-        Same order, guarantees and errors as :meth:`send`; all or none are queued.
-
-        Args:
-            messages: a sequence of messages of the declared type.
-            fail_fast: as for :meth:`send`.
-            commit: as for :meth:`send`.
-        """
-        payloads = [self._codec.encode(m) for m in messages]
-        if not payloads:
-            return
-        for p in payloads:
-            self._check_can_send(p)
-        await self._enqueue(payloads, len(payloads), sum(map(len, payloads)), fail_fast, commit)
-
-    async def _enqueue(
-        self, item: bytes | list[bytes], count: int, nbytes: int, fail_fast: bool, commit: bool
-    ) -> None:
-        """The lossless path shared by send() and send_many()."""
-        if fail_fast and self._core.states.state is not State.LIVE:
-            state = self._core.states.state.value
-            raise ConnectionLost(f"session is {state}, not sending (fail_fast)")
-        if self._core.persist is not None:  # durable store: stored before we return
-            try:
-                await self._enqueue_durable(item, count, nbytes, commit)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise final_error(self._core)  # noqa: B904 - keeps the error's own cause
-            return
-        # What MemorySendChannel.send does, with the writer woken *before* we
-        # yield: it then runs in the same scheduler batch as our caller instead
-        # of the next one (one pass less per message on the latency path).
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            if self._out.put_nowait(item, count, nbytes):
-                self._send_count += count
-                await trio.lowlevel.cancel_shielded_checkpoint()
-            else:  # full: wait like MemorySendChannel.send
-                await self._out.put(item, count, nbytes)
-                self._send_count += count
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise final_error(self._core)  # noqa: B904 - keeps the error's own cause
-
-    def send_latest(self, key: Hashable, message: M) -> None:
-        """Queue ``message`` as the latest value for ``key`` (``conflate`` policy).
-
-        Never blocks: a message still queued under the same key is replaced
-        (counted in ``stats.conflated``).
-
-        Args:
-            key: any hashable, e.g. the instrument of a quote.
-            message: the newest value for ``key``.
-        """
-        payload = self._codec.encode(message)
-        self._check_can_send(payload)
-        self._out.put_latest(key, payload)
-
-    def send_lossy(self, message: M) -> None:
-        """Queue ``message``, dropping the oldest queued one when the queue is full
-        (``drop_oldest`` policy; capacity ``outbound_capacity``, drops counted in
-        ``stats.dropped``).  Never blocks."""
-        payload = self._codec.encode(message)
-        self._check_can_send(payload)
-        self._out.put_lossy(payload)
 
     # -- receiving ---------------------------------------------------------------------
 
@@ -496,25 +385,6 @@ async def _wait_drained(core: SessionCore) -> None:
         core.drained = Flag()
         core.outbound.wake()
         await core.drained.wait()
-
-
-def final_error(core: SessionCore) -> SessionError:
-    """The session's error, to raise from an ``except`` block.
-
-    Not ``raise ... from None``: that would erase the error's own cause (e.g.
-    why the supervisor gave up); ``__suppress_context__`` only hides the
-    channel exception being handled.
-    """
-    err = error_for_user(core)
-    err.__suppress_context__ = True
-    return err
-
-
-def error_for_user(core: SessionCore) -> SessionError:
-    err = core.error
-    if err is None:
-        return SessionClosed("session is closed", code=CloseCode.NORMAL)
-    return err
 
 
 def new_session(core: SessionCore) -> Session[Any]:

@@ -7,7 +7,7 @@ module defines exactly that, the small :class:`Transport` protocol, and gathers
 its implementations:
 
 * :class:`WebSocketTransport`, a thin adapter over trio-websocket 0.12.2, made by
-  :func:`connect_transport` (client, ``_transport_ws``) and :func:`serve_transport`
+  :func:`connect_transport` (client, ``_transport_client``) and :func:`serve_transport`
   (server, ``_transport_server``, with the pre-authentication limits of
   ``_transport_limits`` and the byte-level checks of ``_transport_guard``);
 * :class:`MemoryTransport`, an in-memory pair on Trio memory channels
@@ -27,16 +27,11 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+from ._transport_client import check_url, connect_transport
 from ._transport_limits import PreAuthStatistics, TransportLimits, observable_close
 from ._transport_memory import MemoryTransport, memory_transport_pair
 from ._transport_server import TransportServer, serve_transport
-from ._transport_ws import (
-    MESSAGE_QUEUE_SIZE,
-    RECEIVE_BUFFER_SIZE,
-    WebSocketTransport,
-    check_url,
-    connect_transport,
-)
+from ._transport_ws import MESSAGE_QUEUE_SIZE, RECEIVE_BUFFER_SIZE, WebSocketTransport
 
 __all__ = [
     "MESSAGE_QUEUE_SIZE",

@@ -25,6 +25,7 @@ import trio
 import trio_websocket
 
 from ._transport_guard import StreamGuard
+from ._transport_hello import hello_in
 from ._transport_limits import PreAuthGate, PreAuthSlot, PreAuthStatistics, TransportLimits
 from ._transport_limits import refuse_connection as _refuse
 from ._transport_ws import (
@@ -192,19 +193,21 @@ async def _serve_connection(
     try:
         async with trio.open_nursery() as nursery:
             reader = _ReaderSupervisor(nursery, guard, guard=guard)
-            ws = await _server_handshake(guard, reader, max_message_size)
-            if ws is None:
+            request = await _server_handshake(guard, reader, max_message_size)
+            if request is None:
                 nursery.cancel_scope.cancel()
                 return
             slot.upgraded()
             transport = WebSocketTransport(
-                ws,
+                None,
                 guard,
                 reader,
                 close_timeout=close_timeout,
                 opened_at=slot.opened_at,
                 remote_address=address,
                 slot=slot,
+                early=hello_in(request.headers),
+                request=request,
             )
             logger.debug("accepted connection from %s", address)
             code = 1000
@@ -221,9 +224,15 @@ async def _serve_connection(
 
 async def _server_handshake(
     guard: StreamGuard, reader: _ReaderSupervisor, max_message_size: int
-) -> trio_websocket.WebSocketConnection | None:
-    """TLS + WebSocket upgrade; None on any failure.  No deadline here: the gate's
-    reaper closes the socket of a connection still upgrading at its deadline."""
+) -> trio_websocket.WebSocketRequest | None:
+    """TLS and the WebSocket upgrade request; None on any failure.  No deadline here:
+    the gate's reaper closes the socket of a connection still upgrading at its
+    deadline.
+
+    The request is accepted by the transport's first send, receive or close, so that
+    when it carried the participant's ClientHello (``_transport_hello``) the 101
+    response carries the answer.
+    """
     address = guard.address
     try:
         if isinstance(guard.stream, trio.SSLStream):
@@ -239,9 +248,7 @@ async def _server_handshake(
                 max_message_size=max_message_size,
                 receive_buffer_size=RECEIVE_BUFFER_SIZE,
             )
-            ws = await request.accept()
-            guard.upgraded(ws)
-            return ws
+            return request
     except Exception as exc:  # garbage clients can make wsproto raise anything
         logger.debug("handshake with %s failed: %s: %s", address, type(exc).__name__, exc)
         return None

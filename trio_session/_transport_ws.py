@@ -1,4 +1,5 @@
-"""WebSocket connections over trio-websocket: :class:`WebSocketTransport` and the client side.
+"""WebSocket connections over trio-websocket: :class:`WebSocketTransport` (the client side
+of opening one is ``_transport_client``, the venue side ``_transport_server``).
 
 Why we do not use trio-websocket's high-level API: ``open_websocket``'s
 ``connect_timeout`` does not fire against a peer that accepts TCP and then stalls; a
@@ -42,8 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import ssl
-import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, cast, final
@@ -52,7 +51,8 @@ import attrs
 import trio
 import trio_websocket
 
-from ._errors import ConnectionLost, FrameError, HandshakeTimeout
+from ._errors import ConnectionLost, FrameError
+from ._transport_hello import hello_header
 from ._transport_limits import REAP_GRACE
 
 if TYPE_CHECKING:
@@ -63,8 +63,6 @@ __all__ = [
     "MESSAGE_QUEUE_SIZE",
     "RECEIVE_BUFFER_SIZE",
     "WebSocketTransport",
-    "check_url",
-    "connect_transport",
 ]
 
 logger = logging.getLogger("trio_session.transport")
@@ -271,17 +269,22 @@ class WebSocketTransport(trio.abc.AsyncResource):
     __slots__ = (
         "_close_timeout",
         "_closed",
+        "_early",
         "_opened_at",
         "_reader",
         "_remote_address",
+        "_request",
+        "_resend",
         "_slot",
         "_stream",
+        "_took",
         "_ws",
+        "hello_taken",
     )
 
     def __init__(
         self,
-        ws: trio_websocket.WebSocketConnection,
+        ws: trio_websocket.WebSocketConnection | None,
         stream: trio.abc.Stream,
         reader: _ReaderSupervisor,
         *,
@@ -289,7 +292,24 @@ class WebSocketTransport(trio.abc.AsyncResource):
         opened_at: float | None = None,
         remote_address: str | None = None,
         slot: PreAuthSlot | None = None,
+        early: bytes | None = None,
+        request: trio_websocket.WebSocketRequest | None = None,
     ) -> None:
+        #: The peer's first message, carried in its upgrade request or 101 response
+        #: (``_transport_hello``): what the first ``receive()`` returns.
+        self._early = early
+        #: The first messages went with the upgrade: the participant's M1 in the
+        #: request, the venue's answer in the 101 response.
+        self.hello_taken = early is not None
+        #: Venue: the upgrade request, accepted by the first ``send()`` (which then
+        #: goes in the 101 response when the request carried the peer's first
+        #: message), ``receive()`` or close; ``ws`` is None until then.
+        self._request = request
+        #: Venue: (the hello taken from the request, the answer the 101 carried) until
+        #: the first in-band message, in case a proxy dropped the 101's header.
+        self._resend: tuple[bytes, bytes] | None = None
+        #: Venue: the hello taken from the upgrade request.
+        self._took = early if request is not None else None
         self._opened_at = trio.current_time() if opened_at is None else opened_at
         self._ws = ws
         self._stream = stream
@@ -316,7 +336,8 @@ class WebSocketTransport(trio.abc.AsyncResource):
     def closed(self) -> bool:
         # The reader ending (remote close, reset, or its nursery cancelled)
         # also means that nothing more can be sent.
-        return self._closed or self._reader.finished or self._ws.closed is not None
+        ws = self._ws
+        return self._closed or self._reader.finished or (ws is not None and ws.closed is not None)
 
     async def send(self, data: bytes) -> None:
         """Send ``data`` as one binary message; see :meth:`Transport.send`.
@@ -327,19 +348,82 @@ class WebSocketTransport(trio.abc.AsyncResource):
         if self._closed:
             await trio.lowlevel.checkpoint()
             raise ConnectionLost("transport closed locally")
+        if self._ws is None:
+            await self._accept(data)
+            return
         with _map_errors(self._reader, remote=True):
             await self._ws.send_message(data)
 
     async def receive(self) -> bytes:
         """Return the next binary message; see :meth:`Transport.receive`.
 
-        Messages the peer sent before closing are delivered first.
+        Messages the peer sent before closing are delivered first; on the venue, a
+        ClientHello carried in the upgrade request comes before them all.
         """
+        if self._early is not None:
+            # Not a full checkpoint: the early message came with the upgrade, whose
+            # reading was one, and the handshake should answer it in this scheduler
+            # pass, not the next (connect latency).  Cancellation is still honoured.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            early, self._early = self._early, None
+            return early
+        ws = self._ws or await self._accept(None)
         with _map_errors(self._reader, remote=not self._closed):
-            message = await self._ws.get_message()
+            message = await ws.get_message()
+            if self._resend is not None:
+                message = await self._answer_again(ws, message)
         if isinstance(message, bytes):
             return message
         raise FrameError("received a text WebSocket message; only binary is allowed", remote=True)
+
+    async def _accept(self, first: bytes | None) -> trio_websocket.WebSocketConnection:
+        """Venue: accept the upgrade; ``first`` (our first frame) goes in the 101
+        response if the request carried the peer's first message."""
+        request, self._request = self._request, None
+        if request is None:  # an earlier accept failed
+            await trio.lowlevel.checkpoint()
+            raise ConnectionLost("connection closed during the WebSocket upgrade")
+        headers = hello_header(first) if first is not None and self.hello_taken else None
+        try:
+            with _map_errors(self._reader, remote=True):
+                ws = await request.accept(extra_headers=headers)
+        except ConnectionLost:
+            raise
+        except Exception as exc:  # wsproto/h11 refusing the request after all
+            raise ConnectionLost(f"WebSocket upgrade failed: {type(exc).__name__}") from exc
+        self._ws = ws
+        if self._reader.guard is not None:
+            self._reader.guard.upgraded(ws)
+        if headers is not None and first is not None and self._took is not None:
+            self._resend = (self._took, first)
+        if first is not None and headers is None:
+            with _map_errors(self._reader, remote=True):
+                await ws.send_message(first)
+        return ws
+
+    async def _answer_again(
+        self, ws: trio_websocket.WebSocketConnection, message: bytes | str
+    ) -> bytes | str:
+        """Venue, first in-band message after answering in the 101: a repeat of the
+        hello, byte for byte, means the 101's header did not reach the participant (a
+        proxy dropped it), which then sent its hello in band: the same answer goes
+        again, in band (bytes we already have: no new work).  Anything else is
+        returned as it is (the handshake refuses a different hello)."""
+        assert self._resend is not None
+        (hello, answer), self._resend = self._resend, None
+        if message != hello:
+            return message
+        await ws.send_message(answer)
+        return await ws.get_message()
+
+    async def _accept_to_close(self) -> None:
+        """Venue, closing before its first send: accept the upgrade (within
+        ``close_timeout``) so that the close code reaches the peer, as it would
+        have after an immediate upgrade."""
+        if self._request is None or trio.current_effective_deadline() == float("-inf"):
+            return
+        with trio.move_on_after(self._close_timeout), contextlib.suppress(ConnectionLost):
+            await self._accept(None)
 
     @contextlib.contextmanager
     def handshake_deadline(self, timeout: float) -> Iterator[None]:
@@ -390,6 +474,7 @@ class WebSocketTransport(trio.abc.AsyncResource):
         if guard is None or self._closed:
             await self.aclose(code, reason)
             return
+        await self._accept_to_close()
         self._closed = True
         await guard.fail(code, reason)
         logger.debug("failed connection to %s with code %d", self._remote_address, code)
@@ -410,6 +495,7 @@ class WebSocketTransport(trio.abc.AsyncResource):
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
+        await self._accept_to_close()
         self._closed = True
         valid = 1000 <= code <= 4999
         try:
@@ -418,6 +504,7 @@ class WebSocketTransport(trio.abc.AsyncResource):
             # nothing can be sent: skip trio-websocket's close path entirely.
             if (
                 valid
+                and self._ws is not None
                 and not self._reader.finished
                 and trio.current_effective_deadline() != float("-inf")
             ):
@@ -435,132 +522,3 @@ class WebSocketTransport(trio.abc.AsyncResource):
             logger.debug("closed transport to %s", self._remote_address)
         if not valid:
             raise ValueError(f"invalid WebSocket close code {code}")
-
-
-def check_url(url: str, ssl_context: ssl.SSLContext | None = None) -> None:
-    """Raise ValueError, naming ``url`` and the fix, unless it is a usable ws/wss URL.
-
-    Called by ``connect()`` before anything starts, so a typo fails at once and
-    as itself (never from inside a task group, never retried).
-    """
-    _split_url(url, ssl_context)
-
-
-def _split_url(
-    url: str, ssl_context: ssl.SSLContext | None
-) -> tuple[urllib.parse.SplitResult, str, int | None]:
-    if not isinstance(url, str):
-        raise TypeError(f"the venue URL must be a str, got {type(url).__name__}")
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
-    except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535"
-        raise ValueError(f"invalid venue URL {url!r}: {exc}") from None
-    if parts.scheme not in ("ws", "wss"):
-        raise ValueError(
-            f"invalid venue URL {url!r}: the scheme must be ws:// or wss://, "
-            f"not {parts.scheme + '://' if parts.scheme else 'missing'}"
-        )
-    host = parts.hostname
-    if not host:
-        raise ValueError(f"invalid venue URL {url!r}: no host (e.g. ws://127.0.0.1:8765/)")
-    if parts.scheme == "ws" and ssl_context is not None:
-        raise ValueError(f"ssl_context given for the ws:// URL {url!r}: TLS needs a wss:// URL")
-    return parts, host, port
-
-
-def _parse_url(
-    url: str, ssl_context: ssl.SSLContext | None
-) -> tuple[str, int, str, str, ssl.SSLContext | None]:
-    """Return ``(host, port, host_header, resource, ssl_context)`` for a ws/wss URL."""
-    parts, host, port = _split_url(url, ssl_context)
-    if parts.scheme == "ws":
-        context = None
-    else:
-        context = ssl_context if ssl_context is not None else ssl.create_default_context()
-    default_port = 443 if context is not None else 80
-    port = port if port is not None else default_port
-    host_for_header = f"[{host}]" if ":" in host else host
-    host_header = host_for_header if port == default_port else f"{host_for_header}:{port}"
-    resource = parts.path or "/"
-    if parts.query:
-        resource += "?" + parts.query
-    return host, port, host_header, resource, context
-
-
-async def connect_transport(
-    url: str,
-    *,
-    nursery: trio.Nursery,
-    ssl_context: ssl.SSLContext | None = None,
-    connect_timeout: float,
-    max_message_size: int,
-    close_timeout: float = 2.0,
-) -> WebSocketTransport:
-    """Open a WebSocket client connection to a ``ws://`` or ``wss://`` URL.
-
-    TCP connect, TLS handshake (``wss``: ``ssl_context``, default
-    :func:`ssl.create_default_context`) and WebSocket upgrade all run under
-    one deadline, ``connect_timeout``, that we own (trio-websocket's does not
-    work against a stalled peer).  On any failure or cancellation the stream
-    is closed before the error propagates, so no socket leaks.
-
-    The connection's reader task runs in ``nursery`` (normally the session
-    nursery), which therefore must outlive the transport; :meth:`aclose`
-    ends the reader, and cancelling ``nursery`` ends the reader and closes the
-    stream.  The reader never raises into ``nursery``.
-
-    Raises:
-        HandshakeTimeout: not connected within ``connect_timeout``.
-        ConnectionLost: refused, reset, TLS failure, or upgrade rejected or
-            aborted by the server (chained from the original error).
-        ValueError: malformed URL, or ``ssl_context`` given for ``ws://``.
-    """
-    host, port, host_header, resource, context = _parse_url(url, ssl_context)
-    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | None = None
-    with trio.move_on_after(connect_timeout) as timeout_scope:
-        try:
-            with _map_errors(remote=True, what=f"cannot connect to {host}:{port}"):
-                tcp = await trio.open_tcp_stream(host, port)
-                stream = tcp
-                if context is not None:
-                    stream = trio.SSLStream(
-                        tcp, context, server_hostname=host, https_compatible=True
-                    )
-                    await stream.do_handshake()
-            # The upgrade runs in this task and the reader goes straight into
-            # ``nursery``: no task of our own in between, which would cost a
-            # spawn and scheduling rounds on every connect.
-            reader = _ReaderSupervisor(nursery, stream)
-            ws: trio_websocket.WebSocketConnection | None = None
-            with reader.handshake_scope:
-                ws = await trio_websocket.wrap_client_stream(
-                    reader.as_nursery(),
-                    stream,
-                    host_header,
-                    resource,
-                    message_queue_size=MESSAGE_QUEUE_SIZE,
-                    max_message_size=max_message_size,
-                    receive_buffer_size=RECEIVE_BUFFER_SIZE,
-                )
-            if ws is None:
-                # The reader ended before the upgrade finished (it recorded why).
-                error = reader.error
-                if isinstance(error, trio_websocket.ConnectionRejected):
-                    raise ConnectionLost(
-                        f"WebSocket upgrade rejected: HTTP {error.status_code}", remote=True
-                    ) from error
-                raise ConnectionLost(
-                    "connection closed during the WebSocket upgrade", remote=True
-                ) from error
-        except BaseException:
-            # The reader, if it started, ends on its own once the stream is closed.
-            if stream is not None:
-                await trio.aclose_forcefully(stream)
-            raise
-        transport = WebSocketTransport(ws, stream, reader, close_timeout=close_timeout)
-        logger.debug("connected to %s", transport.remote_address)
-        return transport
-    assert timeout_scope.cancelled_caught  # and the stream was closed on the way out
-    logger.debug("connect to %s:%s timed out after %ss", host, port, connect_timeout)
-    raise HandshakeTimeout(f"connect to {host}:{port} timed out after {connect_timeout}s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import struct
 from pathlib import Path
@@ -233,3 +234,16 @@ def test_labels_table_is_consistent_and_matches_the_code() -> None:
     assert labels["L_EK"] == c.L_EK and labels["L_MK"] == c.L_MK
     for name in ("L_FIN_V", "L_FIN_P", "L_ROOT", "L_CK_C2V", "L_CK_V2C", "L_RESUME", "L_CK"):
         assert labels[name] == getattr(c, name), name
+
+
+def test_upgrade_headers_carry_m1_and_m2_in_base64url() -> None:
+    """The first messages in the upgrade: each header decodes (RFC 4648 section 5, padding
+    restored) to exactly the frame's bytes."""
+    vec = _spec_vectors()
+    frames = {f["name"]: bytes.fromhex(f["hex"]) for f in vec["frames"]}
+    for which, name in (("request", "M1 ClientHello"), ("response", "M2 ServerHello")):
+        header, _, value = vec["upgrade_headers"][which].partition(": ")
+        assert header == "Tsess-Hello"
+        assert "=" not in value and "+" not in value and "/" not in value
+        raw = value.encode() + b"=" * (-len(value) % 4)
+        assert base64.urlsafe_b64decode(raw) == frames[name]

@@ -49,12 +49,13 @@ from .._identity import Identity
 from ._channel import Channel, Flow, parse_close
 from ._events import CloseReceived, Event
 from ._handshake import ClientHandshake, Handshake, HandshakeResult, VenueHandshake, parse_reject
-from ._keys import KeySchedule
 from ._liveness import Liveness, ParticipantLiveness, VenueLiveness
 from ._meter import ControlMeter, earned_by
+from ._opening import open_channel, resume_position
 from ._outbox import Outbox
 from ._record import SessionRecord
 from ._rekey import ParticipantRekey, RekeyMachine, VenueRekey
+from ._timers import ConnectionTimers
 from ._types import DIR_C2V, DIR_V2C, ConnectionState, ConnectionStats, Role, draw_jitter
 from ._wire import FLAG_SYSTEM, ClientHello, Close, FrameType
 
@@ -71,7 +72,7 @@ def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Connection(abc.ABC):
+class Connection(ConnectionTimers, abc.ABC):
     """One authenticated connection of a session (abstract; see the two roles).
 
     Args:
@@ -96,13 +97,10 @@ class Connection(abc.ABC):
         "_max_frame_size",
         "_meter",
         "_outbox",
-        "_ratchet_early",
         "_ratchet_jitter",
         "_rekey",
         "config",
-        "error",
         "session",
-        "state",
         "stats",
     )
 
@@ -273,37 +271,22 @@ class Connection(abc.ABC):
 
     def _complete(self, result: HandshakeResult) -> list[Event]:
         """Keys from the handshake: the channel opens and the session continues on it."""
-        self.session = record = result.record
-        schedule, chains = KeySchedule.from_handshake(
-            result.kx_c2v, result.kx_v2c, result.th, result.resume_k
-        )
-        channel = self._channel = Channel.from_handshake(
-            record,
-            schedule,
-            chains,
-            self._tx_dir,
-            self.config,
-            self.stats,
-            self._clock,
-            mode=result.mode,
+        self.session = result.record
+        opened = open_channel(
+            result,
+            tx_direction=self._tx_dir,
+            config=self.config,
+            stats=self.stats,
+            clock=self._clock,
+            rekey=self._rekey,
+            liveness=self._liveness,
             ratchet_jitter=self._ratchet_jitter,
-            on_peer_dh_switch=self._rekey.peer_switched,
+            ratchet_early=self._ratchet_early,
         )
-        channel.step_due = self._ratchet_early
-        flow = self._flow = Flow(channel, self.config, self.stats, self._clock)
-        self._rekey.attach(channel, channel.tx.epoch_started)
-        if result.heartbeat_ms is not None:
-            self._liveness.adopt_venue_timing(*result.heartbeat_ms)
-        # Heartbeats and probes come at most twice per interval: always allowed.
-        rate = self.config.control_frame_rate + 4 / self._liveness.interval
-        self._meter = ControlMeter(rate, self._clock())
-        # Validates the peer's resume position before the record changes.
-        retransmit = flow.resume_from(result.peer_next_rx, result.peer_window)
-        if result.rx_resume is not None:  # the peer retransmits from what we offered
-            record.resume_at(result.rx_resume)
-            flow.ack_sent = record.ack_position
+        self._channel, self._flow, self._meter = opened.channel, opened.flow, opened.meter
+        retransmit = resume_position(opened.flow, result)
         self.state = _OPEN
-        self._handshake.commit(result, chains.resume, channel, flow)
+        self._handshake.commit(result, opened.chains.resume, opened.channel, opened.flow)
         if result.reply:
             self._outbox.frames.append(result.reply)
         return [result.event(retransmit)]
@@ -414,77 +397,6 @@ class Connection(abc.ABC):
             self._outbox.frames += self._handshake.reject(code, reason[:200], retry_ms)
         if self.state is not ConnectionState.ERROR:
             self.state = ConnectionState.CLOSING
-
-    # -- timers --------------------------------------------------------------------------------
-
-    def heartbeat_deadline(self) -> float:
-        """When :meth:`handle_heartbeat_timer` next has something to do."""
-        flow = self._flow
-        return self._liveness.deadline(flow.unacked_since if flow is not None else None)
-
-    def handle_heartbeat_timer(self) -> bool:
-        """Note a silent peer, fail a dead one (the writer then sends what is due).
-
-        Returns True once per silence, when nothing was received for
-        ``stale_after`` (the peer may be unreachable: report STALE).  Raises
-        HeartbeatTimeout when nothing was received for ``heartbeat_timeout``.
-        """
-        if self.state is not _OPEN:
-            return False
-        try:
-            return self._liveness.check(self._clock())
-        except SessionError as exc:
-            self._fail(exc)
-            raise
-
-    @property
-    def peer_silent(self) -> bool:
-        """Nothing was received for ``stale_after`` (until the next frame arrives)."""
-        return self._liveness.silent
-
-    def rotation_deadline(self) -> float:
-        """When :meth:`handle_rotation_timer` next has something to do."""
-        channel = self._channel
-        if self.state is not _OPEN or channel is None:
-            return float("inf")
-        return min(channel.ratchet_deadline(), self._rekey.deadline())
-
-    def handle_rotation_timer(self) -> None:
-        """Tier-1 ratchet on time; venue: start a DH rekey or fail a stalled one;
-        participant: ask for a DH rekey, fail if the venue never does one."""
-        channel = self._channel
-        if self.state is _OPEN and channel is not None:
-            now = self._clock()
-            channel.on_ratchet_timer(now)
-            self._guarded(self._rekey.on_timer, now)
-
-    def ratchet(self) -> None:
-        """Step our sending key (tier 1) with the next frame."""
-        if self._channel is not None:
-            self._channel.step_due = True
-        else:
-            self._ratchet_early = True
-
-    def start_rekey(self) -> None:
-        """Venue: queue a DH rekey (tier 2); a no-op while one is in flight."""
-        self._rekey.start(open=self.state is _OPEN)
-
-    def request_rekey(self) -> None:
-        """Participant: ask the venue for a DH rekey."""
-        self._rekey.request(self._clock(), open=self.state is _OPEN)
-
-    def _guarded(self, timer: Callable[[float], None], now: float) -> None:
-        """Run a timer check; its typed error fails the connection before it propagates."""
-        try:
-            timer(now)
-        except SessionError as exc:
-            self._fail(exc)
-            raise
-
-    def _fail(self, exc: SessionError) -> None:
-        if self.state is not ConnectionState.ERROR:
-            self.state = ConnectionState.ERROR
-            self.error = exc
 
 
 class ClientConnection(Connection):

@@ -16,6 +16,7 @@ Usage::
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import sys
@@ -250,7 +251,18 @@ def generate() -> dict[str, Any]:
             "inbound_capacity": 1024,
         },
         **session,
+        "upgrade_headers": _upgrade_headers(session["frames"]),
     }
+
+
+def _upgrade_headers(frames: list[dict[str, str]]) -> dict[str, str]:
+    """M1 and M2 as the Tsess-Hello headers of the upgrade request and the 101 response."""
+
+    def header(name: str) -> str:
+        (frame,) = (f["hex"] for f in frames if f["name"] == name)
+        return "Tsess-Hello: " + base64.urlsafe_b64encode(bytes.fromhex(frame)).decode().rstrip("=")
+
+    return {"request": header("M1 ClientHello"), "response": header("M2 ServerHello")}
 
 
 def generate_aead() -> dict[str, Any]:
