@@ -182,6 +182,11 @@ def test_queues_share_one_empty_deque_until_their_first_item() -> None:
     inbound.put([b"m"], False)
     inbound.take(inbound.get_nowait())
     assert list(inbound.buf) == [b"m"] and other.buf is _EMPTY
+    c = Outbound(4, 1024)
+    assert c.pending is _EMPTY
+    c.put_nowait(b"p", 1, 1)
+    assert c.take(4, 1024) == [b"p"]  # staged into its own deque, taken in the same call
+    assert c.pending is not _EMPTY
     a.clear()
     other.clear()
     assert not _EMPTY  # never mutated

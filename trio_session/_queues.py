@@ -156,7 +156,7 @@ class Outbound:
         self._room = trio.lowlevel.ParkingLot()
         self._closed = False
         self._send, self._recv = trio.open_memory_channel[bytes | list[bytes]](capacity)
-        self.pending: deque[bytes] = deque()
+        self.pending: deque[bytes] = _EMPTY  # its own deque from the first item (_own)
         self.latest: OrderedDict[Hashable, bytes] = OrderedDict()
         self.lossy: deque[bytes] = _EMPTY  # its own deque from the first message
         #: Messages in the channel (not yet staged into ``pending``).
@@ -248,6 +248,7 @@ class Outbound:
         blocked on the full channel were staged first: their call came earlier)."""
         self._stage_all()
         body = OutNotice(encode_body(notice))
+        self.pending = _own(self.pending)
         self.pending.append(body)
         self._added(len(body))
         self.wake()
@@ -314,6 +315,7 @@ class Outbound:
                     self._stage(recv.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
+                pending = self.pending  # its own deque now, if it was the shared empty one
                 continue
             m = pending[0]
             if type(m) is OutNotice:
@@ -351,12 +353,18 @@ class Outbound:
 
     def _stage(self, item: bytes | list[bytes]) -> None:
         """Move one channel item into ``pending``."""
+        pending = self.pending = _own(self.pending)
         if isinstance(item, bytes):
-            self.pending.append(item)
+            pending.append(item)
             self.queued -= 1
         else:
-            self.pending.extend(item)
+            pending.extend(item)
             self.queued -= len(item)
+
+    def requeue(self, items: list[bytes]) -> None:
+        """Queue ``items`` (restored from a store) ahead of anything sent from now on."""
+        self.pending = _own(self.pending)
+        self.pending.extend(items)
 
     def _stage_all(self) -> None:
         while True:

@@ -224,6 +224,7 @@ class Session(DurableFacade, SendFacade[M], Generic[M]):
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
                 self._take_inbound(item)
+                buf = inbound.buf  # its own deque, if it was the shared empty one
                 continue
             head = buf[0]
             if type(head) is not bytes:
