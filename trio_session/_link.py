@@ -47,7 +47,7 @@ from ._errors import (
 )
 from ._flag import Flag
 from ._lifecycle import State
-from ._link_close import answer_close, close_forcefully, guard, tear_down
+from ._link_close import answer_close, close_forcefully, guard, task_failed, tear_down
 from ._link_writer import plain_writer
 from ._queues import OutNotice
 from ._transport import Transport
@@ -135,12 +135,15 @@ class Link:
                 self._scope = nursery.cancel_scope
                 if core.finished.is_set():
                     nursery.cancel_scope.cancel()
-                nursery.start_soon(guard, self, self._reader, name="reader")
-                # With a durable store, write-ahead (_durable_link.py).
-                writer = plain_writer if core.persist is None else durable_writer
-                nursery.start_soon(guard, self, partial(writer, self), name="writer")
-                nursery.start_soon(guard, self, self._heartbeat, name="heartbeat")
-                nursery.start_soon(guard, self, self._rotation, name="key-rotation")
+                # Each task turns its own failure into the connection's one typed
+                # error (task_failed); the durable writer through guard().
+                nursery.start_soon(self._reader, name="reader")
+                if core.persist is None:
+                    nursery.start_soon(plain_writer, self, name="writer")
+                else:  # write-ahead (_durable_link.py)
+                    nursery.start_soon(guard, self, partial(durable_writer, self), name="writer")
+                nursery.start_soon(self._heartbeat, name="heartbeat")
+                nursery.start_soon(self._rotation, name="key-rotation")
         finally:
             self._scope = None
             await tear_down(self)
@@ -205,27 +208,30 @@ class Link:
     # -- reader ------------------------------------------------------------------------------
 
     async def _reader(self) -> None:
-        transport, conn, core = self.transport, self.conn, self._core
-        counters, out = core.counters, core.outbound
-        while True:
-            events = conn.receive_data(await transport.receive())
-            self.heard = True
-            core.sync_replay()  # acknowledgements trimmed the replay buffer
-            self._note_authenticated()
-            for ev in events:
-                if type(ev) is MessagesReceived:
-                    if not self._deliver(ev):
-                        return  # session finished; messages after close are not delivered
-                elif type(ev) is HeartbeatAcked:
-                    counters.rtt = ev.rtt
-                elif type(ev) is CloseReceived:
-                    await answer_close(self, ev)
-                    return
-            if conn.has_pending_control() or (out.waits_for_credit and conn.send_window() > 0):
-                out.wake()
-            elif core.record is not None and not core.record.replay_messages:
-                core.drained.set()
-            self.retime_heartbeat()  # the frame moved last_rx (and maybe the ack deadline)
+        try:
+            transport, conn, core = self.transport, self.conn, self._core
+            counters, out = core.counters, core.outbound
+            while True:
+                events = conn.receive_data(await transport.receive())
+                self.heard = True
+                core.sync_replay()  # acknowledgements trimmed the replay buffer
+                self._note_authenticated()
+                for ev in events:
+                    if type(ev) is MessagesReceived:
+                        if not self._deliver(ev):
+                            return  # session finished; messages after close are not delivered
+                    elif type(ev) is HeartbeatAcked:
+                        counters.rtt = ev.rtt
+                    elif type(ev) is CloseReceived:
+                        await answer_close(self, ev)
+                        return
+                if conn.has_pending_control() or (out.waits_for_credit and conn.send_window() > 0):
+                    out.wake()
+                elif core.record is not None and not core.record.replay_messages:
+                    core.drained.set()
+                self.retime_heartbeat()  # the frame moved last_rx (and maybe the ack deadline)
+        except Exception as exc:  # Cancelled passes: teardown is the nursery's
+            task_failed(self, exc, "_reader")
 
     def _note_authenticated(self) -> None:
         if self._on_confirmed is not None and self.conn.authenticated:
@@ -366,61 +372,67 @@ class Link:
     # -- timers ------------------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        conn, core = self.conn, self._core
-        venue = core.role is Role.VENUE
-        slow_limit = core.config.slow_consumer_timeout
-        while True:
-            now = trio.current_time()
-            # An adjustable sleep: see _timer_due and the module docstring.
-            with trio.move_on_at(max(self._timer_due(), now + MIN_TIMER_STEP)) as sleep:
-                self._hb_sleep = sleep
-                await wait_task_rescheduled(_abort_sleep)
-            self._hb_sleep = None
-            if conn.handle_heartbeat_timer() and core.states.state is State.LIVE:
-                # Silent for stale_after: STALE now; the connection is kept (and
-                # probed) until heartbeat_timeout, so a link that recovers is LIVE
-                # again at its next frame, without a reconnect.
-                core.set_state(State.STALE, f"no frame from the peer for {conn.stale_after}s")
-            if conn.has_pending_control():
-                core.outbound.wake()
-            if not venue:
-                continue
-            now = trio.current_time()
-            write = self._send_deadline
-            if write is not None and now >= write:
-                raise slow_consumer(core, f"participant did not read for {slow_limit}s")
-            stalled = core.stalled_since
-            if stalled is not None and now - stalled >= slow_limit:
-                raise slow_consumer(
-                    self._core,
-                    f"participant consumed nothing for {slow_limit}s while messages waited",
-                )
+        try:
+            conn, core = self.conn, self._core
+            venue = core.role is Role.VENUE
+            slow_limit = core.config.slow_consumer_timeout
+            while True:
+                now = trio.current_time()
+                # An adjustable sleep: see _timer_due and the module docstring.
+                with trio.move_on_at(max(self._timer_due(), now + MIN_TIMER_STEP)) as sleep:
+                    self._hb_sleep = sleep
+                    await wait_task_rescheduled(_abort_sleep)
+                self._hb_sleep = None
+                if conn.handle_heartbeat_timer() and core.states.state is State.LIVE:
+                    # Silent for stale_after: STALE now; the connection is kept (and
+                    # probed) until heartbeat_timeout, so a link that recovers is LIVE
+                    # again at its next frame, without a reconnect.
+                    core.set_state(State.STALE, f"no frame from the peer for {conn.stale_after}s")
+                if conn.has_pending_control():
+                    core.outbound.wake()
+                if not venue:
+                    continue
+                now = trio.current_time()
+                write = self._send_deadline
+                if write is not None and now >= write:
+                    raise slow_consumer(core, f"participant did not read for {slow_limit}s")
+                stalled = core.stalled_since
+                if stalled is not None and now - stalled >= slow_limit:
+                    raise slow_consumer(
+                        self._core,
+                        f"participant consumed nothing for {slow_limit}s while messages waited",
+                    )
+        except Exception as exc:  # Cancelled passes: teardown is the nursery's
+            task_failed(self, exc, "_heartbeat")
 
     async def _rotation(self) -> None:
-        conn, log = self.conn, self._core.log
-        rekeys = conn.stats.rekeys
-        while True:
-            now = trio.current_time()
-            # Adjustable: once a due ratchet step rides on an outgoing frame, the
-            # writer pulls this deadline in to the new epoch's schedule.
-            with trio.move_on_at(max(conn.rotation_deadline(), now + MIN_TIMER_STEP)) as sleep:
-                self._rot_sleep = sleep
-                await wait_task_rescheduled(_abort_sleep)
-            self._rot_sleep = None
-            conn.handle_rotation_timer()
-            if conn.stats.rekeys != rekeys:  # a DH rekey completed since the last look
-                rekeys = conn.stats.rekeys
-                log.event(
-                    logging.DEBUG,
-                    "rekey",
-                    "keys rotated (%d rekeys, %d ratchet steps on this connection)",
-                    rekeys,
-                    conn.stats.ratchets,
-                    rekeys=rekeys,
-                    ratchets=conn.stats.ratchets,
-                )
-            if conn.has_pending_control():
-                self._core.outbound.wake()
+        try:
+            conn, log = self.conn, self._core.log
+            rekeys = conn.stats.rekeys
+            while True:
+                now = trio.current_time()
+                # Adjustable: once a due ratchet step rides on an outgoing frame, the
+                # writer pulls this deadline in to the new epoch's schedule.
+                with trio.move_on_at(max(conn.rotation_deadline(), now + MIN_TIMER_STEP)) as sleep:
+                    self._rot_sleep = sleep
+                    await wait_task_rescheduled(_abort_sleep)
+                self._rot_sleep = None
+                conn.handle_rotation_timer()
+                if conn.stats.rekeys != rekeys:  # a DH rekey completed since the last look
+                    rekeys = conn.stats.rekeys
+                    log.event(
+                        logging.DEBUG,
+                        "rekey",
+                        "keys rotated (%d rekeys, %d ratchet steps on this connection)",
+                        rekeys,
+                        conn.stats.ratchets,
+                        rekeys=rekeys,
+                        ratchets=conn.stats.ratchets,
+                    )
+                if conn.has_pending_control():
+                    self._core.outbound.wake()
+        except Exception as exc:  # Cancelled passes: teardown is the nursery's
+            task_failed(self, exc, "_rotation")
 
 
 def _abort_sleep(_: object) -> trio.lowlevel.Abort:
