@@ -33,6 +33,7 @@ import trio
 from ._budget import ByteLedger
 from ._errors import InDoubt, MessageRejected, RejectCode, SessionError
 from .protocol import SessionRecord
+from .protocol._empty import EMPTY
 from .protocol._wire import NOTICE_REJECT, Notice, decode_notice, encode_body
 
 __all__ = [
@@ -48,12 +49,9 @@ __all__ = [
 #: ``Inbound.deliver_limit`` without a durable store: beyond any data seq.
 NO_LIMIT: Final = 2**64
 
-#: The one empty deque that every queue without items of a kind shares (an empty
-#: deque costs 624 bytes, and most idle sessions never use some of theirs).  It
-#: is never mutated: whoever adds to a queue gives it its own deque first
-#: (:func:`_own`); reading, ``popleft()`` after a length check and ``clear()``
-#: are safe on it.
-_EMPTY: Final[deque[Any]] = deque()
+#: The shared, read-only empty deque (``protocol/_empty.py``): a queue gets its
+#: own deque (:func:`_own`) before its first item.
+_EMPTY: Final[deque[Any]] = EMPTY
 
 
 def _own(q: deque[Any]) -> deque[Any]:

@@ -4,6 +4,7 @@ snapshots a store can persist and restore."""
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -11,6 +12,7 @@ import pytest
 
 from trio_session import LocalProtocolError, SessionConfig
 from trio_session.protocol import Role, SessionRecord, SessionState
+from trio_session.protocol._empty import EMPTY
 from trio_session.protocol._record import MAX_SPENT_SECRETS
 
 from .helpers import SESSION_ID, Link
@@ -156,3 +158,23 @@ def test_a_session_resumes_from_restored_snapshots_losing_nothing() -> None:
     link.flush()
     assert link.received["v"] == [b"a", b"b", b"c"]
     assert link.received["p"] == [b"x", b"y", b"z"]
+
+
+def test_the_shared_empty_deque_refuses_every_mutation() -> None:
+    """Idle records and queues share one empty deque; adding to it without owning a
+    deque first would put one session's messages in another's: it raises instead."""
+    mutators: list[Callable[[], object]] = [
+        lambda: EMPTY.append(1),
+        lambda: EMPTY.appendleft(1),
+        lambda: EMPTY.extend([1]),
+        lambda: EMPTY.extendleft([1]),
+        lambda: EMPTY.insert(0, 1),
+    ]
+    for mutate in mutators:
+        with pytest.raises(TypeError, match="read-only"):
+            mutate()
+    assert len(EMPTY) == 0 and list(EMPTY) == []
+    a = SessionRecord(bytes(16), "a", Role.VENUE)
+    b = SessionRecord(bytes(16), "b", Role.VENUE)
+    a.add_replay((1, [b"secret order"], 0))
+    assert list(b.replay) == [] and len(EMPTY) == 0

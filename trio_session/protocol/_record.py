@@ -37,6 +37,7 @@ import attrs
 import msgspec
 
 from .._errors import LocalProtocolError
+from ._empty import EMPTY
 from ._types import Role
 from ._wire import SEQ_LIMIT
 
@@ -50,12 +51,10 @@ SNAPSHOT_VERSION: Final = 1
 #: One replay entry: (data seq of the first message, the messages, DATA frame flags).
 ReplayEntry = tuple[int, list[bytes], int]
 
-#: The replay buffer and held frames of a record that has none yet: one empty
-#: deque shared by every such record (an empty deque costs 624 bytes, and an idle
-#: session's record holds neither), replaced by the record's own on its first
-#: entry (:meth:`SessionRecord.add_replay`, :meth:`SessionRecord.hold`).  Never
-#: mutated; reading it, and ``popleft()`` after a length check, are safe.
-NO_ENTRIES: Final[deque[Any]] = deque()
+#: The replay buffer and held frames of a record that has none yet: the shared,
+#: read-only empty deque (``_empty.py``), replaced by the record's own on its first
+#: entry (:meth:`SessionRecord.add_replay`, :meth:`SessionRecord.hold`).
+NO_ENTRIES: Final[deque[Any]] = EMPTY
 
 
 @attrs.define(eq=False, repr=False)
