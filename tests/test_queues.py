@@ -169,6 +169,104 @@ def test_inbound_buffers_batches_notices_and_the_reset_marker() -> None:
     assert not inbound.put([b"late"], False)  # not delivered after the session ended
 
 
+def test_queues_share_one_empty_deque_until_their_first_item() -> None:
+    """Idle sessions share the empty deques; adding to a queue gives it its own."""
+    from trio_session._queues import _EMPTY
+
+    a, b = Outbound(4, 1024), Outbound(4, 1024)
+    assert a.lossy is b.lossy is _EMPTY
+    a.put_lossy(b"x")
+    assert a.lossy is not _EMPTY and list(a.lossy) == [b"x"] and b.lossy is _EMPTY
+    inbound, other = Inbound(), Inbound()
+    assert inbound.buf is other.buf is _EMPTY
+    inbound.put([b"m"], False)
+    inbound.take(inbound.get_nowait())
+    assert list(inbound.buf) == [b"m"] and other.buf is _EMPTY
+    c = Outbound(4, 1024)
+    assert c.pending is _EMPTY
+    c.put_nowait(b"p", 1, 1)
+    assert c.take(4, 1024) == [b"p"]  # staged into its own deque, taken in the same call
+    assert c.pending is not _EMPTY
+    a.clear()
+    other.clear()
+    assert not _EMPTY  # never mutated
+
+
+async def test_writer_slot_wakes_its_parker_and_any_second_one() -> None:
+    from trio_session._queues import _Slot
+
+    slot = _Slot()
+    woken: list[int] = []
+
+    async def parker(i: int) -> None:
+        await slot.park()
+        woken.append(i)
+
+    with trio.fail_after(5):
+        with trio.move_on_after(0.01):  # a cancelled parker leaves the slot free
+            await slot.park()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(parker, 1)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(parker, 2)  # two receive() calls at once; must not hang
+            await trio.testing.wait_all_tasks_blocked()
+            assert woken == []
+            slot.unpark()
+    assert sorted(woken) == [1, 2]
+
+
+async def test_inbound_get_waits_for_a_batch_and_ends_after_close() -> None:
+    inbound = Inbound()
+    got: list[object] = []
+
+    async def reader() -> None:
+        while True:
+            try:
+                got.append(await inbound.get())
+            except trio.EndOfChannel:
+                got.append("end")
+                return
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == []  # parked, nothing queued
+            inbound.put([b"a"], False, 1)
+            inbound.put([b"b"], False, 1)
+            inbound.close()  # what was queued is still delivered, then the end
+    assert got == [[b"a"], [b"b"], "end"]
+    assert inbound.bytes == 0
+
+
+async def test_inbound_two_waiting_readers_each_get_a_batch() -> None:
+    inbound = Inbound()
+    got: list[object] = []
+
+    async def reader() -> None:
+        got.append(await inbound.get())
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            inbound.put([b"a"], False)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == [[b"a"]]  # one woke with it, the other waits again
+            inbound.put([b"b"], False)
+    assert got == [[b"a"], [b"b"]]
+
+
+async def test_inbound_get_cancelled_loses_nothing() -> None:
+    inbound = Inbound()
+    with trio.fail_after(5):
+        with trio.move_on_after(0.01):
+            await inbound.get()
+        inbound.put([b"kept"], False)
+        assert await inbound.get() == [b"kept"]
+
+
 async def test_queue_depths_count_messages_not_batches(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

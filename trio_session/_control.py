@@ -32,6 +32,7 @@ from ._budget import ByteLedger
 from ._config import SessionConfig
 from ._core import SessionCore, in_doubt_of
 from ._errors import Category, ConnectionLost, InDoubt, SessionError
+from ._flag import Flag
 from ._lifecycle import State
 from ._link import Link
 from ._persist import SessionPersistence, StoreRuntime
@@ -237,7 +238,7 @@ class SessionControl:
         assert conn.session is not None
         link = Link(core, transport, conn, replay_until=replay_until, on_confirmed=on_confirmed)
         self._link = core.link = link
-        core.connection_done = trio.Event()
+        core.connection_done = Flag()
         core.counters.connections += 1
         core.resumed = resumed
         if resumed:

@@ -29,6 +29,7 @@ from ._budget import ByteLedger
 from ._codec import Codec
 from ._config import SessionConfig
 from ._errors import InDoubt, SessionError, is_clean_close
+from ._flag import Flag
 from ._lifecycle import State, StateHistory
 from ._log import SessionLog
 from ._queues import Inbound, Outbound
@@ -138,14 +139,14 @@ class SessionCore:
         self.error: SessionError | None = None
         #: aclose() started: no new sends, no reconnects.
         self.closing = False
-        self.finished = trio.Event()
+        self.finished = Flag()
         #: Called once by :meth:`finish`, last (the venue starts the session's end
         #: hooks there rather than keep a task per session waiting for the end).
         self.on_finished: Callable[[], None] | None = None
         #: Set when nothing is queued or unacknowledged (re-armed by aclose()).
-        self.drained = trio.Event()
+        self.drained = Flag()
         #: Set while no connection is attached or being torn down.
-        self.connection_done = trio.Event()
+        self.connection_done = Flag()
         self.connection_done.set()
         #: The runner's scope, cancelled by :meth:`finish` (stops reconnecting).
         self.runner_scope: trio.CancelScope | None = None

@@ -38,6 +38,8 @@ async def durable_writer(link: Link) -> None:
         ):
             await persist.runtime.sync()  # so that the ACK going out acknowledges them
         frames = conn.data_to_send()
+        if frames:  # a heartbeat or ack sealed: the timer's next deadline moved
+            link.retime_heartbeat()
         is_open = conn.state is ConnectionState.OPEN
         if is_open:
             _gather_data(link, frames)

@@ -34,6 +34,7 @@ from functools import partial
 from typing import Final, final
 
 import trio
+from trio.lowlevel import wait_task_rescheduled
 
 from ._clock import run_clock
 from ._core import SessionCore
@@ -45,8 +46,9 @@ from ._errors import (
     SlowConsumer,
     is_clean_close,
 )
+from ._flag import Flag
 from ._lifecycle import State
-from ._link_close import answer_close, close_forcefully, guard, tear_down
+from ._link_close import answer_close, close_forcefully, guard, task_failed, tear_down
 from ._link_writer import plain_writer
 from ._queues import OutNotice
 from ._transport import Transport
@@ -86,7 +88,7 @@ class Link:
         #: Why the connection ended (the first error wins).
         self.error: SessionError | None = None
         #: Set once our CLOSE frame was written (or the connection is gone).
-        self.close_sent = trio.Event()
+        self.close_sent = Flag()
         self._scope: trio.CancelScope | None = None
         #: The peer's data seq that ends the replay: LIVE once it was received.
         self._replay_until = replay_until
@@ -136,12 +138,15 @@ class Link:
                 self._scope = nursery.cancel_scope
                 if core.finished.is_set():
                     nursery.cancel_scope.cancel()
-                nursery.start_soon(guard, self, self._reader, name="reader")
-                # With a durable store, write-ahead (_durable_link.py).
-                writer = plain_writer if core.persist is None else durable_writer
-                nursery.start_soon(guard, self, partial(writer, self), name="writer")
-                nursery.start_soon(guard, self, self._heartbeat, name="heartbeat")
-                nursery.start_soon(guard, self, self._rotation, name="key-rotation")
+                # Each task turns its own failure into the connection's one typed
+                # error (task_failed); the durable writer through guard().
+                nursery.start_soon(self._reader, name="reader")
+                if core.persist is None:
+                    nursery.start_soon(plain_writer, self, name="writer")
+                else:  # write-ahead (_durable_link.py)
+                    nursery.start_soon(guard, self, partial(durable_writer, self), name="writer")
+                nursery.start_soon(self._heartbeat, name="heartbeat")
+                nursery.start_soon(self._rotation, name="key-rotation")
         finally:
             self._scope = None
             await tear_down(self)
@@ -206,43 +211,30 @@ class Link:
     # -- reader ------------------------------------------------------------------------------
 
     async def _reader(self) -> None:
-        transport, conn, core = self.transport, self.conn, self._core
-        counters, out = core.counters, core.outbound
-        while True:
-            events = conn.receive_data(await transport.receive())
-            self.heard = True
-            core.sync_replay()  # acknowledgements trimmed the replay buffer
-            self._note_authenticated()
-            for ev in events:
-                if type(ev) is MessagesReceived:
-                    if not self._deliver(ev):
-                        return  # session finished; messages after close are not delivered
-                elif type(ev) is HeartbeatAcked:
-                    counters.rtt = ev.rtt
-                elif type(ev) is CloseReceived:
-                    await answer_close(self, ev)
-                    return
-            if conn.has_pending_control() or (out.waits_for_credit and conn.send_window() > 0):
-                out.wake()
-            elif core.record is not None and not core.record.replay_messages:
-                core.drained.set()
-            hb = self._hb_sleep
-            if hb is not None:  # the frame moved last_rx (and maybe the ack deadline)
-                self._move_timer(hb)
-
-    def _move_timer(self, hb: trio.CancelScope) -> None:
-        """Move the heartbeat task's sleep to where the frame put the deadline.
-
-        Clamped as the task clamps its own sleep: a deadline that is due but waits
-        on the writer must not wake it at every frame.  Sooner always moves it; later
-        only by more than MIN_TIMER_STEP, so a busy link resets the scope's deadline
-        (a heap update in Trio) every few milliseconds, not every frame, and the
-        task wakes at most that much early, finds nothing due and sleeps again.
-        """
-        due = max(self._timer_due(), self.now() + MIN_TIMER_STEP)
-        deadline = hb.deadline
-        if due < deadline or due > deadline + MIN_TIMER_STEP:
-            hb.deadline = due
+        try:
+            transport, conn, core = self.transport, self.conn, self._core
+            counters, out = core.counters, core.outbound
+            while True:
+                events = conn.receive_data(await transport.receive())
+                self.heard = True
+                core.sync_replay()  # acknowledgements trimmed the replay buffer
+                self._note_authenticated()
+                for ev in events:
+                    if type(ev) is MessagesReceived:
+                        if not self._deliver(ev):
+                            return  # session finished; messages after close are not delivered
+                    elif type(ev) is HeartbeatAcked:
+                        counters.rtt = ev.rtt
+                    elif type(ev) is CloseReceived:
+                        await answer_close(self, ev)
+                        return
+                if conn.has_pending_control() or (out.waits_for_credit and conn.send_window() > 0):
+                    out.wake()
+                elif core.record is not None and not core.record.replay_messages:
+                    core.drained.set()
+                self.retime_heartbeat()  # the frame moved last_rx (and maybe the ack deadline)
+        except Exception as exc:  # Cancelled passes: teardown is the nursery's
+            task_failed(self, exc, "_reader")
 
     def _note_authenticated(self) -> None:
         if self._on_confirmed is not None and self.conn.authenticated:
@@ -285,6 +277,27 @@ class Link:
             due = self.conn.rotation_deadline()
             if due < rot.deadline:
                 rot.deadline = due
+
+    def retime_heartbeat(self) -> None:
+        """Move the heartbeat task's one deadline, earlier or later, to where a frame
+        just received or sealed put it.
+
+        The writer calls it after sealing control frames: without it, a task that
+        woke for a due heartbeat would wake again ``MIN_TIMER_STEP`` later (a cancel
+        scope and a ``Cancelled`` each) whenever the ack takes longer than that,
+        i.e. exactly when the process is busy.  Clamped as the task clamps its own
+        sleep: a deadline that is due but waits on the writer must not wake it at
+        every frame.  Sooner always moves it; later only by more than MIN_TIMER_STEP,
+        so a busy link resets the scope's deadline (a heap update in Trio, dearer than
+        the rest of a round trip's checks) every few milliseconds, not every frame;
+        the task then wakes at most that much early, finds nothing due and sleeps again.
+        """
+        hb = self._hb_sleep
+        if hb is not None:
+            due = max(self._timer_due(), self.now() + MIN_TIMER_STEP)
+            deadline = hb.deadline
+            if due < deadline or due > deadline + MIN_TIMER_STEP:
+                hb.deadline = due
 
     def pull_heartbeat_deadline(self) -> None:
         """The heartbeat task wakes at the connection's deadline if that is sooner."""
@@ -366,61 +379,73 @@ class Link:
     # -- timers ------------------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        conn, core = self.conn, self._core
-        venue = core.role is Role.VENUE
-        slow_limit = core.config.slow_consumer_timeout
-        while True:
-            now = self.now()
-            # An adjustable sleep: see _timer_due and the module docstring.
-            with trio.move_on_at(max(self._timer_due(), now + MIN_TIMER_STEP)) as sleep:
-                self._hb_sleep = sleep
-                await trio.sleep_forever()
-            self._hb_sleep = None
-            if conn.handle_heartbeat_timer() and core.states.state is State.LIVE:
-                # Silent for stale_after: STALE now; the connection is kept (and
-                # probed) until heartbeat_timeout, so a link that recovers is LIVE
-                # again at its next frame, without a reconnect.
-                core.set_state(State.STALE, f"no frame from the peer for {conn.stale_after}s")
-            if conn.has_pending_control():
-                core.outbound.wake()
-            if not venue:
-                continue
-            now = self.now()
-            write = self._send_deadline
-            if write is not None and now >= write:
-                raise slow_consumer(core, f"participant did not read for {slow_limit}s")
-            stalled = core.stalled_since
-            if stalled is not None and now - stalled >= slow_limit:
-                raise slow_consumer(
-                    self._core,
-                    f"participant consumed nothing for {slow_limit}s while messages waited",
-                )
+        try:
+            conn, core = self.conn, self._core
+            venue = core.role is Role.VENUE
+            slow_limit = core.config.slow_consumer_timeout
+            while True:
+                now = self.now()
+                # An adjustable sleep: see _timer_due and the module docstring.
+                with trio.move_on_at(max(self._timer_due(), now + MIN_TIMER_STEP)) as sleep:
+                    self._hb_sleep = sleep
+                    await wait_task_rescheduled(_abort_sleep)
+                self._hb_sleep = None
+                if conn.handle_heartbeat_timer() and core.states.state is State.LIVE:
+                    # Silent for stale_after: STALE now; the connection is kept (and
+                    # probed) until heartbeat_timeout, so a link that recovers is LIVE
+                    # again at its next frame, without a reconnect.
+                    core.set_state(State.STALE, f"no frame from the peer for {conn.stale_after}s")
+                if conn.has_pending_control():
+                    core.outbound.wake()
+                if not venue:
+                    continue
+                now = self.now()
+                write = self._send_deadline
+                if write is not None and now >= write:
+                    raise slow_consumer(core, f"participant did not read for {slow_limit}s")
+                stalled = core.stalled_since
+                if stalled is not None and now - stalled >= slow_limit:
+                    raise slow_consumer(
+                        self._core,
+                        f"participant consumed nothing for {slow_limit}s while messages waited",
+                    )
+        except Exception as exc:  # Cancelled passes: teardown is the nursery's
+            task_failed(self, exc, "_heartbeat")
 
     async def _rotation(self) -> None:
-        conn, log = self.conn, self._core.log
-        rekeys = conn.stats.rekeys
-        while True:
-            now = self.now()
-            # Adjustable: once a due ratchet step rides on an outgoing frame, the
-            # writer pulls this deadline in to the new epoch's schedule.
-            with trio.move_on_at(max(conn.rotation_deadline(), now + MIN_TIMER_STEP)) as sleep:
-                self._rot_sleep = sleep
-                await trio.sleep_forever()
-            self._rot_sleep = None
-            conn.handle_rotation_timer()
-            if conn.stats.rekeys != rekeys:  # a DH rekey completed since the last look
-                rekeys = conn.stats.rekeys
-                log.event(
-                    logging.DEBUG,
-                    "rekey",
-                    "keys rotated (%d rekeys, %d ratchet steps on this connection)",
-                    rekeys,
-                    conn.stats.ratchets,
-                    rekeys=rekeys,
-                    ratchets=conn.stats.ratchets,
-                )
-            if conn.has_pending_control():
-                self._core.outbound.wake()
+        try:
+            conn, log = self.conn, self._core.log
+            rekeys = conn.stats.rekeys
+            while True:
+                now = self.now()
+                # Adjustable: once a due ratchet step rides on an outgoing frame, the
+                # writer pulls this deadline in to the new epoch's schedule.
+                with trio.move_on_at(max(conn.rotation_deadline(), now + MIN_TIMER_STEP)) as sleep:
+                    self._rot_sleep = sleep
+                    await wait_task_rescheduled(_abort_sleep)
+                self._rot_sleep = None
+                conn.handle_rotation_timer()
+                if conn.stats.rekeys != rekeys:  # a DH rekey completed since the last look
+                    rekeys = conn.stats.rekeys
+                    log.event(
+                        logging.DEBUG,
+                        "rekey",
+                        "keys rotated (%d rekeys, %d ratchet steps on this connection)",
+                        rekeys,
+                        conn.stats.ratchets,
+                        rekeys=rekeys,
+                        ratchets=conn.stats.ratchets,
+                    )
+                if conn.has_pending_control():
+                    self._core.outbound.wake()
+        except Exception as exc:  # Cancelled passes: teardown is the nursery's
+            task_failed(self, exc, "_rotation")
+
+
+def _abort_sleep(_: object) -> trio.lowlevel.Abort:
+    """A timer task's sleep ends only by its scope's deadline (``trio.sleep_forever``
+    without its lambda and coroutine, kept alive per sleeping task)."""
+    return trio.lowlevel.Abort.SUCCEEDED
 
 
 def slow_consumer(core: SessionCore, why: str) -> SlowConsumer:

@@ -27,22 +27,38 @@ if TYPE_CHECKING:
     from ._core import SessionCore
     from ._link import Link
 
-__all__ = ["answer_close", "close_forcefully", "close_transport", "guard", "tear_down"]
+__all__ = [
+    "answer_close",
+    "close_forcefully",
+    "close_transport",
+    "guard",
+    "task_failed",
+    "tear_down",
+]
 
 
 async def guard(link: Link, task: Callable[[], Awaitable[None]]) -> None:
     """Run one of ``link``'s tasks, turning its failure into the connection's one
-    typed error."""
+    typed error (the durable writer; the other tasks catch their own failure with
+    :func:`task_failed`, which saves a coroutine per task and session)."""
     try:
         await task()
-    except SessionError as exc:
-        link.end(exc)
     except Exception as exc:
         name = getattr(task, "__name__", None) or getattr(task, "func", task).__name__
-        link.core.log.exception("internal error in the %s task", name)
-        err = SessionError(f"internal error: {type(exc).__name__}", code=CloseCode.INTERNAL_ERROR)
-        err.__cause__ = exc
-        link.end(err)
+        task_failed(link, exc, name)
+
+
+def task_failed(link: Link, exc: Exception, name: str) -> None:
+    """The ``name`` task of ``link`` failed with ``exc``: end the connection with
+    it, or with ``INTERNAL_ERROR`` (logged, ``exc`` as the cause) when it is not a
+    typed error."""
+    if isinstance(exc, SessionError):
+        link.end(exc)
+        return
+    link.core.log.exception("internal error in the %s task", name, exc_info=exc)
+    err = SessionError(f"internal error: {type(exc).__name__}", code=CloseCode.INTERNAL_ERROR)
+    err.__cause__ = exc
+    link.end(err)
 
 
 async def answer_close(link: Link, ev: CloseReceived) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._inline import coalesce
+from ._link_close import task_failed
 from .protocol import ConnectionState
 
 if TYPE_CHECKING:
@@ -24,31 +25,36 @@ __all__ = ["plain_writer"]
 
 async def plain_writer(link: Link) -> None:
     """The writer task of ``link`` without a durable store (see the module docstring)."""
-    conn, out = link.conn, link.core.outbound
-    send = link.sender()
-    while True:
-        out.wake_pending = False
-        link.pull_rotation_deadline()
-        owed = link.owed = conn.data_to_send()
-        if link.unwritten is not None:  # sealed before all of those
-            owed.insert(0, link.unwritten)
-            link.unwritten = None
-        while owed:
-            await send(owed[0])
-            del owed[0]
-        if conn.state is not ConnectionState.OPEN:
-            if conn.state in (ConnectionState.CLOSING, ConnectionState.ERROR) and (
-                not conn.has_pending_control()
-            ):
-                link.close_sent.set()
-            await out.park(wait_for_data=False)
-            continue
-        window = conn.send_window()
-        data = link.next_data_frame(window)
-        if data is not None:
-            await link.timed_write(send, data)
-            await coalesce(out, conn.send_window())
-            continue
-        if out.wake_pending:
-            continue
-        await out.park(wait_for_data=window > 0 and not out.latest and not out.lossy)
+    try:
+        conn, out = link.conn, link.core.outbound
+        send = link.sender()
+        while True:
+            out.wake_pending = False
+            link.pull_rotation_deadline()
+            owed = link.owed = conn.data_to_send()
+            if owed:  # a heartbeat or ack sealed: the timer's next deadline moved
+                link.retime_heartbeat()
+            if link.unwritten is not None:  # sealed before all of those
+                owed.insert(0, link.unwritten)
+                link.unwritten = None
+            while owed:
+                await send(owed[0])
+                del owed[0]
+            if conn.state is not ConnectionState.OPEN:
+                if conn.state in (ConnectionState.CLOSING, ConnectionState.ERROR) and (
+                    not conn.has_pending_control()
+                ):
+                    link.close_sent.set()
+                await out.park(wait_for_data=False)
+                continue
+            window = conn.send_window()
+            data = link.next_data_frame(window)
+            if data is not None:
+                await link.timed_write(send, data)
+                await coalesce(out, conn.send_window())
+                continue
+            if out.wake_pending:
+                continue
+            await out.park(wait_for_data=window > 0 and not out.latest and not out.lossy)
+    except Exception as exc:  # Cancelled passes: teardown is the nursery's
+        task_failed(link, exc, "plain_writer")

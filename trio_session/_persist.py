@@ -287,7 +287,7 @@ class SessionPersistence:
         self._j_base = state.journal_done
         self.next_j = state.journal_done + len(unsent)
         core = self.core
-        core.outbound.pending.extend(unsent)
+        core.outbound.requeue(unsent)
         inbound = core.inbound
         inbound.rx_seq = state.rx_committed
         inbound.redeliver_before = self.bound

@@ -12,17 +12,20 @@ cancel scope would raise and catch a ``Cancelled`` per wake-up, which was the
 venue's largest idle cost with thousands of sessions.
 
 :class:`Inbound` is fed by the reader task and drained by ``receive()``.  Its
-channel is unbounded on purpose: the credit window (``inbound_capacity``
+queue is unbounded on purpose: the credit window (``inbound_capacity``
 messages, enforced by the peer's protocol state machine) bounds it, so the
 reader can never block on the application and heartbeats, acks and rekeys keep
-flowing while the application is busy.
+flowing while the application is busy.  It is a plain deque with a parking lot
+rather than a memory channel, both created on first use: an idle session never
+receives a batch, and a channel with its deque, ordered dicts and task sets
+costs about 2.5 KB per session.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from collections.abc import Hashable
+from collections.abc import Coroutine, Hashable
 from typing import Any, Final, final
 
 import trio
@@ -30,6 +33,7 @@ import trio
 from ._budget import ByteLedger
 from ._errors import InDoubt, MessageRejected, RejectCode, SessionError
 from .protocol import SessionRecord
+from .protocol._empty import EMPTY
 from .protocol._wire import NOTICE_REJECT, Notice, decode_notice, encode_body
 
 __all__ = [
@@ -44,6 +48,15 @@ __all__ = [
 
 #: ``Inbound.deliver_limit`` without a durable store: beyond any data seq.
 NO_LIMIT: Final = 2**64
+
+#: The shared, read-only empty deque (``protocol/_empty.py``): a queue gets its
+#: own deque (:func:`_own`) before its first item.
+_EMPTY: Final[deque[Any]] = EMPTY
+
+
+def _own(q: deque[Any]) -> deque[Any]:
+    """``q``, or a new deque if ``q`` is the shared empty one (before adding to it)."""
+    return deque() if q is _EMPTY else q
 
 
 class OutNotice(bytes):
@@ -65,6 +78,48 @@ class _Reset:
     def __init__(self, record: SessionRecord, in_doubt: tuple[InDoubt, ...]) -> None:
         self.record = record
         self.in_doubt = in_doubt
+
+
+@final
+class _Slot:
+    """Where the writer (or a ``receive()``) parks: a :class:`trio.lowlevel.ParkingLot`
+    made for one task.
+
+    Parking awaits ``wait_task_rescheduled`` directly, with a bound abort method:
+    no ordered dict, no closure and no coroutine of its own stay alive per parked
+    writer, and a wake-up allocates nothing.  Should a second task park while one
+    is parked (never the writer; two tasks in ``receive()``), it waits in a real
+    parking lot, and :meth:`unpark` wakes everyone (parkers re-check their
+    condition in a loop).
+    """
+
+    __slots__ = ("_extra", "_task")
+
+    def __init__(self) -> None:
+        self._task: trio.lowlevel.Task | None = None
+        self._extra: trio.lowlevel.ParkingLot | None = None
+
+    def park(self) -> Coroutine[Any, Any, Any]:
+        """Await the result: returns once :meth:`unpark` was called (cancellable)."""
+        if self._task is not None:
+            if self._extra is None:
+                self._extra = trio.lowlevel.ParkingLot()
+            return self._extra.park()
+        self._task = trio.lowlevel.current_task()
+        # The caller awaits it (``await slot.park()``): one frame less per parked writer.
+        return trio.lowlevel.wait_task_rescheduled(self._abort)  # noqa: ASYNC105
+
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        self._task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def unpark(self) -> None:
+        task = self._task
+        if task is not None:
+            self._task = None
+            trio.lowlevel.reschedule(task)
+        if self._extra:
+            self._extra.unpark_all()
 
 
 @final
@@ -99,9 +154,9 @@ class Outbound:
         self._room = trio.lowlevel.ParkingLot()
         self._closed = False
         self._send, self._recv = trio.open_memory_channel[bytes | list[bytes]](capacity)
-        self.pending: deque[bytes] = deque()
+        self.pending: deque[bytes] = _EMPTY  # its own deque from the first item (_own)
         self.latest: OrderedDict[Hashable, bytes] = OrderedDict()
-        self.lossy: deque[bytes] = deque()
+        self.lossy: deque[bytes] = _EMPTY  # its own deque from the first message
         #: Messages in the channel (not yet staged into ``pending``).
         self.queued = 0
         #: Messages discarded by the ``drop_oldest`` / ``conflate`` policies.
@@ -110,7 +165,7 @@ class Outbound:
         #: Lossless messages taken so far (a durable store numbers them in this order).
         self.lossless_taken = 0
         # The writer's wake-up.
-        self._lot = trio.lowlevel.ParkingLot()
+        self._lot = _Slot()
         self._parked = False
         #: Set by every wake-up; the writer clears it when it looks for work.
         self.wake_pending = False
@@ -177,7 +232,8 @@ class Outbound:
         self.wake_for_data()
 
     def put_lossy(self, payload: bytes) -> None:
-        lossy, n = self.lossy, len(payload)
+        lossy = self.lossy = _own(self.lossy)
+        n = len(payload)
         while lossy and (len(lossy) >= self.capacity or self.bytes + n > self.max_bytes):
             self._added(-len(lossy.popleft()))
             self.dropped += 1
@@ -190,6 +246,7 @@ class Outbound:
         blocked on the full channel were staged first: their call came earlier)."""
         self._stage_all()
         body = OutNotice(encode_body(notice))
+        self.pending = _own(self.pending)
         self.pending.append(body)
         self._added(len(body))
         self.wake()
@@ -256,6 +313,7 @@ class Outbound:
                     self._stage(recv.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
+                pending = self.pending  # its own deque now, if it was the shared empty one
                 continue
             m = pending[0]
             if type(m) is OutNotice:
@@ -293,12 +351,18 @@ class Outbound:
 
     def _stage(self, item: bytes | list[bytes]) -> None:
         """Move one channel item into ``pending``."""
+        pending = self.pending = _own(self.pending)
         if isinstance(item, bytes):
-            self.pending.append(item)
+            pending.append(item)
             self.queued -= 1
         else:
-            self.pending.extend(item)
+            pending.extend(item)
             self.queued -= len(item)
+
+    def requeue(self, items: list[bytes]) -> None:
+        """Queue ``items`` (restored from a store) ahead of anything sent from now on."""
+        self.pending = _own(self.pending)
+        self.pending.extend(items)
 
     def _stage_all(self) -> None:
         while True:
@@ -357,21 +421,26 @@ class Outbound:
 class Inbound:
     """Received messages and notices, in stream order, until the application reads them.
 
-    The reader puts whole batches on the channel; ``receive()`` moves them into
-    ``buf`` with :meth:`take`.  A reset marker (:meth:`put_reset`) sits between
-    the last message of a replaced logical session and the first of the new
-    one, and switches which session consumption credits.
+    The reader puts whole batches on the queue; ``receive()`` gets them
+    (:meth:`get`, :meth:`get_nowait`) and moves them into ``buf`` with
+    :meth:`take`.  A reset marker (:meth:`put_reset`) sits between the last
+    message of a replaced logical session and the first of the new one, and
+    switches which session consumption credits.
     """
 
     def __init__(self, ledger: ByteLedger | None = None) -> None:
-        self._send, self._recv = trio.open_memory_channel[Any](math.inf)
-        #: Payload bytes in the channel (what ``buf`` holds is not counted: at most
-        #: one batch, being read).
+        #: Batches not yet in ``buf``, each with its payload bytes (created on the
+        #: first batch: an idle session receives none).
+        self._items: deque[tuple[Any, int]] | None = None
+        #: Where :meth:`get` waits (usually one task: the application's ``receive()``).
+        self._lot = _Slot()
+        self._closed = False
+        #: Payload bytes of the batches not yet in ``buf`` (what ``buf`` holds is not
+        #: counted: at most one batch, being read).
         self.bytes = 0
-        self._sizes: deque[int] = deque()
         self.ledger = ledger if ledger is not None else ByteLedger()
         #: Payloads (bytes) and decoded notices (a Notice, or the error a bad one made).
-        self.buf: deque[Any] = deque()
+        self.buf: deque[Any] = _EMPTY  # its own deque from the first batch
         #: Data seq of the next message handed to the application.
         self.rx_seq = 0
         #: Durable store: messages from this seq on wait until the store recorded
@@ -386,14 +455,10 @@ class Inbound:
         self.reset_info: tuple[tuple[InDoubt, ...], int] = ((), -1)
         #: The in-doubt messages of the last reset queued (for its log record).
         self.pending_reset_in_doubt: tuple[InDoubt, ...] = ()
-        #: Messages in the channel (not yet in ``buf``).
+        #: Messages not yet in ``buf``.
         self.queued = 0
         #: The logical session that consuming the next messages credits.
         self.consume_target: SessionRecord | None = None
-        #: The next channel item (``EndOfChannel`` once the session finished and
-        #: everything was read).  The channel's own methods: no wrapper on the hot path.
-        self.get = self._recv.receive
-        self.get_nowait = self._recv.receive_nowait
 
     @property
     def depth(self) -> int:
@@ -404,44 +469,85 @@ class Inbound:
     def put(self, payloads: list[bytes], system: bool, nbytes: int = 0) -> bool:
         """Queue a received batch of ``nbytes`` payload bytes; False once the
         session finished (not delivered)."""
-        try:
-            self._send.send_nowait(Notices(payloads) if system else payloads)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        if self._closed:
             return False
+        self._append(Notices(payloads) if system else payloads, nbytes)
         self.queued += len(payloads)
-        self._sizes.append(nbytes)
         self.bytes += nbytes
         self.ledger.add(nbytes)
         return True
 
     def put_reset(self, record: SessionRecord, in_doubt: tuple[InDoubt, ...]) -> None:
         """Everything queued so far belongs to the old session; ``record`` follows."""
+        if self._closed:
+            raise trio.ClosedResourceError("the session finished")
         self.pending_reset_in_doubt = in_doubt
-        self._send.send_nowait(_Reset(record, in_doubt))
+        self._append(_Reset(record, in_doubt), 0)
+
+    def _append(self, item: Any, nbytes: int) -> None:
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        items.append((item, nbytes))
+        self._lot.unpark()
 
     def close(self) -> None:
-        self._send.close()
+        """No more batches: waiting readers get ``EndOfChannel`` once the rest is read."""
+        self._closed = True
+        self._lot.unpark()
 
     def clear(self) -> None:
         """Drop everything not yet read (the session was shed for memory)."""
         self.close()
-        while True:
-            try:
-                item = self._recv.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
+        for item, _ in self._items or ():
             if type(item) is _Reset:
                 self.consume_target = item.record
+        self._items = None
         self.buf.clear()
         self.queued = 0
-        self._sizes.clear()
         self.ledger.add(-self.bytes)
         self.bytes = 0
+
+    def get_nowait(self) -> Any:
+        """The next batch (or reset marker), without waiting.
+
+        Raises ``trio.WouldBlock`` when none is queued, ``trio.EndOfChannel``
+        once the session finished and everything was read.
+        """
+        items = self._items
+        if not items:
+            if self._closed:
+                raise trio.EndOfChannel
+            raise trio.WouldBlock
+        item, nbytes = items.popleft()
+        if nbytes:
+            self.bytes -= nbytes
+            self.ledger.add(-nbytes)
+        return item
+
+    async def get(self) -> Any:
+        """The next batch, waiting for one; one checkpoint, as a memory channel's
+        ``receive()`` (``trio.EndOfChannel`` once finished and read)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            item = self.get_nowait()
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return item
+        lot = self._lot
+        while True:
+            await lot.park()
+            try:
+                return self.get_nowait()
+            except trio.WouldBlock:
+                continue  # another reader took it
 
     # -- the application -------------------------------------------------------------
 
     def take(self, item: Any) -> int:
-        """Move one channel item into ``buf``; returns how many messages to credit."""
+        """Move one batch (from :meth:`get`) into ``buf``; returns how many messages to credit."""
         if type(item) is _Reset:
             # From here on: the new session's messages, numbered and credited there.
             self.reset_pending = True
@@ -454,14 +560,11 @@ class Inbound:
             return 0
         n = len(item)
         self.queued -= n
-        nbytes = self._sizes.popleft()
-        if nbytes:
-            self.bytes -= nbytes
-            self.ledger.add(-nbytes)
+        buf = self.buf = _own(self.buf)
         if type(item) is Notices:
-            self.buf.extend(_decode_notice_safely(p) for p in item)
+            buf.extend(_decode_notice_safely(p) for p in item)
         else:
-            self.buf.extend(item)
+            buf.extend(item)
         return n
 
 

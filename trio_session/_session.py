@@ -32,6 +32,7 @@ from ._errors import (
     SessionReset,
     is_clean_close,
 )
+from ._flag import Flag
 from ._lifecycle import State
 from ._queues import notice_error, reject_notice
 from ._sending import SendFacade, final_error
@@ -223,6 +224,7 @@ class Session(DurableFacade, SendFacade[M], Generic[M]):
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
                 self._take_inbound(item)
+                buf = inbound.buf  # its own deque, if it was the shared empty one
                 continue
             head = buf[0]
             if type(head) is not bytes:
@@ -381,7 +383,7 @@ async def _wait_drained(core: SessionCore) -> None:
     while core.unsent():
         if core.states.state is not State.LIVE or core.link is None:
             return
-        core.drained = trio.Event()
+        core.drained = Flag()
         core.outbound.wake()
         await core.drained.wait()
 

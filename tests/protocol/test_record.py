@@ -4,6 +4,7 @@ snapshots a store can persist and restore."""
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -11,6 +12,7 @@ import pytest
 
 from trio_session import LocalProtocolError, SessionConfig
 from trio_session.protocol import Role, SessionRecord, SessionState
+from trio_session.protocol._empty import EMPTY
 from trio_session.protocol._record import MAX_SPENT_SECRETS
 
 from .helpers import SESSION_ID, Link
@@ -25,6 +27,22 @@ def _record_with_replay() -> SessionRecord:
 
 def test_old_name_is_an_alias() -> None:
     assert SessionState is SessionRecord
+
+
+def test_records_share_one_empty_deque_until_their_first_entry() -> None:
+    """An idle session's record owns no replay buffer or held-frame deque."""
+    from trio_session.protocol._record import NO_ENTRIES
+
+    a = SessionRecord(SESSION_ID, "key", Role.PARTICIPANT, next_rx_seq=1)
+    b = SessionRecord(SESSION_ID, "key", Role.PARTICIPANT)
+    assert a.replay is b.replay is NO_ENTRIES and a.rx_frames is b.rx_frames is NO_ENTRIES
+    a.add_replay((0, [b"m"], 0))
+    a.hold(1, 1)
+    assert list(a.replay) == [(0, [b"m"], 0)] and list(a.rx_frames) == [(1, 1)]
+    assert b.replay is NO_ENTRIES and b.rx_frames is NO_ENTRIES
+    a.trim(1)
+    a.consume(1)
+    assert not a.replay and not a.rx_frames and not NO_ENTRIES
 
 
 def test_trim_drops_and_cuts_acknowledged_entries() -> None:
@@ -140,3 +158,23 @@ def test_a_session_resumes_from_restored_snapshots_losing_nothing() -> None:
     link.flush()
     assert link.received["v"] == [b"a", b"b", b"c"]
     assert link.received["p"] == [b"x", b"y", b"z"]
+
+
+def test_the_shared_empty_deque_refuses_every_mutation() -> None:
+    """Idle records and queues share one empty deque; adding to it without owning a
+    deque first would put one session's messages in another's: it raises instead."""
+    mutators: list[Callable[[], object]] = [
+        lambda: EMPTY.append(1),
+        lambda: EMPTY.appendleft(1),
+        lambda: EMPTY.extend([1]),
+        lambda: EMPTY.extendleft([1]),
+        lambda: EMPTY.insert(0, 1),
+    ]
+    for mutate in mutators:
+        with pytest.raises(TypeError, match="read-only"):
+            mutate()
+    assert len(EMPTY) == 0 and list(EMPTY) == []
+    a = SessionRecord(bytes(16), "a", Role.VENUE)
+    b = SessionRecord(bytes(16), "b", Role.VENUE)
+    a.add_replay((1, [b"secret order"], 0))
+    assert list(b.replay) == [] and len(EMPTY) == 0

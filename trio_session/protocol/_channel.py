@@ -469,7 +469,7 @@ class Flow:
         frame = self.channel.seal(FrameType.DATA, flags, seq, _encode(Data(ack, window, msgs)))
         self.confirm_owed = False
         record.next_tx_seq = seq + n
-        record.replay.append((seq, msgs, flags))
+        record.add_replay((seq, msgs, flags))
         record.replay_messages += n
         record.replay_bytes += size
         stats = self.stats

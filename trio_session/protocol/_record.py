@@ -37,6 +37,7 @@ import attrs
 import msgspec
 
 from .._errors import LocalProtocolError
+from ._empty import EMPTY
 from ._types import Role
 from ._wire import SEQ_LIMIT
 
@@ -49,6 +50,11 @@ SNAPSHOT_VERSION: Final = 1
 
 #: One replay entry: (data seq of the first message, the messages, DATA frame flags).
 ReplayEntry = tuple[int, list[bytes], int]
+
+#: The replay buffer and held frames of a record that has none yet: the shared,
+#: read-only empty deque (``_empty.py``), replaced by the record's own on its first
+#: entry (:meth:`SessionRecord.add_replay`, :meth:`SessionRecord.hold`).
+NO_ENTRIES: Final[deque[Any]] = EMPTY
 
 
 @attrs.define(eq=False, repr=False)
@@ -79,9 +85,9 @@ class SessionRecord:
     #: Payload bytes of the peer's DATA frames not yet wholly consumed, and those
     #: frames as (data seq after the frame, payload bytes), oldest first.
     rx_held_bytes: int = 0
-    rx_frames: deque[tuple[int, int]] = attrs.field(factory=deque)
+    rx_frames: deque[tuple[int, int]] = attrs.field(default=NO_ENTRIES)
     #: Sent, unacknowledged messages, one entry per DATA frame, oldest first.
-    replay: deque[ReplayEntry] = attrs.field(factory=deque)
+    replay: deque[ReplayEntry] = attrs.field(default=NO_ENTRIES)
     #: Messages and payload bytes in ``replay`` (kept so limits cost nothing).
     replay_messages: int = 0
     replay_bytes: int = 0
@@ -132,6 +138,14 @@ class SessionRecord:
         if ack > self.peer_ack:
             self.peer_ack = ack
 
+    def add_replay(self, entry: ReplayEntry) -> None:
+        """A DATA frame's messages were sent: keep them until acknowledged (the
+        caller counts ``replay_messages`` and ``replay_bytes``)."""
+        replay = self.replay
+        if replay is NO_ENTRIES:
+            replay = self.replay = deque()
+        replay.append(entry)
+
     def unacked_from(self, seq: int) -> list[ReplayEntry]:
         """Replay entries with seq >= ``seq`` (for retransmission)."""
         out = []
@@ -148,7 +162,10 @@ class SessionRecord:
         """Messages of ``nbytes`` payload bytes up to data seq ``end_seq`` (exclusive)
         were delivered: they are held until consumed."""
         self.rx_held_bytes += nbytes
-        self.rx_frames.append((end_seq, nbytes))
+        frames = self.rx_frames
+        if frames is NO_ENTRIES:
+            frames = self.rx_frames = deque()
+        frames.append((end_seq, nbytes))
 
     @property
     def rx_held_until(self) -> int:
