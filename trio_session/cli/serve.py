@@ -183,6 +183,7 @@ class _Venue:
                     messages=demo.Message,
                     ssl_context=self.ssl_context,
                     store=self.store,
+                    gc_freeze=True,  # this process is only the venue: the GC policy is safe
                 )
             )
         except OSError as exc:  # ts.serve raises it as itself, never in a group
