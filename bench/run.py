@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -36,12 +34,12 @@ from _common import (
     percentile,
     proc_cpu_seconds,
     raise_nofile,
-    ts,
 )
 from _compare import compare_saved, print_compare
 from _many import run_many
 from _modes import run_modes
 from _procs import Proc, WorkerError, kill_all, log, medians
+from _report import finite, machine_info, print_table
 from durable import durable_rtt, durable_throughput, restart_recovery
 
 #: What ``--compare`` runs (unless ``--scenario`` / ``--many-n`` say otherwise).
@@ -454,65 +452,6 @@ class Bench:
         return run_many(self, n)
 
 
-# -- reporting ---------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    import trio
-    import trio_websocket
-
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "trio": trio.__version__,
-        "trio_websocket": trio_websocket.__version__,
-        "trio_session": ts.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "loadavg": os.getloadavg()[0],
-    }
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if abs(v) >= 1000:
-            return f"{v:,.0f}"
-        return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
-    return str(v)
-
-
-def print_table(result: dict[str, Any]) -> None:
-    print(f"\n== {result['scenario']}: {result['unit']}")
-    raw, ours = result["raw"], result["ours"]
-
-    def rows(prefix: str, d: Any) -> None:
-        for k, v in d.items():
-            if isinstance(v, dict):
-                rows(f"{prefix}{k}.", v)
-            else:
-                print(f"   {prefix + k:<40} {_fmt(v)}")
-
-    if raw:
-        rows("raw.", raw)
-    rows("ours.", ours)
-    ratios = {k: v for k, v in result["ratios"].items() if k != "note"}
-    if ratios:
-        print("   ratios (ours/raw): " + ", ".join(f"{k} {_fmt(v)}" for k, v in ratios.items()))
-    for name, ok in result["targets"].items():
-        print(f"   target {name}: {'met' if ok else 'MISSED'}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small counts, 1 run (~1-2 min)")
@@ -621,7 +560,7 @@ def _run_step(
         if as_json:
             print(json.dumps(result), flush=True)
         return result
-    result = _finite(result)
+    result = finite(result)
     if as_json:
         print(json.dumps(result), flush=True)
     else:
@@ -631,17 +570,6 @@ def _run_step(
 
 def _terminate(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)  # run the finally: blocks that kill the workers
-
-
-def _finite(o: Any) -> Any:
-    """NaN/inf -> None, recursively (JSON has no NaN)."""
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
 
 
 if __name__ == "__main__":

@@ -27,14 +27,12 @@ transport, telling the peer why when we detected the problem.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Final, final
+from typing import final
 
 import trio
-from trio.lowlevel import wait_task_rescheduled
 
 from ._clock import run_clock
 from ._core import SessionCore
@@ -43,12 +41,12 @@ from ._errors import (
     CloseCode,
     ConnectionLost,
     SessionError,
-    SlowConsumer,
     is_clean_close,
 )
 from ._flag import Flag
 from ._lifecycle import State
 from ._link_close import answer_close, close_forcefully, guard, task_failed, tear_down
+from ._link_timers import MIN_TIMER_STEP, heartbeat_task, rotation_task
 from ._link_writer import plain_writer
 from ._queues import OutNotice
 from ._transport import Transport
@@ -61,10 +59,6 @@ from .protocol import (
 )
 
 __all__ = ["MIN_TIMER_STEP", "Link", "close_forcefully"]
-
-#: Timer tasks never re-check more often than this when a deadline is already
-#: due but waits on another task (e.g. the writer is blocked on a full socket).
-MIN_TIMER_STEP: Final = 0.005
 
 
 @final
@@ -94,12 +88,12 @@ class Link:
         self._replay_until = replay_until
         #: Called once, on the first authenticated frame from the peer.
         self._on_confirmed = on_confirmed
-        self._hb_sleep: trio.CancelScope | None = None
-        self._rot_sleep: trio.CancelScope | None = None
+        self.hb_sleep: trio.CancelScope | None = None
+        self.rot_sleep: trio.CancelScope | None = None
         #: Venue: when the write in progress started, and when it must have
         #: finished (both None between writes; the heartbeat task enforces it).
         self._send_started: float | None = None
-        self._send_deadline: float | None = None
+        self.send_deadline: float | None = None
         #: Frames sealed by the writer and not yet written (a cancelled writer
         #: leaves them for the CLOSE, whose control seq comes after theirs).
         self.owed: list[bytes] = []
@@ -145,8 +139,8 @@ class Link:
                     nursery.start_soon(plain_writer, self, name="writer")
                 else:  # write-ahead (_durable_link.py)
                     nursery.start_soon(guard, self, partial(durable_writer, self), name="writer")
-                nursery.start_soon(self._heartbeat, name="heartbeat")
-                nursery.start_soon(self._rotation, name="key-rotation")
+                nursery.start_soon(heartbeat_task, self, name="heartbeat")
+                nursery.start_soon(rotation_task, self, name="key-rotation")
         finally:
             self._scope = None
             await tear_down(self)
@@ -272,7 +266,7 @@ class Link:
 
     def pull_rotation_deadline(self) -> None:
         """The key-rotation task wakes at the connection's deadline if that is sooner."""
-        rot = self._rot_sleep
+        rot = self.rot_sleep
         if rot is not None:
             due = self.conn.rotation_deadline()
             if due < rot.deadline:
@@ -292,22 +286,22 @@ class Link:
         the rest of a round trip's checks) every few milliseconds, not every frame;
         the task then wakes at most that much early, finds nothing due and sleeps again.
         """
-        hb = self._hb_sleep
+        hb = self.hb_sleep
         if hb is not None:
-            due = max(self._timer_due(), self.now() + MIN_TIMER_STEP)
+            due = max(self.timer_due(), self.now() + MIN_TIMER_STEP)
             deadline = hb.deadline
             if due < deadline or due > deadline + MIN_TIMER_STEP:
                 hb.deadline = due
 
     def pull_heartbeat_deadline(self) -> None:
         """The heartbeat task wakes at the connection's deadline if that is sooner."""
-        hb = self._hb_sleep
+        hb = self.hb_sleep
         if hb is not None:
             due = self.conn.heartbeat_deadline()
             if due < hb.deadline:
                 hb.deadline = due
 
-    def _timer_due(self) -> float:
+    def timer_due(self) -> float:
         """When the heartbeat task next has something to do: the connection's
         heartbeat deadline; on the venue also the slow-consumer deadlines of
         queued data that cannot go out and of the write in progress."""
@@ -317,7 +311,7 @@ class Link:
             stalled = core.stalled_since
             if stalled is not None:
                 due = min(due, stalled + core.config.slow_consumer_timeout)
-            write = self._send_deadline
+            write = self.send_deadline
             if write is not None and write < due:
                 due = write
         return due
@@ -342,7 +336,7 @@ class Link:
         if out.has_data():
             if core.stalled_since is None:
                 core.stalled_since = self.now()
-                hb = self._hb_sleep
+                hb = self.hb_sleep
                 if hb is not None and core.role is Role.VENUE:
                     due = core.stalled_since + core.config.slow_consumer_timeout
                     hb.deadline = min(hb.deadline, due)
@@ -360,101 +354,18 @@ class Link:
         self._send_started = started = self.now()
         stalled = self._core.stalled_since
         # A stall carried over from before a resume leaves less time for this write.
-        self._send_deadline = deadline = (
+        self.send_deadline = deadline = (
             started + limit if stalled is None else min(started, stalled) + limit
         )
-        hb = self._hb_sleep
+        hb = self.hb_sleep
         if hb is not None and deadline < hb.deadline:
             hb.deadline = deadline
         try:
             await self.transport.send(frame)
         except SessionError:
-            self._send_started = self._send_deadline = None  # failed, not blocked
+            self._send_started = self.send_deadline = None  # failed, not blocked
             raise
         # Cancelled (the connection ended while this write was blocked, or the
         # heartbeat task ended it at the deadline): the start stays, and
         # _keep_stall carries it over to the detached session.
-        self._send_started = self._send_deadline = None
-
-    # -- timers ------------------------------------------------------------------------------
-
-    async def _heartbeat(self) -> None:
-        try:
-            conn, core = self.conn, self._core
-            venue = core.role is Role.VENUE
-            slow_limit = core.config.slow_consumer_timeout
-            while True:
-                now = self.now()
-                # An adjustable sleep: see _timer_due and the module docstring.
-                with trio.move_on_at(max(self._timer_due(), now + MIN_TIMER_STEP)) as sleep:
-                    self._hb_sleep = sleep
-                    await wait_task_rescheduled(_abort_sleep)
-                self._hb_sleep = None
-                if conn.handle_heartbeat_timer() and core.states.state is State.LIVE:
-                    # Silent for stale_after: STALE now; the connection is kept (and
-                    # probed) until heartbeat_timeout, so a link that recovers is LIVE
-                    # again at its next frame, without a reconnect.
-                    core.set_state(State.STALE, f"no frame from the peer for {conn.stale_after}s")
-                if conn.has_pending_control():
-                    core.outbound.wake()
-                if not venue:
-                    continue
-                now = self.now()
-                write = self._send_deadline
-                if write is not None and now >= write:
-                    raise slow_consumer(core, f"participant did not read for {slow_limit}s")
-                stalled = core.stalled_since
-                if stalled is not None and now - stalled >= slow_limit:
-                    raise slow_consumer(
-                        self._core,
-                        f"participant consumed nothing for {slow_limit}s while messages waited",
-                    )
-        except Exception as exc:  # Cancelled passes: teardown is the nursery's
-            task_failed(self, exc, "_heartbeat")
-
-    async def _rotation(self) -> None:
-        try:
-            conn, log = self.conn, self._core.log
-            rekeys = conn.stats.rekeys
-            while True:
-                now = self.now()
-                # Adjustable: once a due ratchet step rides on an outgoing frame, the
-                # writer pulls this deadline in to the new epoch's schedule.
-                with trio.move_on_at(max(conn.rotation_deadline(), now + MIN_TIMER_STEP)) as sleep:
-                    self._rot_sleep = sleep
-                    await wait_task_rescheduled(_abort_sleep)
-                self._rot_sleep = None
-                conn.handle_rotation_timer()
-                if conn.stats.rekeys != rekeys:  # a DH rekey completed since the last look
-                    rekeys = conn.stats.rekeys
-                    log.event(
-                        logging.DEBUG,
-                        "rekey",
-                        "keys rotated (%d rekeys, %d ratchet steps on this connection)",
-                        rekeys,
-                        conn.stats.ratchets,
-                        rekeys=rekeys,
-                        ratchets=conn.stats.ratchets,
-                    )
-                if conn.has_pending_control():
-                    self._core.outbound.wake()
-        except Exception as exc:  # Cancelled passes: teardown is the nursery's
-            task_failed(self, exc, "_rotation")
-
-
-def _abort_sleep(_: object) -> trio.lowlevel.Abort:
-    """A timer task's sleep ends only by its scope's deadline (``trio.sleep_forever``
-    without its lambda and coroutine, kept alive per sleeping task)."""
-    return trio.lowlevel.Abort.SUCCEEDED
-
-
-def slow_consumer(core: SessionCore, why: str) -> SlowConsumer:
-    """The error that closes a venue session whose participant does not read (logged)."""
-    core.log.event(
-        logging.WARNING,
-        "slow_consumer",
-        "closing the session: %s (slow_consumer_timeout)",
-        why,
-        outbound_depth=core.outbound.depth,
-    )
-    return SlowConsumer(why)
+        self._send_started = self.send_deadline = None
