@@ -250,9 +250,19 @@ async def test_silent_participant_slow_consumer_timing_under_a_mock_clock(
             control = venue._venue.sessions[bytes.fromhex(session.session_id)]
             stalled = control.stalled_since
             assert stalled is not None  # 4 messages of credit, long gone
+            states: list[tuple[float, ts.State]] = []
+
+            async def watch() -> None:
+                async for state in session.transitions():
+                    states.append((trio.current_time(), state))
+
+            nursery.start_soon(watch)
             await session.wait_state(ts.State.CLOSED)
             nursery.cancel_scope.cancel()
     ((ended, gone),) = lost
     assert gone is session and isinstance(session.error, ts.SlowConsumer)
-    assert session.stats.stale_spells >= 1
+    # STALE once, at stale_after of silence (the handshake's last frame came just
+    # before the stall), then ended at the slow-consumer deadline, never LIVE again.
+    assert [state for _, state in states] == [ts.State.STALE, ts.State.CLOSED], states
+    assert states[0][0] - stalled == pytest.approx(cfg.stale_after, abs=STEP)
     assert ended - stalled == pytest.approx(cfg.slow_consumer_timeout, abs=STEP)
