@@ -453,15 +453,19 @@ class Hostile:
 
 @asynccontextmanager
 async def hostile_session(
-    hostile: Hostile, config: ts.SessionConfig | None = None
+    hostile: Hostile,
+    config: ts.SessionConfig | None = None,
+    factory: Callable[[trio.Nursery], Awaitable[Transport]] | None = None,
 ) -> AsyncIterator[ts.Session]:
+    """A participant session to ``hostile``, past its welcome; ``factory`` may wrap
+    ``hostile.factory``'s transport."""
     async with ts.connect(
         "memory://",
         PARTICIPANT,
         VENUE.public_key,
         config=config,
         restart=NO_RESTART,
-        transport_factory=hostile.factory,
+        transport_factory=factory or hostile.factory,
     ) as session:
         await hostile.ready.wait()
         assert await session.receive() == b"welcome"

@@ -24,8 +24,8 @@ from trio_session._link import MIN_TIMER_STEP
 from trio_session._transport import Transport
 from trio_session.testing import MemoryVenue, memory_venue
 
-from .runtime_helpers import NO_RESTART, PARTICIPANT, VENUE, Echo, registry
-from .test_public_errors import Hostile
+from .runtime_helpers import PARTICIPANT, VENUE, Echo, registry
+from .test_public_errors import Hostile, hostile_session
 
 DEFAULT = ts.SessionConfig()
 
@@ -172,16 +172,7 @@ async def test_a_detected_failure_is_stale_at_once_not_after_close_timeout(
 
     states: list[tuple[float, ts.State]] = []
     with trio.fail_after(60):
-        async with ts.connect(
-            "memory://",
-            PARTICIPANT,
-            VENUE.public_key,
-            config=config,
-            restart=NO_RESTART,
-            transport_factory=factory,
-        ) as session:
-            await hostile.ready.wait()
-            assert await session.receive() == b"welcome"
+        async with hostile_session(hostile, config, factory) as session:
 
             async def watch() -> None:
                 async for state in session.transitions():
